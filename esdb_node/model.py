@@ -1,0 +1,309 @@
+"""Typed values that cross module boundaries: what clients send and what the store assigned."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeAlias
+
+from esdb_node.errors import InvalidInput
+
+ANY: Literal["any"] = "any"
+NO_STREAM: Literal["no-stream"] = "no-stream"
+EXISTS: Literal["exists"] = "exists"
+
+ExpectedVersion: TypeAlias = int | Literal["any", "no-stream", "exists"]
+
+# Wire/storage encoding of expected versions: exact versions are >= 0.
+_EXPECTED_TO_INT = {ANY: -2, NO_STREAM: -1, EXISTS: -4}
+_INT_TO_EXPECTED: dict[int, ExpectedVersion] = {v: k for k, v in _EXPECTED_TO_INT.items()}  # type: ignore[misc]
+
+MAX_NAME_BYTES = 256
+MAX_TYPE_CHARS = 256
+
+
+def expected_to_int(expected: ExpectedVersion) -> int:
+    if isinstance(expected, bool):
+        raise InvalidInput(f"invalid expected version {expected!r}")
+    if isinstance(expected, int):
+        if expected < 0:
+            raise InvalidInput(f"invalid expected version {expected}: exact versions are >= 0")
+        return expected
+    try:
+        return _EXPECTED_TO_INT[expected]
+    except KeyError:
+        raise InvalidInput(
+            f"invalid expected version {expected!r}",
+            hint="use any, no-stream, exists or a version number >= 0",
+        ) from None
+
+
+def expected_from_int(value: int) -> ExpectedVersion:
+    if value >= 0:
+        return value
+    try:
+        return _INT_TO_EXPECTED[value]
+    except KeyError:
+        raise InvalidInput(f"invalid expected version code {value}") from None
+
+
+def parse_expected_version(text: str | int) -> ExpectedVersion:
+    """Parse what a user typed: any | no-stream | exists | N."""
+    if isinstance(text, int):
+        return expected_from_int(expected_to_int(text))
+    value = text.strip().lower()
+    if value in _EXPECTED_TO_INT:
+        return value  # type: ignore[return-value]
+    try:
+        number = int(value)
+    except ValueError:
+        raise InvalidInput(
+            f"invalid expected version {text!r}",
+            hint="use any, no-stream, exists or a version number >= 0",
+        ) from None
+    expected_to_int(number)
+    return number
+
+
+def validate_stream_name(name: str, *, allow_system: bool = False) -> bytes:
+    """Return the UTF-8 name, or raise InvalidInput saying what is wrong with it."""
+    if not isinstance(name, str):
+        raise InvalidInput(f"stream name must be a string, got {type(name).__name__}")
+    raw = name.encode("utf-8", "surrogatepass")
+    if not raw:
+        raise InvalidInput("stream name is empty")
+    if len(raw) > MAX_NAME_BYTES:
+        raise InvalidInput(f"stream name is {len(raw)} bytes; the limit is {MAX_NAME_BYTES}")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in name):
+        raise InvalidInput(f"stream name {name!r} contains a control character")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in name):
+        raise InvalidInput(f"stream name {name!r} is not valid UTF-8")
+    if name.startswith("$") and not allow_system:
+        raise InvalidInput(
+            f"stream name {name!r} starts with '$', which is reserved for system streams"
+        )
+    return raw
+
+
+def validate_event_type(event_type: str) -> None:
+    if not isinstance(event_type, str) or not event_type:
+        raise InvalidInput("event type is empty")
+    if len(event_type) > MAX_TYPE_CHARS:
+        raise InvalidInput(f"event type is {len(event_type)} characters; the limit is 256")
+    if any(ord(c) < 0x20 for c in event_type):
+        raise InvalidInput(f"event type {event_type!r} contains a control character")
+
+
+def category_of(stream: str) -> str:
+    """`order-42` is in category `order`; a name without '-' is its own category."""
+    return stream.split("-", 1)[0]
+
+
+def utc_from_micros(micros: int) -> datetime:
+    return datetime.fromtimestamp(micros / 1_000_000, tz=UTC)
+
+
+def iso_utc(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, slots=True)
+class EventData:
+    """An event as a client proposes it, before the store assigns a version and position."""
+
+    type: str
+    data: bytes
+    metadata: bytes = b""
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    is_json: bool = True
+
+    @classmethod
+    def from_json(
+        cls,
+        type: str,
+        data: Any,
+        metadata: Any = None,
+        id: uuid.UUID | None = None,
+    ) -> EventData:
+        return cls(
+            type=type,
+            data=json.dumps(data, separators=(",", ":")).encode(),
+            metadata=b"" if metadata is None else json.dumps(metadata).encode(),
+            id=id or uuid.uuid4(),
+            is_json=True,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    stream: str
+    version: int
+    position: int
+    id: uuid.UUID
+    type: str
+    data: bytes
+    metadata: bytes
+    is_json: bool
+    created: datetime
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+    def metadata_json(self) -> Any:
+        return json.loads(self.metadata) if self.metadata else {}
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """`position` is the global position of the first event; `last_position` of the last."""
+
+    stream: str
+    first_version: int
+    last_version: int
+    position: int
+    last_position: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteResult:
+    stream: str
+    last_version: int
+    hard: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StreamMetadata:
+    """Retention settings applied on reads. `custom` is free-form JSON for the application."""
+
+    max_count: int | None = None
+    max_age: float | None = None
+    truncate_before: int | None = None
+    custom: dict[str, Any] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "max_count": self.max_count,
+            "max_age": self.max_age,
+            "truncate_before": self.truncate_before,
+            "custom": self.custom,
+        }
+
+    @classmethod
+    def from_wire(cls, value: Any) -> StreamMetadata:
+        if not isinstance(value, dict):
+            raise InvalidInput("stream metadata must be a map")
+        unknown = set(value) - {"max_count", "max_age", "truncate_before", "custom"}
+        if unknown:
+            raise InvalidInput(f"unknown stream metadata keys: {', '.join(sorted(unknown))}")
+        max_count = value.get("max_count")
+        max_age = value.get("max_age")
+        truncate_before = value.get("truncate_before")
+        custom = value.get("custom") or {}
+        for key, number in (("max_count", max_count), ("truncate_before", truncate_before)):
+            if number is not None and (
+                isinstance(number, bool) or not isinstance(number, int) or number < 0
+            ):
+                raise InvalidInput(f"{key} must be an integer >= 0")
+        if max_count == 0:
+            raise InvalidInput("max_count must be at least 1")
+        if max_age is not None and (
+            isinstance(max_age, bool) or not isinstance(max_age, int | float) or max_age <= 0
+        ):
+            raise InvalidInput("max_age must be a number of seconds > 0")
+        if not isinstance(custom, dict):
+            raise InvalidInput("custom metadata must be a JSON object")
+        return cls(
+            max_count=max_count,
+            max_age=float(max_age) if max_age is not None else None,
+            truncate_before=truncate_before,
+            custom=custom,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """`last_version` is -1 for a stream that never had an event."""
+
+    stream: str
+    last_version: int
+    deleted: bool
+    tombstoned: bool
+    metadata: StreamMetadata
+    first_visible: int
+
+    @property
+    def exists(self) -> bool:
+        return not self.tombstoned and self.last_version >= self.first_visible
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    stream: str
+    version: int
+    data: bytes
+    metadata: bytes
+    created: datetime
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class AllFilter:
+    """Filter for `$all` reads and tails. All given parts must match."""
+
+    stream_prefix: str | None = None
+    event_types: tuple[str, ...] = ()
+    type_pattern: str | None = None
+
+    def is_empty(self) -> bool:
+        return not (self.stream_prefix or self.event_types or self.type_pattern)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "prefix": self.stream_prefix,
+            "types": list(self.event_types),
+            "pattern": self.type_pattern,
+        }
+
+    @classmethod
+    def from_wire(cls, value: Any) -> AllFilter:
+        if value is None:
+            return cls()
+        if not isinstance(value, dict):
+            raise InvalidInput("filter must be a map")
+        prefix = value.get("prefix")
+        types = value.get("types") or []
+        pattern = value.get("pattern")
+        if prefix is not None and not isinstance(prefix, str):
+            raise InvalidInput("filter prefix must be a string")
+        if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+            raise InvalidInput("filter types must be a list of strings")
+        if pattern is not None and not isinstance(pattern, str):
+            raise InvalidInput("filter pattern must be a string")
+        return cls(stream_prefix=prefix or None, event_types=tuple(types), type_pattern=pattern)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    node_id: str
+    store_id: str
+    role: str
+    url: str
+    leader_id: str | None
+    leader_url: str | None
+    term: int
+    commit_index: int
+    applied_index: int
+    last_position: int
+    stream_count: int
+    version: str
+    mode: str
+    ready: bool
+    raft: str | None = None
+    members: tuple[str, ...] = ()
+    uptime_s: float = 0.0
+    durability: str = "fsync"
+    pid: int = 0

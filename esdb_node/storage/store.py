@@ -1,0 +1,701 @@
+"""The LMDB state machine: `apply(batch)` for every write, plus read functions.
+
+Databases inside one LMDB environment:
+
+  log      u64 position                  -> sealed event record (the `$all` log, dense)
+  sidx     stream + 0x00 + u64 version   -> u64 position
+  streams  stream                        -> sealed [last_version, flags, delete_before, metadata]
+  ids      event id (16 bytes)           -> u64 position (idempotent appends)
+  snaps    stream + 0x00 + u64 version   -> sealed snapshot
+  meta     b"applied"                    -> u64 raft index + u64 term of the last applied batch
+
+`apply` is deterministic: the same batch bytes on the same state give the same state and the
+same results on every node. It never raises for a bad command (errors become results); it
+raises `StorageFailure` only when the disk refuses the write, and then nothing was written.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from esdb_node import codec
+from esdb_node.codec import U64, pack, seal, unpack_trusted, unseal
+from esdb_node.errors import (
+    CorruptRecord,
+    DuplicateEventId,
+    EsdbError,
+    InvalidInput,
+    SnapshotNotFound,
+    StorageFailure,
+    StreamDeleted,
+    StreamNotFound,
+    WrongExpectedVersion,
+)
+from esdb_node.model import (
+    AllFilter,
+    AppendResult,
+    DeleteResult,
+    Snapshot,
+    StreamInfo,
+    StreamMetadata,
+    expected_from_int,
+    validate_stream_name,
+)
+from esdb_node.storage import commands as cmd
+
+DEFAULT_MAP_SIZE = 64 << 30  # address space only; the file grows as pages are written
+_DELETED = 1
+_TOMBSTONED = 2
+_SEP = b"\x00"
+_APPLIED = b"applied"
+_STORE_ID = b"store_id"
+_FORMAT_KEY = b"format"
+STORAGE_FORMAT = 1
+
+Result = Any  # AppendResult | DeleteResult | StreamInfo | Snapshot | None | EsdbError
+
+
+class _RWLock:
+    """Many readers or one writer; used only to swap the environment under live readers."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+def _stream_key(stream_raw: bytes, version: int) -> bytes:
+    return stream_raw + _SEP + U64.pack(version)
+
+
+class _Info:
+    """Mutable stream info used inside one write transaction."""
+
+    __slots__ = ("delete_before", "flags", "last_version", "metadata")
+
+    def __init__(self, last_version: int, flags: int, delete_before: int, metadata: Any) -> None:
+        self.last_version = last_version
+        self.flags = flags
+        self.delete_before = delete_before
+        self.metadata = metadata
+
+    @property
+    def exists(self) -> bool:
+        return self.flags == 0 and self.last_version >= 0
+
+    def seal(self) -> bytes:
+        return seal(pack([self.last_version, self.flags, self.delete_before, self.metadata]))
+
+    def public(self, stream: str) -> StreamInfo:
+        meta = StreamMetadata.from_wire(self.metadata) if self.metadata else StreamMetadata()
+        first = self.delete_before
+        if meta.truncate_before is not None:
+            first = max(first, meta.truncate_before)
+        if meta.max_count is not None:
+            first = max(first, self.last_version - meta.max_count + 1)
+        return StreamInfo(
+            stream=stream,
+            last_version=self.last_version,
+            deleted=bool(self.flags & _DELETED),
+            tombstoned=bool(self.flags & _TOMBSTONED),
+            metadata=meta,
+            first_visible=max(first, 0),
+        )
+
+
+class Store:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        sync: bool = True,
+        map_size: int = DEFAULT_MAP_SIZE,
+    ) -> None:
+        self.path = Path(path)
+        self.sync = sync
+        self.map_size = map_size
+        self._swap_lock = _RWLock()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._open()
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        try:
+            self.env = lmdb.open(
+                str(self.path),
+                map_size=self.map_size,
+                max_dbs=8,
+                sync=self.sync,
+                metasync=self.sync,
+                writemap=False,  # a full disk must fail the commit, not SIGBUS the process
+                readahead=False,
+                max_readers=512,
+            )
+        except lmdb.Error as exc:
+            raise StorageFailure(f"cannot open store at {self.path}: {exc}") from None
+        self._log = self.env.open_db(b"log")
+        self._sidx = self.env.open_db(b"sidx")
+        self._streams = self.env.open_db(b"streams")
+        self._ids = self.env.open_db(b"ids")
+        self._snaps = self.env.open_db(b"snaps")
+        self._meta = self.env.open_db(b"meta")
+        with self.env.begin(write=True) as txn:
+            fmt = txn.get(_FORMAT_KEY, db=self._meta)
+            if fmt is None:
+                txn.put(_FORMAT_KEY, U64.pack(STORAGE_FORMAT), db=self._meta)
+            elif U64.unpack(fmt)[0] != STORAGE_FORMAT:
+                raise StorageFailure(f"store at {self.path} has an unknown format {fmt!r}")
+            cur = txn.cursor(db=self._log)
+            self._next_position = U64.unpack(cur.key())[0] + 1 if cur.last() else 0
+            self._stream_count = txn.stat(self._streams)["entries"]
+        self._applied = self._read_applied()
+
+    def close(self) -> None:
+        with self._swap_lock.write():
+            self.env.close()
+
+    def flush(self) -> None:
+        """Force everything committed so far to disk (used with sync=False)."""
+        self.env.sync(True)
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold off readers while the environment is replaced (snapshot install)."""
+        with self._swap_lock.write():
+            yield
+
+    def reopen(self) -> None:
+        """Reopen after the files under `path` were replaced; call inside `exclusive()`."""
+        self.env.close()
+        self._open()
+
+    @contextmanager
+    def _read(self) -> Iterator[Any]:
+        with self._swap_lock.read(), self.env.begin(buffers=False) as txn:
+            yield txn
+
+    # --- identity and progress -------------------------------------------------------------------
+
+    def _read_applied(self) -> tuple[int, int]:
+        with self.env.begin() as txn:
+            raw = txn.get(_APPLIED, db=self._meta)
+        if raw is None:
+            return (0, 0)
+        return (U64.unpack_from(raw, 0)[0], U64.unpack_from(raw, 8)[0])
+
+    @property
+    def applied(self) -> tuple[int, int]:
+        """(raft index, term) of the last applied batch; (0, 0) for a standalone node."""
+        return self._applied
+
+    @property
+    def last_position(self) -> int:
+        """Global position of the last stored event, -1 when empty."""
+        return self._next_position - 1
+
+    @property
+    def stream_count(self) -> int:
+        return self._stream_count
+
+    def get_meta(self, key: bytes) -> bytes | None:
+        with self._read() as txn:
+            value = txn.get(key, db=self._meta)
+            return bytes(value) if value is not None else None
+
+    def set_meta(self, key: bytes, value: bytes) -> None:
+        if key in (_APPLIED, _FORMAT_KEY):
+            raise ValueError(f"reserved meta key {key!r}")
+        with self.env.begin(write=True) as txn:
+            txn.put(key, value, db=self._meta)
+
+    # --- writes ----------------------------------------------------------------------------------
+
+    def apply(self, batch: bytes, index: int = 0, term: int = 0) -> list[Result] | None:
+        """Apply one batch in one LMDB transaction.
+
+        With a raft `index`, a batch at or below the last applied index is skipped (returns
+        None): after a restart pysyncobj replays the journal tail, and the state already holds
+        it. The applied index is written in the same transaction as the data.
+        """
+        if index and index <= self._applied[0]:
+            return None
+        try:
+            fmt, created_us, subs = unpack_trusted(batch)
+            if fmt != cmd.FORMAT:
+                raise InvalidInput(f"unknown command format {fmt}")
+        except EsdbError as exc:
+            return [exc]
+        except Exception as exc:  # a malformed batch is a result, never a stalled log
+            return [InvalidInput(f"malformed command batch: {type(exc).__name__}")]
+        next_position = self._next_position
+        stream_count = self._stream_count
+        try:
+            with self.env.begin(write=True) as txn:
+                w = _Writer(self, txn, created_us, next_position, stream_count)
+                results = [w.run(sub) for sub in subs]
+                if index:
+                    txn.put(_APPLIED, U64.pack(index) + U64.pack(term), db=self._meta)
+                next_position, stream_count = w.next_position, w.stream_count
+        except lmdb.Error as exc:
+            raise StorageFailure(f"write failed: {exc}") from exc
+        self._next_position = next_position
+        self._stream_count = stream_count
+        if index:
+            self._applied = (index, term)
+        return results
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    def _info(self, txn: Any, stream: str, raw: bytes) -> _Info | None:
+        value = txn.get(raw, db=self._streams)
+        if value is None:
+            return None
+        last, flags, delete_before, meta = unpack_trusted(unseal(value, f"stream info {stream!r}"))
+        return _Info(last, flags, delete_before, meta)
+
+    def stream_info(self, stream: str) -> StreamInfo:
+        raw = validate_stream_name(stream, allow_system=True)
+        with self._read() as txn:
+            info = self._info(txn, stream, raw)
+        if info is None:
+            raise StreamNotFound(f"stream {stream!r} not found")
+        return info.public(stream)
+
+    def _get_event(self, txn: Any, position: int) -> bytes:
+        value = txn.get(U64.pack(position), db=self._log)
+        if value is None:
+            raise CorruptRecord(f"event at position {position} is missing from the log")
+        return unseal(value, f"event at position {position}")
+
+    def read_stream(
+        self,
+        stream: str,
+        from_version: int | None = 0,
+        *,
+        backward: bool = False,
+        limit: int = 1000,
+        now_us: int | None = None,
+    ) -> tuple[list[bytes], StreamInfo]:
+        """Record payloads of one stream. `from_version=None` means the end (for backward reads).
+
+        Hidden events (soft delete, truncate-before, max-count, max-age) are skipped.
+        """
+        raw = validate_stream_name(stream, allow_system=True)
+        now_us = now_us if now_us is not None else int(time.time() * 1_000_000)
+        with self._read() as txn:
+            info_rec = self._info(txn, stream, raw)
+            if info_rec is None:
+                raise StreamNotFound(f"stream {stream!r} not found")
+            info = info_rec.public(stream)
+            if info.tombstoned:
+                raise StreamDeleted(f"stream {stream!r} is deleted (tombstoned)")
+            if info.deleted:
+                raise StreamNotFound(f"stream {stream!r} not found (soft-deleted)")
+            min_created = (
+                now_us - int(info.metadata.max_age * 1_000_000)
+                if info.metadata.max_age is not None
+                else None
+            )
+            out: list[bytes] = []
+            if limit <= 0:
+                return out, info
+            if backward:
+                version = info.last_version if from_version is None else from_version
+                version = min(version, info.last_version)
+                step = -1
+            else:
+                version = max(from_version or 0, info.first_visible)
+                step = 1
+            while info.first_visible <= version <= info.last_version and len(out) < limit:
+                pos = txn.get(_stream_key(raw, version), db=self._sidx)
+                if pos is None:
+                    raise CorruptRecord(f"index entry {stream!r}@{version} is missing")
+                position = U64.unpack(pos)[0]
+                payload = self._get_event(txn, position)
+                # The index is not checksummed; cross-checking the record it points at is.
+                s, v, p, created_us, _, _ = codec.record_header(payload)
+                if s != stream or v != version or p != position:
+                    raise CorruptRecord(
+                        f"index entry {stream!r}@{version} points at the wrong event "
+                        f"(position {position} holds {s!r}@{v})"
+                    )
+                if min_created is None or created_us >= min_created:
+                    out.append(payload)
+                version += step
+            return out, info
+
+    def read_all(
+        self,
+        from_position: int | None = 0,
+        *,
+        backward: bool = False,
+        limit: int = 1000,
+        filter: AllFilter | None = None,
+        max_scan: int = 100_000,
+    ) -> tuple[list[bytes], int | None]:
+        """Record payloads of the `$all` log and the position to continue from (None at the end).
+
+        `from_position=None` means the end (for backward reads). At most `max_scan` records are
+        examined per call, so a selective filter cannot block the caller for long.
+        """
+        flt = filter if filter is not None and not filter.is_empty() else None
+        out: list[bytes] = []
+        with self._read() as txn:
+            cur = txn.cursor(db=self._log)
+            if backward:
+                start = self.last_position if from_position is None else from_position
+                if start < 0 or not (cur.set_range(U64.pack(start)) or cur.last()):
+                    return out, None
+                if U64.unpack(cur.key())[0] > start and not cur.prev():
+                    return out, None
+                move = cur.prev
+            else:
+                if not cur.set_range(U64.pack(max(from_position or 0, 0))):
+                    return out, None
+                move = cur.next
+            scanned = 0
+            while len(out) < limit:
+                position = U64.unpack(cur.key())[0]
+                if scanned >= max_scan:
+                    return out, position
+                payload = unseal(cur.value(), f"event at position {position}")
+                scanned += 1
+                if flt is None or _matches(flt, payload):
+                    out.append(payload)
+                if not move():
+                    return out, None
+            return out, U64.unpack(cur.key())[0]
+
+    def list_streams(
+        self, prefix: str = "", *, after: str | None = None, limit: int = 1000
+    ) -> list[StreamInfo]:
+        raw_prefix = prefix.encode()
+        out: list[StreamInfo] = []
+        with self._read() as txn:
+            cur = txn.cursor(db=self._streams)
+            start = after.encode() if after is not None else raw_prefix
+            if not cur.set_range(start):
+                return out
+            while len(out) < limit:
+                key = bytes(cur.key())
+                if not key.startswith(raw_prefix):
+                    break
+                if after is None or key != after.encode():
+                    name = key.decode()
+                    last, flags, delete_before, meta = unpack_trusted(
+                        unseal(cur.value(), f"stream info {name!r}")
+                    )
+                    out.append(_Info(last, flags, delete_before, meta).public(name))
+                if not cur.next():
+                    break
+        return out
+
+    def snapshot_get(self, stream: str, at_or_below: int | None = None) -> Snapshot:
+        raw = validate_stream_name(stream, allow_system=True)
+        with self._read() as txn:
+            cur = txn.cursor(db=self._snaps)
+            target = _stream_key(raw, at_or_below if at_or_below is not None else 2**64 - 1)
+            found = cur.set_range(target)
+            if found and bytes(cur.key()) == target:
+                key = bytes(cur.key())
+            else:
+                if not (cur.prev() if found else cur.last()):
+                    key = b""
+                else:
+                    key = bytes(cur.key())
+            if not key.startswith(raw + _SEP) or len(key) != len(raw) + 9:
+                where = f" at or below version {at_or_below}" if at_or_below is not None else ""
+                raise SnapshotNotFound(f"no snapshot of {stream!r}{where}")
+            version = U64.unpack(key[-8:])[0]
+            return codec.decode_snapshot(unseal(cur.value(), f"snapshot {stream!r}@{version}"))
+
+    def snapshot_list(self, stream: str) -> list[Snapshot]:
+        raw = validate_stream_name(stream, allow_system=True)
+        out: list[Snapshot] = []
+        with self._read() as txn:
+            cur = txn.cursor(db=self._snaps)
+            if not cur.set_range(raw + _SEP):
+                return out
+            for key, value in cur:
+                if not key.startswith(raw + _SEP) or len(key) != len(raw) + 9:
+                    break
+                version = U64.unpack(key[-8:])[0]
+                out.append(codec.decode_snapshot(unseal(value, f"snapshot {stream!r}@{version}")))
+        return out
+
+    # --- whole-store copies (raft snapshots, backups) ----------------------------------------
+
+    def copy_to_fd(self, fd: int) -> tuple[int, int]:
+        """Write a compacted, consistent copy of the environment to `fd`; returns its applied
+        (index, term), which the copy is guaranteed to match."""
+        with self._read(), self.env.begin() as txn:
+            raw = txn.get(_APPLIED, db=self._meta)
+            applied = (0, 0) if raw is None else (U64.unpack_from(raw, 0)[0], U64.unpack_from(raw, 8)[0])
+            self.env.copyfd(fd, compact=True, txn=txn)
+        return applied
+
+
+def _matches(flt: AllFilter, payload: bytes) -> bool:
+    stream, _, _, _, _, event_type = codec.record_header(payload)
+    if flt.stream_prefix and not stream.startswith(flt.stream_prefix):
+        return False
+    if flt.event_types and event_type not in flt.event_types:
+        return False
+    return not (flt.type_pattern and not fnmatch.fnmatchcase(event_type, flt.type_pattern))
+
+
+class _Writer:
+    """Applies the subcommands of one batch inside one write transaction."""
+
+    def __init__(
+        self, store: Store, txn: Any, created_us: int, next_position: int, stream_count: int
+    ) -> None:
+        self.store = store
+        self.txn = txn
+        self.created_us = created_us
+        self.next_position = next_position
+        self.stream_count = stream_count
+
+    def run(self, sub: list[Any]) -> Result:
+        try:
+            op = sub[0]
+            if op == cmd.APPEND:
+                return self.append(sub[1], sub[2], sub[3])
+            if op == cmd.DELETE:
+                return self.delete(sub[1], sub[2], bool(sub[3]))
+            if op == cmd.SET_METADATA:
+                return self.set_metadata(sub[1], sub[2])
+            if op == cmd.SNAPSHOT_SAVE:
+                return self.snapshot_save(sub[1], sub[2], sub[3], sub[4])
+            if op == cmd.SNAPSHOT_DELETE:
+                return self.snapshot_delete(sub[1], sub[2])
+            if op == cmd.NOOP:
+                return None
+            raise InvalidInput(f"unknown command {op!r}")
+        except EsdbError as exc:
+            return exc
+        except lmdb.Error:
+            raise
+        except Exception as exc:  # malformed subcommand: a result, not a poison pill
+            return InvalidInput(f"malformed command: {type(exc).__name__}: {exc}")
+
+    def _load(self, stream: str) -> tuple[bytes, _Info | None]:
+        raw = validate_stream_name(stream)
+        return raw, self.store._info(self.txn, stream, raw)
+
+    def _check_expected(self, stream: str, info: _Info | None, expected: int) -> None:
+        exists = info is not None and info.exists
+        current = info.last_version if info is not None and exists else -1
+        ok = (
+            expected == -2
+            or (expected == -1 and not exists)
+            or (expected == -4 and exists)
+            or (expected >= 0 and exists and current == expected)
+        )
+        if not ok:
+            raise WrongExpectedVersion(
+                f"wrong expected version for {stream!r}: expected "
+                f"{expected_from_int(expected)}, actual {current if exists else 'no-stream'}",
+                stream=stream,
+                expected=expected,
+                actual=current,
+            )
+
+    def _put_info(self, raw: bytes, info: _Info, is_new: bool) -> None:
+        self.txn.put(raw, info.seal(), db=self.store._streams)
+        if is_new:
+            self.stream_count += 1
+
+    def append(self, stream: str, expected: int, events: list[list[Any]]) -> AppendResult:
+        raw, info = self._load(stream)
+        if not events:
+            raise InvalidInput("an append needs at least one event")
+        if info is not None and info.flags & _TOMBSTONED:
+            raise StreamDeleted(f"stream {stream!r} is deleted (tombstoned); it takes no writes")
+        txn, store = self.txn, self.store
+        ids = [e[0] for e in events]
+        if len(set(ids)) != len(ids):
+            raise InvalidInput("the same event id appears twice in one append")
+        first_pos = txn.get(ids[0], db=store._ids)
+        if first_pos is not None:
+            return self._retry(stream, expected, events, U64.unpack(first_pos)[0])
+        for event_id in ids[1:]:
+            if txn.get(event_id, db=store._ids) is not None:
+                raise DuplicateEventId(
+                    f"event id {_uuid(event_id)} is already stored",
+                    hint="event ids must be unique; reuse them only to retry the same append",
+                )
+        self._check_expected(stream, info, expected)
+        is_new = info is None
+        if info is None:
+            info = _Info(-1, 0, 0, None)
+        version = info.last_version + 1
+        first_version, position = version, self.next_position
+        created = self.created_us
+        put = txn.put
+        log, sidx, idsdb = store._log, store._sidx, store._ids
+        for event in events:
+            pos_key = U64.pack(position)
+            put(pos_key, seal(codec.encode_record(stream, version, position, created, event)),
+                db=log, append=True)
+            put(_stream_key(raw, version), pos_key, db=sidx)
+            put(event[0], pos_key, db=idsdb)
+            version += 1
+            position += 1
+        info.last_version = version - 1
+        info.flags &= ~_DELETED
+        self._put_info(raw, info, is_new)
+        self.next_position = position
+        return AppendResult(stream, first_version, version - 1, position - len(events), position - 1)
+
+    def _retry(
+        self, stream: str, expected: int, events: list[list[Any]], first_pos: int
+    ) -> AppendResult:
+        """The first id is stored: an exact retry returns the original result, else conflict."""
+        txn, store = self.txn, self.store
+        s, v, *_ = codec.record_header(store._get_event(txn, first_pos))
+        same = s == stream
+        for i, event in enumerate(events):
+            if not same:
+                break
+            pos = txn.get(event[0], db=store._ids)
+            if pos is None:
+                same = False
+                break
+            s2, v2, *_ = codec.record_header(store._get_event(txn, U64.unpack(pos)[0]))
+            same = s2 == stream and v2 == v + i
+        if not same:
+            raise DuplicateEventId(
+                f"event id {_uuid(events[0][0])} is already stored in {s!r}@{v}, "
+                "and this append is not an exact retry of that one",
+            )
+        matches_expected = (
+            expected == -2
+            or (expected == -1 and v == 0)
+            or (expected == -4 and v > 0)
+            or expected == v - 1
+        )
+        if not matches_expected:
+            info = store._info(txn, stream, stream.encode())
+            current = info.last_version if info is not None else -1
+            raise WrongExpectedVersion(
+                f"wrong expected version for {stream!r}: these events were appended at version "
+                f"{v}, not after {expected_from_int(expected)}",
+                stream=stream,
+                expected=expected,
+                actual=current,
+            )
+        last_pos = U64.unpack(txn.get(events[-1][0], db=store._ids))[0]
+        return AppendResult(stream, v, v + len(events) - 1, first_pos, last_pos)
+
+    def delete(self, stream: str, expected: int, hard: bool) -> DeleteResult:
+        raw, info = self._load(stream)
+        if info is not None and info.flags & _TOMBSTONED:
+            raise StreamDeleted(f"stream {stream!r} is already deleted (tombstoned)")
+        if not hard and (info is None or not info.exists):
+            if expected in (-2, -1) and info is not None and info.flags & _DELETED:
+                return DeleteResult(stream, info.last_version, False)  # idempotent soft delete
+            raise StreamNotFound(f"stream {stream!r} not found")
+        self._check_expected(stream, info, expected)
+        is_new = info is None
+        if info is None:
+            info = _Info(-1, 0, 0, None)
+        if hard:
+            info.flags = _TOMBSTONED
+        else:
+            info.flags = _DELETED
+        info.delete_before = info.last_version + 1
+        self._put_info(raw, info, is_new)
+        return DeleteResult(stream, info.last_version, hard)
+
+    def set_metadata(self, stream: str, metadata: Any) -> StreamInfo:
+        raw, info = self._load(stream)
+        meta = StreamMetadata.from_wire(metadata)
+        if info is not None and info.flags & _TOMBSTONED:
+            raise StreamDeleted(f"stream {stream!r} is deleted (tombstoned)")
+        is_new = info is None
+        if info is None:
+            info = _Info(-1, 0, 0, None)
+        info.metadata = meta.to_wire()
+        self._put_info(raw, info, is_new)
+        return info.public(stream)
+
+    def snapshot_save(self, stream: str, version: int, data: bytes, metadata: bytes) -> Snapshot:
+        raw, info = self._load(stream)
+        if info is None or info.last_version < 0:
+            raise StreamNotFound(f"stream {stream!r} not found; snapshot a stream with events")
+        if info.flags & _TOMBSTONED:
+            raise StreamDeleted(f"stream {stream!r} is deleted (tombstoned)")
+        if not isinstance(version, int) or not 0 <= version <= info.last_version:
+            raise InvalidInput(
+                f"snapshot version {version} is outside {stream!r} (versions 0..{info.last_version})"
+            )
+        if not isinstance(data, bytes) or not isinstance(metadata, bytes) or not data:
+            raise InvalidInput("snapshot data must be non-empty bytes")
+        payload = codec.encode_snapshot(stream, version, data, metadata, self.created_us)
+        self.txn.put(_stream_key(raw, version), seal(payload), db=self.store._snaps)
+        return codec.decode_snapshot(payload)
+
+    def snapshot_delete(self, stream: str, version: int) -> int:
+        raw = validate_stream_name(stream)
+        snaps = self.store._snaps
+        if version >= 0:
+            if not self.txn.delete(_stream_key(raw, version), db=snaps):
+                raise SnapshotNotFound(f"no snapshot of {stream!r} at version {version}")
+            return 1
+        cur = self.txn.cursor(db=snaps)
+        deleted = 0
+        if cur.set_range(raw + _SEP):
+            while True:
+                key = bytes(cur.key())
+                if not key.startswith(raw + _SEP) or len(key) != len(raw) + 9:
+                    break
+                if not cur.delete():
+                    break
+                deleted += 1
+        if not deleted:
+            raise SnapshotNotFound(f"no snapshots of {stream!r}")
+        return deleted
+
+
+def _uuid(raw: bytes) -> str:
+    import uuid
+
+    return str(uuid.UUID(bytes=raw))
