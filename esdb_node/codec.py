@@ -26,7 +26,7 @@ MAX_MAP = 1_000
 
 
 def pack(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return,unused-ignore]
 
 
 def unpack_untrusted(data: bytes, *, max_bytes: int) -> Any:
@@ -37,7 +37,6 @@ def unpack_untrusted(data: bytes, *, max_bytes: int) -> Any:
             raw=False,
             strict_map_key=True,
             use_list=True,
-            max_buffer_size=max_bytes,
             max_str_len=max_bytes,
             max_bin_len=max_bytes,
             max_array_len=MAX_ARRAY,
@@ -81,7 +80,7 @@ def unseal(value: bytes, what: str) -> bytes:
     return payload
 
 
-# --- events --------------------------------------------------------------------------------------
+# --- events ------------------------------------------------------------------------------------
 
 
 def event_to_wire(event: EventData) -> list[Any]:

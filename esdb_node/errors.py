@@ -39,7 +39,7 @@ class EsdbError(Exception):
         return self.message
 
 
-# --- exit 2: usage or invalid input -------------------------------------------------------
+# --- exit 2: usage or invalid input ------------------------------------------------------------
 
 
 class InvalidInput(EsdbError):
@@ -57,7 +57,7 @@ class AuthenticationFailed(InvalidInput):
     code = "auth_failed"
 
 
-# --- exit 3: unavailable --------------------------------------------------------------------
+# --- exit 3: unavailable -----------------------------------------------------------------------
 
 
 class Unavailable(EsdbError):
@@ -80,7 +80,7 @@ class NotReady(Unavailable):
     code = "not_ready"
 
 
-# --- exit 4: conflict ------------------------------------------------------------------------
+# --- exit 4: conflict --------------------------------------------------------------------------
 
 
 class Conflict(EsdbError):
@@ -114,7 +114,7 @@ class Unhealthy(EsdbError):
     exit_code = ExitCode.UNHEALTHY
 
 
-# --- exit 6: timeout or unknown outcome ----------------------------------------------------------
+# --- exit 6: timeout or unknown outcome --------------------------------------------------------
 
 
 class UnknownOutcome(EsdbError):
@@ -128,7 +128,7 @@ class Timeout(UnknownOutcome):
     code = "timeout"
 
 
-# --- exit 7: not found ---------------------------------------------------------------------------
+# --- exit 7: not found -------------------------------------------------------------------------
 
 
 class NotFound(EsdbError):
@@ -144,7 +144,7 @@ class SnapshotNotFound(NotFound):
     code = "snapshot_not_found"
 
 
-# --- exit 1: everything else ---------------------------------------------------------------------
+# --- exit 1: everything else -------------------------------------------------------------------
 
 
 class CorruptRecord(EsdbError):
@@ -171,6 +171,8 @@ def error_from_wire(value: Any) -> EsdbError:
     try:
         code, message, details, hint = value
         cls = {c.code: c for c in _all_subclasses(EsdbError)}.get(str(code), EsdbError)
-        return cls(str(message), hint=hint if isinstance(hint, str) else None, **dict(details or {}))
+        return cls(
+            str(message), hint=hint if isinstance(hint, str) else None, **dict(details or {})
+        )
     except (TypeError, ValueError):
         return ProtocolError(f"malformed error from server: {value!r:.200}")

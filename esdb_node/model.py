@@ -240,11 +240,18 @@ class StreamInfo:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
+    """`data` is empty in listings; `size` is always the stored data size."""
+
     stream: str
     version: int
     data: bytes
     metadata: bytes
     created: datetime
+    size: int = -1
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            object.__setattr__(self, "size", len(self.data))
 
     def json(self) -> Any:
         return json.loads(self.data)

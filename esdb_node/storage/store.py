@@ -20,7 +20,7 @@ import fnmatch
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -151,10 +151,11 @@ class Store:
         self.sync = sync
         self.map_size = map_size
         self._swap_lock = _RWLock()
+        self._listeners: list[Callable[[int], None]] = []
         self.path.mkdir(parents=True, exist_ok=True)
         self._open()
 
-    # --- lifecycle -------------------------------------------------------------------------------
+    # --- lifecycle ------------------------------------------------------------------------------
 
     def _open(self) -> None:
         try:
@@ -187,6 +188,10 @@ class Store:
             self._stream_count = txn.stat(self._streams)["entries"]
         self._applied = self._read_applied()
 
+    def add_listener(self, listener: Callable[[int], None]) -> None:
+        """Call `listener(last_position)` after every committed batch (on the writer's thread)."""
+        self._listeners.append(listener)
+
     def close(self) -> None:
         with self._swap_lock.write():
             self.env.close()
@@ -205,13 +210,15 @@ class Store:
         """Reopen after the files under `path` were replaced; call inside `exclusive()`."""
         self.env.close()
         self._open()
+        for listener in self._listeners:
+            listener(self._next_position - 1)
 
     @contextmanager
     def _read(self) -> Iterator[Any]:
         with self._swap_lock.read(), self.env.begin(buffers=False) as txn:
             yield txn
 
-    # --- identity and progress -------------------------------------------------------------------
+    # --- identity and progress ------------------------------------------------------------------
 
     def _read_applied(self) -> tuple[int, int]:
         with self.env.begin() as txn:
@@ -245,7 +252,7 @@ class Store:
         with self.env.begin(write=True) as txn:
             txn.put(key, value, db=self._meta)
 
-    # --- writes ----------------------------------------------------------------------------------
+    # --- writes ---------------------------------------------------------------------------------
 
     def apply(self, batch: bytes, index: int = 0, term: int = 0) -> list[Result] | None:
         """Apply one batch in one LMDB transaction.
@@ -279,9 +286,11 @@ class Store:
         self._stream_count = stream_count
         if index:
             self._applied = (index, term)
+        for listener in self._listeners:
+            listener(next_position - 1)
         return results
 
-    # --- reads -----------------------------------------------------------------------------------
+    # --- reads ----------------------------------------------------------------------------------
 
     def _info(self, txn: Any, stream: str, raw: bytes) -> _Info | None:
         value = txn.get(raw, db=self._streams)
@@ -369,11 +378,13 @@ class Store:
         limit: int = 1000,
         filter: AllFilter | None = None,
         max_scan: int = 100_000,
-    ) -> tuple[list[bytes], int | None]:
-        """Record payloads of the `$all` log and the position to continue from (None at the end).
+    ) -> tuple[list[bytes], int, bool]:
+        """Record payloads of the `$all` log: (payloads, next position, exhausted).
 
-        `from_position=None` means the end (for backward reads). At most `max_scan` records are
-        examined per call, so a selective filter cannot block the caller for long.
+        `from_position=None` starts at the end (for backward reads). `next position` is where
+        to continue (forward: after the last examined record; backward: before it, maybe -1);
+        `exhausted` says the log ended. At most `max_scan` records are examined per call, so a
+        selective filter cannot block the caller for long.
         """
         flt = filter if filter is not None and not filter.is_empty() else None
         out: list[bytes] = []
@@ -382,26 +393,26 @@ class Store:
             if backward:
                 start = self.last_position if from_position is None else from_position
                 if start < 0 or not (cur.set_range(U64.pack(start)) or cur.last()):
-                    return out, None
+                    return out, -1, True
                 if U64.unpack(cur.key())[0] > start and not cur.prev():
-                    return out, None
-                move = cur.prev
+                    return out, -1, True
+                move, step = cur.prev, -1
             else:
-                if not cur.set_range(U64.pack(max(from_position or 0, 0))):
-                    return out, None
-                move = cur.next
+                start = max(from_position or 0, 0)
+                if not cur.set_range(U64.pack(start)):
+                    return out, max(start, self._next_position), True
+                move, step = cur.next, 1
             scanned = 0
-            while len(out) < limit:
+            while True:
                 position = U64.unpack(cur.key())[0]
-                if scanned >= max_scan:
-                    return out, position
+                if len(out) >= limit or scanned >= max_scan:
+                    return out, position, False
                 payload = unseal(cur.value(), f"event at position {position}")
                 scanned += 1
                 if flt is None or _matches(flt, payload):
                     out.append(payload)
                 if not move():
-                    return out, None
-            return out, U64.unpack(cur.key())[0]
+                    return out, position + step, True
 
     def list_streams(
         self, prefix: str = "", *, after: str | None = None, limit: int = 1000
@@ -436,10 +447,7 @@ class Store:
             if found and bytes(cur.key()) == target:
                 key = bytes(cur.key())
             else:
-                if not (cur.prev() if found else cur.last()):
-                    key = b""
-                else:
-                    key = bytes(cur.key())
+                key = b"" if not (cur.prev() if found else cur.last()) else bytes(cur.key())
             if not key.startswith(raw + _SEP) or len(key) != len(raw) + 9:
                 where = f" at or below version {at_or_below}" if at_or_below is not None else ""
                 raise SnapshotNotFound(f"no snapshot of {stream!r}{where}")
@@ -460,14 +468,16 @@ class Store:
                 out.append(codec.decode_snapshot(unseal(value, f"snapshot {stream!r}@{version}")))
         return out
 
-    # --- whole-store copies (raft snapshots, backups) ----------------------------------------
+    # --- whole-store copies (raft snapshots, backups) -------------------------------------------
 
     def copy_to_fd(self, fd: int) -> tuple[int, int]:
         """Write a compacted, consistent copy of the environment to `fd`; returns its applied
         (index, term), which the copy is guaranteed to match."""
         with self._read(), self.env.begin() as txn:
             raw = txn.get(_APPLIED, db=self._meta)
-            applied = (0, 0) if raw is None else (U64.unpack_from(raw, 0)[0], U64.unpack_from(raw, 8)[0])
+            applied = (
+                (0, 0) if raw is None else (U64.unpack_from(raw, 0)[0], U64.unpack_from(raw, 8)[0])
+            )
             self.env.copyfd(fd, compact=True, txn=txn)
         return applied
 
@@ -573,8 +583,12 @@ class _Writer:
         log, sidx, idsdb = store._log, store._sidx, store._ids
         for event in events:
             pos_key = U64.pack(position)
-            put(pos_key, seal(codec.encode_record(stream, version, position, created, event)),
-                db=log, append=True)
+            put(
+                pos_key,
+                seal(codec.encode_record(stream, version, position, created, event)),
+                db=log,
+                append=True,
+            )
             put(_stream_key(raw, version), pos_key, db=sidx)
             put(event[0], pos_key, db=idsdb)
             version += 1
@@ -583,7 +597,9 @@ class _Writer:
         info.flags &= ~_DELETED
         self._put_info(raw, info, is_new)
         self.next_position = position
-        return AppendResult(stream, first_version, version - 1, position - len(events), position - 1)
+        return AppendResult(
+            stream, first_version, version - 1, position - len(events), position - 1
+        )
 
     def _retry(
         self, stream: str, expected: int, events: list[list[Any]], first_pos: int
@@ -665,7 +681,8 @@ class _Writer:
             raise StreamDeleted(f"stream {stream!r} is deleted (tombstoned)")
         if not isinstance(version, int) or not 0 <= version <= info.last_version:
             raise InvalidInput(
-                f"snapshot version {version} is outside {stream!r} (versions 0..{info.last_version})"
+                f"snapshot version {version} is outside {stream!r} "
+                f"(versions 0..{info.last_version})"
             )
         if not isinstance(data, bytes) or not isinstance(metadata, bytes) or not data:
             raise InvalidInput("snapshot data must be non-empty bytes")

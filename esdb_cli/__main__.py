@@ -1,0 +1,3 @@
+from esdb_cli.main import run
+
+run()

@@ -1,0 +1,239 @@
+"""`esdb node start|stop|status|ready`: run and inspect one node."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from esdb_cli import local
+from esdb_cli.context import client_command, connect, options, printer
+from esdb_cli.output import say, status_row
+from esdb_node.config import NodeConfig
+from esdb_node.errors import EsdbError, Unhealthy
+from esdb_node.node import read_runtime
+
+app = typer.Typer(help="Run one node and check on it.", no_args_is_help=True)
+
+DataDirOpt = Annotated[
+    Path,
+    typer.Option(
+        "--data-dir", "-D", help="Data directory. Env: ESDB_DATA_DIR.", envvar="ESDB_DATA_DIR"
+    ),
+]
+
+
+@app.command()
+def start(
+    data_dir: DataDirOpt = Path("esdb-data"),
+    node_id: Annotated[
+        str | None, typer.Option(help="Node id (fixed at first start; default: generated).")
+    ] = None,
+    store_id: Annotated[
+        str | None,
+        typer.Option(help="Store id shared by all nodes of a cluster (default: 'default')."),
+    ] = None,
+    listen: Annotated[
+        str | None,
+        typer.Option(help="Client port HOST:PORT [default: 127.0.0.1:2113].", show_default=False),
+    ] = None,
+    raft: Annotated[
+        str | None,
+        typer.Option(
+            help="Raft port HOST:PORT (cluster mode) [default: 127.0.0.1:2114].", show_default=False
+        ),
+    ] = None,
+    advertise: Annotated[
+        str | None,
+        typer.Option(help="Host that clients and peers should use, when listening on 0.0.0.0."),
+    ] = None,
+    peers: Annotated[
+        str | None,
+        typer.Option(help="Other members' Raft addresses, comma-separated (static cluster)."),
+    ] = None,
+    join: Annotated[
+        str | None,
+        typer.Option(
+            help="Join an existing cluster through this node URL (esdb://HOST:PORT), or dns:NAME."
+        ),
+    ] = None,
+    discovery: Annotated[str | None, typer.Option(help="static or mdns.")] = None,
+    discovery_interface: Annotated[
+        str | None, typer.Option(help="Interfaces for mDNS, comma-separated.")
+    ] = None,
+    bootstrap_expect: Annotated[
+        int | None, typer.Option(help="Form a new cluster once N nodes are visible.")
+    ] = None,
+    bootstrap_timeout: Annotated[
+        float | None,
+        typer.Option(help="Give up waiting for --bootstrap-expect nodes after S seconds."),
+    ] = None,
+    secret: Annotated[
+        str | None,
+        typer.Option(
+            help="Cluster secret (required in cluster mode). Env: ESDB_SECRET.",
+            envvar="ESDB_SECRET",
+            show_envvar=False,
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="Require this token from clients. Env: ESDB_TOKEN.",
+            envvar="ESDB_TOKEN",
+            show_envvar=False,
+        ),
+    ] = None,
+    durability: Annotated[
+        str | None,
+        typer.Option(
+            help="fsync (default: acknowledged = on "
+            "disk) or os (page cache: survives a process kill, not a power "
+            "loss)."
+        ),
+    ] = None,
+    max_event_bytes: Annotated[
+        int | None,
+        typer.Option(
+            help="Largest event accepted (data + metadata) [default: 4 MiB].", show_default=False
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="TOML file with node settings (flags and ESDB_* variables override it).",
+        ),
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+    detach: Annotated[
+        bool,
+        typer.Option(
+            "--detach",
+            "-d",
+            help="Run in the background; writes esdb.pid and esdb.log in the data directory.",
+        ),
+    ] = False,
+    wait: Annotated[
+        float, typer.Option(help="With --detach: seconds to wait for the node to serve.")
+    ] = 30.0,
+) -> None:
+    """Start a node (standalone, or a cluster member with --peers/--join/--secret).
+
+    Examples:
+      esdb node start --detach                     # a standalone node on 127.0.0.1:2113
+      esdb node start -D n1 --listen 127.0.0.1:2113 --raft 127.0.0.1:2114 \\
+          --peers 127.0.0.1:2124,127.0.0.1:2134 --secret "$ESDB_SECRET"
+    """
+    flags = {
+        "data_dir": data_dir,
+        "node_id": node_id,
+        "store_id": store_id,
+        "listen": listen,
+        "raft": raft,
+        "advertise": advertise,
+        "peers": peers,
+        "join": join,
+        "discovery": discovery,
+        "discovery_interface": discovery_interface,
+        "bootstrap_expect": bootstrap_expect,
+        "bootstrap_timeout": bootstrap_timeout,
+        "secret": secret,
+        "token": token,
+        "durability": durability,
+        "max_event_bytes": max_event_bytes,
+        "log_level": log_level,
+    }
+    cfg = NodeConfig.load({k: v for k, v in flags.items() if v is not None}, config_file=config)
+    if not detach:
+        from esdb_node.node import run_node
+
+        code = run_node(cfg)
+        if code:
+            raise typer.Exit(code)
+        return
+    proc = local.spawn_node(cfg)
+    status = local.wait_serving(cfg, proc, wait)
+    say(
+        f"node {status.node_id} running in the background (pid {proc.pid}); "
+        f"log: {cfg.data_dir / 'esdb.log'}"
+    )
+    printer().record(status_row(status))
+
+
+@app.command()
+def stop(
+    data_dir: DataDirOpt = Path("esdb-data"),
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for a clean exit.")] = 30.0,
+    force: Annotated[bool, typer.Option(help="SIGKILL if it does not exit in time.")] = False,
+) -> None:
+    """Stop the node running on a data directory (SIGTERM: finishes in-flight writes)."""
+    pid = local.stop_node(data_dir, timeout=timeout, force=force)
+    say(f"stopped node (pid {pid})")
+
+
+def _node_url(data_dir: Path | None) -> str | None:
+    """The one node to ask: --url (first of them), else the node of `data_dir`, else any."""
+    opts = options()
+    if opts.url:
+        return opts.url.split(",")[0]
+    if data_dir is not None:
+        runtime = read_runtime(data_dir)
+        if runtime and runtime.get("url"):
+            opts.url = str(runtime["url"])
+            return opts.url
+    return None
+
+
+@app.command()
+@client_command
+def status(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir", "-D", help="Ask the node of this data directory.", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Show what one node reports about itself."""
+    url = _node_url(data_dir)
+    with connect() as client:
+        printer().record(status_row(client.status(url)))
+
+
+@app.command()
+@client_command
+def ready(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir", "-D", help="Ask the node of this data directory.", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Layered readiness: [+]node ok, [+]leader ok, [+]store ok. Exit 5 if any check fails."""
+    url = _node_url(data_dir)
+    checks: list[tuple[str, bool, str]] = []
+    try:
+        with connect() as client:
+            st = client.status(url)
+        checks.append(("node", True, f"{st.node_id} at {st.url}"))
+        checks.append(("leader", st.leader_id is not None, st.leader_id or "no leader known"))
+        checks.append(
+            ("store", st.ready, f"{st.last_position + 1} events" if st.ready else "not caught up")
+        )
+    except EsdbError as exc:
+        checks.append(("node", False, str(exc)))
+    out = printer()
+    rows = [{"check": name, "ok": ok, "detail": detail} for name, ok, detail in checks]
+    if out.fmt == "table":
+        for row in rows:
+            out.stream.write(
+                f"[{'+' if row['ok'] else '-'}]{row['check']} "
+                f"{'ok' if row['ok'] else 'failed'}: {row['detail']}\n"
+            )
+    else:
+        out.rows(rows, ["check", "ok", "detail"], key="checks")
+    if not all(ok for _, ok, _ in checks):
+        raise Unhealthy("node is not ready")

@@ -1,0 +1,158 @@
+"""Turning what users type into typed values: JSON payloads, event files, `--from`, `--where`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from esdb_node.errors import InvalidInput
+from esdb_node.model import EventData, RecordedEvent
+
+
+def read_source(value: str, what: str) -> bytes:
+    """`-` reads stdin, `@FILE` reads a file, anything else is the value itself."""
+    if value == "-":
+        return sys.stdin.buffer.read()
+    if value.startswith("@"):
+        path = Path(value[1:])
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise InvalidInput(f"cannot read {what} file {path}: {exc.strerror}") from None
+    return value.encode()
+
+
+def json_bytes(raw: bytes, what: str) -> bytes:
+    """Validate JSON and return it compacted."""
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidInput(
+            f"{what} is not valid JSON: {exc}",
+            hint="quote it for the shell, e.g. --data '{\"total\": 42}'",
+        ) from None
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def parse_uuid(value: str, what: str = "event id") -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidInput(f"{what} {value!r} is not a UUID") from None
+
+
+def single_event(
+    event_type: str | None,
+    data: str | None,
+    metadata: str | None,
+    event_id: str | None,
+    binary: bool,
+) -> EventData:
+    if not event_type:
+        raise InvalidInput("--type is required", hint="e.g. --type OrderPlaced")
+    if data is None:
+        raise InvalidInput("--data is required", hint="JSON, @FILE, or - for stdin")
+    raw = read_source(data, "data")
+    payload = raw if binary else json_bytes(raw, "--data")
+    meta = json_bytes(read_source(metadata, "metadata"), "--metadata") if metadata else b""
+    return EventData(
+        type=event_type,
+        data=payload,
+        metadata=meta,
+        id=parse_uuid(event_id) if event_id else uuid.uuid4(),
+        is_json=not binary,
+    )
+
+
+def events_file(source: str) -> list[EventData]:
+    """JSON Lines: {"type": ..., "data": ..., "metadata": ..., "id": ...} per line."""
+    raw = read_source(source if source == "-" else "@" + source, "events")
+    events: list[EventData] = []
+    for number, line in enumerate(raw.decode("utf-8", "replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise InvalidInput(f"events file line {number} is not valid JSON: {exc}") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("type"), str) or "data" not in obj:
+            raise InvalidInput(f'events file line {number} needs "type" and "data"')
+        events.append(
+            EventData(
+                type=obj["type"],
+                data=json.dumps(obj["data"], separators=(",", ":")).encode(),
+                metadata=json.dumps(obj["metadata"]).encode() if obj.get("metadata") else b"",
+                id=parse_uuid(obj["id"]) if obj.get("id") else uuid.uuid4(),
+            )
+        )
+    if not events:
+        raise InvalidInput("the events file holds no events")
+    return events
+
+
+def parse_from(value: str | None, *, backward: bool) -> int | None:
+    """start | end | N  ->  0 | None (the end) | N."""
+    if value is None:
+        return None if backward else 0
+    text = value.strip().lower()
+    if text == "start":
+        return 0
+    if text == "end":
+        return None
+    try:
+        number = int(text)
+    except ValueError:
+        raise InvalidInput(f"--from {value!r} must be start, end or a number") from None
+    if number < 0:
+        raise InvalidInput("--from must be >= 0")
+    return number
+
+
+def parse_where(clauses: list[str]) -> list[tuple[list[str], str]]:
+    out = []
+    for clause in clauses:
+        path, sep, expected = clause.partition("=")
+        if not sep or not path:
+            raise InvalidInput(f"--where {clause!r} must look like PATH=VALUE (e.g. data.total=42)")
+        parts = path.split(".")
+        if parts[0] not in ("data", "metadata"):
+            parts = ["data", *parts]
+        out.append((parts, expected))
+    return out
+
+
+def _lookup(value: Any, path: list[str]) -> Iterator[Any]:
+    for key in path:
+        if isinstance(value, dict) and key in value:
+            value = value[key]
+        elif isinstance(value, list) and key.isdigit() and int(key) < len(value):
+            value = value[int(key)]
+        else:
+            return
+    yield value
+
+
+def where_matches(event: RecordedEvent, clauses: list[tuple[list[str], str]]) -> bool:
+    if not clauses:
+        return True
+    docs: dict[str, Any] = {}
+    for path, expected in clauses:
+        root = path[0]
+        if root not in docs:
+            raw = event.data if root == "data" else event.metadata
+            try:
+                docs[root] = json.loads(raw) if raw else None
+            except ValueError:
+                docs[root] = None
+        found = list(_lookup(docs[root], path[1:]))
+        if not found:
+            return False
+        value = found[0]
+        text = value if isinstance(value, str) else json.dumps(value)
+        if text != expected:
+            return False
+    return True

@@ -1,0 +1,215 @@
+"""Printers: pure row builders shared by the table, json and jsonl formats.
+
+Data goes to stdout, talk to stderr. JSON keys are stable (a user contract, pinned by golden
+tests); times are ISO-8601 UTC. Rich colours follow NO_COLOR and are off when stdout is not a
+terminal.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from esdb_node.errors import EsdbError
+from esdb_node.model import (
+    AppendResult,
+    DeleteResult,
+    NodeStatus,
+    RecordedEvent,
+    Snapshot,
+    StreamInfo,
+    iso_utc,
+)
+
+FORMATS = ("table", "json", "jsonl")
+Row = dict[str, Any]
+
+
+# --- row builders (pure) -----------------------------------------------------------------------
+
+
+def _payload(raw: bytes, is_json: bool, key: str) -> Row:
+    if not raw:
+        return {key: {} if key == "metadata" else None}
+    if is_json or key == "metadata":
+        try:
+            return {key: json.loads(raw)}
+        except ValueError:
+            pass
+    return {key: base64.b64encode(raw).decode(), f"{key}_encoding": "base64"}
+
+
+def event_row(event: RecordedEvent) -> Row:
+    row: Row = {
+        "stream": event.stream,
+        "version": event.version,
+        "position": event.position,
+        "id": str(event.id),
+        "type": event.type,
+    }
+    row.update(_payload(event.data, event.is_json, "data"))
+    row.update(_payload(event.metadata, True, "metadata"))
+    row["created"] = iso_utc(event.created)
+    return row
+
+
+def append_row(result: AppendResult) -> Row:
+    return {
+        "stream": result.stream,
+        "first_version": result.first_version,
+        "last_version": result.last_version,
+        "position": result.position,
+        "last_position": result.last_position,
+    }
+
+
+def delete_row(result: DeleteResult) -> Row:
+    return {
+        "stream": result.stream,
+        "last_version": result.last_version,
+        "deleted": "tombstone" if result.hard else "soft",
+    }
+
+
+def stream_row(info: StreamInfo) -> Row:
+    state = "tombstoned" if info.tombstoned else "deleted" if info.deleted else "live"
+    return {
+        "stream": info.stream,
+        "last_version": info.last_version,
+        "first_visible": info.first_visible,
+        "state": state,
+        "max_count": info.metadata.max_count,
+        "max_age": info.metadata.max_age,
+        "truncate_before": info.metadata.truncate_before,
+        "custom": info.metadata.custom,
+    }
+
+
+def snapshot_row(snap: Snapshot, *, with_data: bool) -> Row:
+    row: Row = {"stream": snap.stream, "version": snap.version, "created": iso_utc(snap.created)}
+    if with_data:
+        row.update(_payload(snap.data, True, "data"))
+        row.update(_payload(snap.metadata, True, "metadata"))
+    else:
+        row["size"] = snap.size
+    return row
+
+
+def status_row(st: NodeStatus) -> Row:
+    return {
+        "node_id": st.node_id,
+        "store_id": st.store_id,
+        "url": st.url,
+        "mode": st.mode,
+        "role": st.role,
+        "leader_id": st.leader_id,
+        "leader_url": st.leader_url,
+        "term": st.term,
+        "commit_index": st.commit_index,
+        "applied_index": st.applied_index,
+        "last_position": st.last_position,
+        "streams": st.stream_count,
+        "ready": st.ready,
+        "durability": st.durability,
+        "raft": st.raft,
+        "pid": st.pid,
+        "version": st.version,
+        "uptime_s": st.uptime_s,
+    }
+
+
+# --- printing ----------------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+@dataclass
+class Printer:
+    """One output format bound to stdout (or a given stream, for tests)."""
+
+    fmt: str = "table"
+    out: TextIO | None = None
+
+    @property
+    def stream(self) -> TextIO:
+        return self.out or sys.stdout
+
+    def _console(self) -> Any:
+        import os
+
+        from rich.console import Console
+
+        # Piped output is for reading in full (or grepping): never squeeze it to 80 columns.
+        width = None if self.stream.isatty() or os.environ.get("COLUMNS") else 100_000
+        return Console(file=self.stream, highlight=False, soft_wrap=False, width=width)
+
+    def json_line(self, value: Any) -> None:
+        self.stream.write(json.dumps(value, separators=(",", ":"), ensure_ascii=False) + "\n")
+        self.stream.flush()
+
+    def json_doc(self, value: Any) -> None:
+        self.stream.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+        self.stream.flush()
+
+    def record(self, row: Row) -> None:
+        """One object: key/value table, a JSON document, or one JSON line."""
+        if self.fmt == "json":
+            self.json_doc(row)
+        elif self.fmt == "jsonl":
+            self.json_line(row)
+        else:
+            from rich.table import Table
+
+            table = Table(show_header=False, box=None, pad_edge=False)
+            table.add_column("key", style="bold")
+            table.add_column("value", overflow="fold")
+            for key, value in row.items():
+                table.add_row(key, _cell(value))
+            self._console().print(table)
+
+    def rows(self, rows: Iterable[Row], columns: Sequence[str], *, key: str | None = None) -> int:
+        """Many objects. json wraps them in a list (or {key: [...]}), jsonl streams them."""
+        count = 0
+        if self.fmt == "jsonl":
+            for row in rows:
+                self.json_line(row)
+                count += 1
+            return count
+        materialised = list(rows)
+        if self.fmt == "json":
+            self.json_doc({key: materialised} if key else materialised)
+            return len(materialised)
+        from rich.table import Table
+
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for column in columns:
+            wide = column in ("data", "custom")
+            table.add_column(column, overflow="ellipsis" if wide else "fold", no_wrap=not wide)
+        for row in materialised:
+            table.add_row(*(_cell(row.get(c)) for c in columns))
+        if materialised:
+            self._console().print(table)
+        return len(materialised)
+
+
+def say(message: str) -> None:
+    """Talk for humans goes to stderr so stdout stays parseable."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def print_error(exc: EsdbError, *, debug: bool = False) -> None:
+    print(f"error: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"hint: {exc.hint}", file=sys.stderr)

@@ -1,0 +1,166 @@
+"""NodeConfig: one source of truth for flags, ESDB_* environment variables and a TOML file.
+
+Precedence: command-line flag > environment variable > config file > default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from esdb_node.errors import InvalidInput
+
+DEFAULT_CLIENT_PORT = 2113
+DEFAULT_RAFT_PORT = 2114
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_MAX_EVENT_BYTES = 4 << 20
+
+
+def parse_hostport(
+    value: str, *, default_port: int | None = None, what: str = "address"
+) -> tuple[str, int]:
+    text = value.strip()
+    if text.startswith("esdb://"):
+        text = text[len("esdb://") :].rstrip("/")
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        if default_port is None:
+            raise InvalidInput(f"{what} {value!r} needs a port (HOST:PORT)")
+        host, port_text = text, str(default_port)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise InvalidInput(f"{what} {value!r} has an invalid port") from None
+    if not host or not 0 <= port <= 65535:
+        raise InvalidInput(f"{what} {value!r} is not HOST:PORT")
+    return host, port
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    data_dir: Path = Path("esdb-data")
+    node_id: str | None = None
+    store_id: str | None = None
+    listen: str = f"{DEFAULT_HOST}:{DEFAULT_CLIENT_PORT}"
+    raft: str = f"{DEFAULT_HOST}:{DEFAULT_RAFT_PORT}"
+    advertise: str | None = None
+    peers: tuple[str, ...] = ()
+    join: str | None = None
+    discovery: str = "static"
+    discovery_interface: tuple[str, ...] = ()
+    bootstrap_expect: int = 0
+    bootstrap_timeout: float = 60.0
+    secret: str | None = None
+    token: str | None = None
+    durability: str = "fsync"
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    max_frame_bytes: int = 0  # 0: derived from max_event_bytes
+    log_level: str = "info"
+    test_flags: tuple[str, ...] = field(default=())
+
+    @property
+    def cluster_mode(self) -> bool:
+        return bool(
+            self.peers
+            or self.join
+            or self.bootstrap_expect
+            or self.discovery != "static"
+            or self.secret
+        )
+
+    @property
+    def frame_limit(self) -> int:
+        return self.max_frame_bytes or max(16 << 20, self.max_event_bytes * 2 + (1 << 20))
+
+    def advertised_host(self, bound_host: str) -> str:
+        if self.advertise:
+            return self.advertise
+        if bound_host in ("0.0.0.0", "::", ""):
+            raise InvalidInput(
+                "listening on all interfaces needs --advertise HOST so peers and clients "
+                "know which address to use"
+            )
+        return bound_host
+
+    def validate(self) -> NodeConfig:
+        if self.durability not in ("fsync", "os"):
+            raise InvalidInput(f"durability must be fsync or os, not {self.durability!r}")
+        if self.discovery not in ("static", "mdns"):
+            raise InvalidInput(f"discovery must be static or mdns, not {self.discovery!r}")
+        if self.max_event_bytes < 1024:
+            raise InvalidInput("max event size must be at least 1024 bytes")
+        if self.max_frame_bytes and self.max_frame_bytes < self.max_event_bytes + 4096:
+            raise InvalidInput("max frame size must exceed the max event size")
+        if self.bootstrap_expect < 0:
+            raise InvalidInput("bootstrap-expect must be >= 0")
+        parse_hostport(self.listen, what="--listen")
+        parse_hostport(self.raft, what="--raft")
+        for peer in self.peers:
+            parse_hostport(peer, what="peer")
+        if self.cluster_mode and not self.secret:
+            raise InvalidInput(
+                "cluster mode needs a cluster secret",
+                hint="pass --secret or set ESDB_SECRET (the same value on every node)",
+            )
+        if self.secret is not None and len(self.secret) < 8:
+            raise InvalidInput("the cluster secret must be at least 8 characters")
+        return self
+
+    @classmethod
+    def load(
+        cls,
+        flags: Mapping[str, Any],
+        *,
+        env: Mapping[str, str] | None = None,
+        config_file: Path | None = None,
+    ) -> NodeConfig:
+        """Merge the three sources; `flags` holds only options the user actually gave."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        if config_file is not None:
+            try:
+                with config_file.open("rb") as fh:
+                    document = tomllib.load(fh)
+            except OSError as exc:
+                raise InvalidInput(f"cannot read config file {config_file}: {exc}") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise InvalidInput(f"config file {config_file} is not valid TOML: {exc}") from None
+            section = document.get("node", document)
+            for key, value in section.items():
+                values[key.replace("-", "_")] = value
+        for f in fields(cls):
+            env_value = env.get("ESDB_" + f.name.upper())
+            if env_value is not None and env_value != "":
+                values[f.name] = env_value
+        values.update({k: v for k, v in flags.items() if v is not None})
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise InvalidInput(f"unknown node settings: {', '.join(sorted(unknown))}")
+        return replace(
+            cls(), **{k: _coerce(known[k].type, k, v) for k, v in values.items()}
+        ).validate()
+
+
+def _coerce(annotation: Any, name: str, value: Any) -> Any:
+    kind = str(annotation)
+    try:
+        if "tuple" in kind:
+            if isinstance(value, str):
+                return tuple(p.strip() for p in value.split(",") if p.strip())
+            return tuple(str(v) for v in value)
+        if kind.startswith("Path"):
+            return Path(value)
+        if kind.startswith("int"):
+            return int(value)
+        if kind.startswith("float"):
+            return float(value)
+        return None if value is None else str(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"invalid value for {name}: {value!r}") from None

@@ -1,0 +1,241 @@
+"""Composition root: `run_node(config)` wires storage, replication and servers, and runs until
+SIGTERM/SIGINT. Files in the data directory:
+
+  store/          LMDB state machine            raft/        Raft journal and dumps (cluster)
+  identity.json   node id and store id          node.json    addresses of the running node
+  esdb.pid        pid of the running node       esdb.log     log of a detached node
+  esdb.lock       held while a node runs (two nodes can never share a directory)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from esdb_node.config import NodeConfig, parse_hostport
+from esdb_node.errors import EsdbError, InvalidInput, StorageFailure, Unavailable
+from esdb_node.replication import LocalReplicator, Replicator
+from esdb_node.server.client_server import ClientServer
+from esdb_node.server.service import Identity, NodeService
+from esdb_node.storage.store import Store
+
+log = logging.getLogger("esdb.node")
+
+EXIT_STORAGE_FAILURE = 70
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFiles:
+    data_dir: Path
+
+    @property
+    def store(self) -> Path:
+        return self.data_dir / "store"
+
+    @property
+    def raft(self) -> Path:
+        return self.data_dir / "raft"
+
+    @property
+    def identity(self) -> Path:
+        return self.data_dir / "identity.json"
+
+    @property
+    def runtime(self) -> Path:
+        return self.data_dir / "node.json"
+
+    @property
+    def pid(self) -> Path:
+        return self.data_dir / "esdb.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.data_dir / "esdb.log"
+
+    @property
+    def lock(self) -> Path:
+        return self.data_dir / "esdb.lock"
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w") as fh:
+        json.dump(value, fh, indent=2)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load_identity(files: NodeFiles, config: NodeConfig) -> tuple[str, str]:
+    """Node id and store id, fixed at the first start; a mismatch later is an error."""
+    existing: dict[str, str] = {}
+    if files.identity.exists():
+        try:
+            existing = json.loads(files.identity.read_text())
+        except (OSError, ValueError) as exc:
+            raise InvalidInput(f"cannot read {files.identity}: {exc}") from None
+    node_id = existing.get("node_id") or config.node_id or f"node-{secrets.token_hex(3)}"
+    store_id = existing.get("store_id") or config.store_id or "default"
+    if config.node_id and config.node_id != node_id:
+        raise InvalidInput(
+            f"{files.data_dir} belongs to node {node_id!r}, not {config.node_id!r}",
+            hint="use another --data-dir, or drop --node-id",
+        )
+    if config.store_id and config.store_id != store_id:
+        raise InvalidInput(
+            f"{files.data_dir} belongs to store {store_id!r}, not {config.store_id!r}",
+            hint="use another --data-dir, or drop --store-id",
+        )
+    if not existing:
+        write_json_atomic(files.identity, {"node_id": node_id, "store_id": store_id})
+    return node_id, store_id
+
+
+def read_runtime(data_dir: Path) -> dict[str, Any] | None:
+    """What a running (or last run) node wrote about itself; None when absent."""
+    try:
+        value = json.loads(NodeFiles(data_dir).runtime.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def setup_logging(level: str, stream: TextIO = sys.stderr) -> None:
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        logging.Formatter(
+            "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def run_node(config: NodeConfig) -> int:
+    """Run a node in the foreground until SIGTERM or SIGINT; returns the process exit code."""
+    setup_logging(config.log_level)
+    files = NodeFiles(config.data_dir)
+    files.data_dir.mkdir(parents=True, exist_ok=True)
+    lock_fd = os.open(files.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock_fd)
+        raise Unavailable(
+            f"another node is already running on {files.data_dir}",
+            hint="stop it with `esdb node stop --data-dir ...`, or use another --data-dir",
+        ) from None
+    try:
+        return asyncio.run(_serve(config, files))
+    except StorageFailure as exc:
+        log.critical("storage failure, stopping: %s", exc)
+        return EXIT_STORAGE_FAILURE
+    finally:
+        with contextlib.suppress(OSError):
+            if files.pid.read_text().strip() == str(os.getpid()):
+                files.pid.unlink()
+        os.close(lock_fd)
+
+
+async def _serve(config: NodeConfig, files: NodeFiles) -> int:
+    node_id, store_id = load_identity(files, config)
+    host, port = parse_hostport(config.listen, what="--listen")
+    store = Store(files.store, sync=config.durability == "fsync")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    replicator: Replicator
+    admin = None
+    if config.cluster_mode:
+        store.close()
+        raise InvalidInput("cluster mode is not available in this build yet")
+    cluster = None
+    replicator = LocalReplicator(store, node_id=node_id, url="")
+    service = NodeService(
+        store,
+        replicator,
+        Identity(node_id=node_id, store_id=store_id, url="", durability=config.durability),
+    )
+    server = ClientServer(
+        service,
+        host=host,
+        port=port,
+        token=config.token,
+        max_frame=config.frame_limit,
+        max_event_bytes=config.max_event_bytes,
+        admin=admin,
+    )
+    try:
+        await server.start()
+    except OSError as exc:
+        store.close()
+        raise Unavailable(
+            f"cannot listen on {host}:{server.port}: {exc.strerror}",
+            hint="pick another --listen port",
+        ) from None
+    url = f"esdb://{config.advertised_host(host)}:{server.port}"
+    service.identity = Identity(
+        node_id=node_id, store_id=store_id, url=url, durability=config.durability
+    )
+    if isinstance(replicator, LocalReplicator):
+        replicator.url = url
+    if cluster is not None:
+        cluster.set_client_url(url)
+    await replicator.start()
+    files.pid.write_text(f"{os.getpid()}\n")
+    write_json_atomic(
+        files.runtime,
+        {
+            "node_id": node_id,
+            "store_id": store_id,
+            "url": url,
+            "raft": config.raft if config.cluster_mode else None,
+            "pid": os.getpid(),
+            "mode": replicator.mode,
+        },
+    )
+    log.info(
+        "node %s (store %s) serving %s, %s mode, durability %s, data in %s",
+        node_id,
+        store_id,
+        url,
+        replicator.mode,
+        config.durability,
+        files.data_dir,
+    )
+    try:
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await server.stop()
+        await replicator.stop()
+        store.close()
+        log.info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m esdb_node.node` runs a node from ESDB_* variables (used by tests)."""
+    try:
+        return run_node(NodeConfig.load({}))
+    except EsdbError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,256 @@
+"""What a node does for a request, independent of the wire: validation that needs state,
+writes through the replicator, reads with the requested consistency, live tails."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from esdb_node import __version__
+from esdb_node.codec import record_header
+from esdb_node.errors import StreamNotFound
+from esdb_node.model import (
+    AppendResult,
+    DeleteResult,
+    NodeStatus,
+    Snapshot,
+    StreamInfo,
+)
+from esdb_node.replication import Replicator, result_or_raise
+from esdb_node.server import protocol as p
+from esdb_node.storage import commands as cmd
+from esdb_node.storage.store import Store
+
+CHUNK_EVENTS = 1000
+CHUNK_BYTES = 1 << 20
+BARRIER_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    node_id: str
+    store_id: str
+    url: str
+    durability: str
+
+
+class HeadWatch:
+    """Wakes tails when a batch commits. `notify` may be called from any thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, last: int) -> None:
+        self._loop = loop
+        self.last = last
+        self.changes = 0
+        self._event = asyncio.Event()
+
+    def notify(self, last_position: int) -> None:
+        self._loop.call_soon_threadsafe(self._set, last_position)
+
+    def _set(self, last_position: int) -> None:
+        self.last = last_position
+        self.changes += 1
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    async def wait_change(self, seen: int) -> int:
+        """Wait until `changes` moves past `seen`; returns the new count."""
+        while self.changes == seen:
+            await self._event.wait()
+        return self.changes
+
+
+def _chunks(payloads: list[bytes]) -> list[list[bytes]]:
+    """Split into frames of at most CHUNK_BYTES (a single big event still gets its own)."""
+    out: list[list[bytes]] = []
+    current: list[bytes] = []
+    size = 0
+    for payload in payloads:
+        if current and size + len(payload) > CHUNK_BYTES:
+            out.append(current)
+            current, size = [], 0
+        current.append(payload)
+        size += len(payload)
+    if current:
+        out.append(current)
+    return out
+
+
+class NodeService:
+    def __init__(
+        self,
+        store: Store,
+        replicator: Replicator,
+        identity: Identity,
+        *,
+        extra_status: Callable[[], dict[str, object]] | None = None,
+    ) -> None:
+        self.store = store
+        self.replicator = replicator
+        self.identity = identity
+        self.started = time.monotonic()
+        self.head = HeadWatch(asyncio.get_running_loop(), store.last_position)
+        store.add_listener(self.head.notify)
+        self._extra_status = extra_status
+
+    # --- writes ---------------------------------------------------------------------------------
+
+    async def _write(self, sub: cmd.Subcommand, timeout: float) -> object:
+        self.replicator.check_writable()
+        return result_or_raise(await self.replicator.submit(sub, timeout))
+
+    async def append(self, req: p.Append) -> AppendResult:
+        result = await self._write(cmd.append(req.stream, req.expected, req.events), req.timeout)
+        assert isinstance(result, AppendResult)
+        return result
+
+    async def delete(self, req: p.Delete) -> DeleteResult:
+        result = await self._write(cmd.delete(req.stream, req.expected, req.hard), req.timeout)
+        assert isinstance(result, DeleteResult)
+        return result
+
+    async def set_metadata(self, req: p.SetMetadata) -> StreamInfo:
+        result = await self._write(cmd.set_metadata(req.stream, req.metadata), req.timeout)
+        assert isinstance(result, StreamInfo)
+        return result
+
+    async def snapshot_save(self, req: p.SnapshotSave) -> Snapshot:
+        sub = cmd.snapshot_save(req.stream, req.version, req.data, req.metadata)
+        result = await self._write(sub, req.timeout)
+        assert isinstance(result, Snapshot)
+        return result
+
+    async def snapshot_delete(self, req: p.SnapshotDelete) -> int:
+        result = await self._write(cmd.snapshot_delete(req.stream, req.version), req.timeout)
+        assert isinstance(result, int)
+        return result
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    async def _consistent(self, consistency: str) -> None:
+        if consistency == "leader":
+            await self.replicator.read_barrier(BARRIER_TIMEOUT)
+
+    async def read_stream(self, req: p.ReadStream) -> AsyncIterator[list[bytes]]:
+        await self._consistent(req.consistency)
+        remaining = req.limit
+        version = req.from_version
+        if not req.backward and version is None:
+            version = 0
+        first = True
+        while remaining > 0 or first:
+            want = min(remaining, CHUNK_EVENTS)
+            payloads, _info = self.store.read_stream(
+                req.stream, version, backward=req.backward, limit=want
+            )
+            first = False
+            for chunk in _chunks(payloads):
+                yield chunk
+            if len(payloads) < want or not payloads:
+                return
+            remaining -= len(payloads)
+            last_version = record_header(payloads[-1])[1]
+            version = last_version - 1 if req.backward else last_version + 1
+            if version < 0:
+                return
+            await asyncio.sleep(0)
+
+    async def read_all(self, req: p.ReadAll) -> AsyncIterator[list[bytes]]:
+        await self._consistent(req.consistency)
+        remaining = req.limit
+        position = req.from_position
+        while remaining > 0:
+            payloads, position, exhausted = self.store.read_all(
+                position,
+                backward=req.backward,
+                limit=min(remaining, CHUNK_EVENTS),
+                filter=req.filter,
+                max_scan=CHUNK_EVENTS * 20,
+            )
+            for chunk in _chunks(payloads):
+                yield chunk
+            remaining -= len(payloads)
+            if exhausted:
+                return
+            await asyncio.sleep(0)
+
+    async def tail(self, req: p.Tail) -> AsyncIterator[list[bytes]]:
+        """Catch up from `from_` (or the end), then follow live commits until cancelled."""
+        if req.stream is None:
+            async for chunk in self._tail_all(req):
+                yield chunk
+            return
+        seen = self.head.changes
+        version = req.from_
+        while True:
+            try:
+                if version is None:
+                    info = self.store.stream_info(req.stream)
+                    version = info.last_version + 1
+                    continue
+                payloads, _ = self.store.read_stream(req.stream, version, limit=CHUNK_EVENTS)
+            except StreamNotFound:
+                payloads = []
+                if version is None:
+                    version = 0
+            if payloads:
+                version = record_header(payloads[-1])[1] + 1
+                for chunk in _chunks(payloads):
+                    yield chunk
+                if len(payloads) == CHUNK_EVENTS:
+                    continue
+            seen = await self.head.wait_change(seen)
+
+    async def _tail_all(self, req: p.Tail) -> AsyncIterator[list[bytes]]:
+        seen = self.head.changes
+        position = req.from_ if req.from_ is not None else self.store.last_position + 1
+        while True:
+            payloads, position, exhausted = self.store.read_all(
+                position, limit=CHUNK_EVENTS, filter=req.filter, max_scan=CHUNK_EVENTS * 20
+            )
+            for chunk in _chunks(payloads):
+                yield chunk
+            if not exhausted:
+                await asyncio.sleep(0)
+                continue
+            seen = await self.head.wait_change(seen)
+
+    def list_streams(self, req: p.ListStreams) -> list[StreamInfo]:
+        return self.store.list_streams(req.prefix, after=req.after, limit=req.limit)
+
+    def stream_info(self, req: p.GetStreamInfo) -> StreamInfo:
+        return self.store.stream_info(req.stream)
+
+    def snapshot_get(self, req: p.SnapshotGet) -> Snapshot:
+        return self.store.snapshot_get(req.stream, req.at_or_below)
+
+    def snapshot_list(self, req: p.SnapshotList) -> list[Snapshot]:
+        return self.store.snapshot_list(req.stream)
+
+    # --- status ---------------------------------------------------------------------------------
+
+    def status(self) -> NodeStatus:
+        rs = self.replicator.status()
+        return NodeStatus(
+            node_id=self.identity.node_id,
+            store_id=self.identity.store_id,
+            role=rs.role,
+            url=self.identity.url,
+            leader_id=rs.leader_id,
+            leader_url=rs.leader_url,
+            term=rs.term,
+            commit_index=rs.commit_index,
+            applied_index=rs.applied_index or self.store.applied[0],
+            last_position=self.store.last_position,
+            stream_count=self.store.stream_count,
+            version=__version__,
+            mode=rs.mode,
+            ready=rs.ready,
+            raft=rs.raft,
+            members=tuple(m.node_id for m in rs.members),
+            uptime_s=round(time.monotonic() - self.started, 3),
+            durability=self.identity.durability,
+            pid=os.getpid(),
+        )
