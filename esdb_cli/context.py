@@ -116,8 +116,7 @@ _GLOBAL_PARAMS = [
 _GLOBAL_NAMES = [p.name for p in _GLOBAL_PARAMS]
 
 
-def client_command(fn: F) -> F:
-    """Give a command the global options too, merged into `options()` before it runs."""
+def _with_globals(fn: F, names: list[str]) -> F:
     # Resolve string annotations (PEP 563) in the command's own module, so Typer sees the
     # real Annotated[...] declarations on the wrapper.
     hints = typing.get_type_hints(fn, include_extras=True)
@@ -129,16 +128,27 @@ def client_command(fn: F) -> F:
         ],
         return_annotation=hints.get("return", signature.return_annotation),
     )
+    extra = [p for p in _GLOBAL_PARAMS if p.name in names]
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        options().merge(**{name: kwargs.pop(name, None) for name in _GLOBAL_NAMES})
+        options().merge(**{name: kwargs.pop(name, None) for name in names})
         return fn(*args, **kwargs)
 
-    params = list(signature.parameters.values()) + _GLOBAL_PARAMS
+    params = list(signature.parameters.values()) + extra
     wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in params}
     return wrapper  # type: ignore[return-value]
+
+
+def client_command(fn: F) -> F:
+    """Give a command the global options too, merged into `options()` before it runs."""
+    return _with_globals(fn, _GLOBAL_NAMES)
+
+
+def output_command(fn: F) -> F:
+    """Only --output/--json (for commands whose other flags would clash, like node start)."""
+    return _with_globals(fn, ["output", "json_"])
 
 
 # --- where commands find the cluster -----------------------------------------------------------

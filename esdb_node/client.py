@@ -86,6 +86,11 @@ class _ConnectionLost(Exception):
         self.sent = sent
 
 
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 class _Connection:
     """One multiplexed protocol connection: many requests in flight, matched by id."""
 
@@ -113,11 +118,9 @@ class _Connection:
         self._writer = writer
         self._reader_task = asyncio.get_running_loop().create_task(self._read_loop(reader))
         try:
-            hello = await asyncio.wait_for(
-                self.call(
-                    "hello",
-                    {"version": p.PROTOCOL_VERSION, "token": self.token, "client": "esdb-python"},
-                ),
+            hello = await self.call(
+                "hello",
+                {"version": p.PROTOCOL_VERSION, "token": self.token, "client": "esdb-python"},
                 timeout,
             )
         except _ConnectionLost:
@@ -200,19 +203,30 @@ class _Connection:
             raise _ConnectionLost("connection is closed", sent=False)
         self._writer.write(p.encode_frame(message))
 
-    async def call(self, op: str, fields: dict[str, Any]) -> Any:
+    async def call(self, op: str, fields: dict[str, Any], timeout: float | None = None) -> Any:
+        """Send one request and wait for its answer; TimeoutError after `timeout` seconds.
+
+        The deadline is a timer on the future rather than `asyncio.wait_for`, which would
+        wrap every request in its own task (measurable at thousands of requests/s).
+        """
         rid = 0 if op == "hello" else next(self.ids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         self.pending[rid] = future
         try:
             self._send({"id": rid, "op": op, **fields})
         except _ConnectionLost:
             self.pending.pop(rid, None)
             raise
+        timer = None
+        if timeout is not None:
+            timer = loop.call_later(max(timeout, 0), _expire, future)
         try:
             return await future
         finally:
             self.pending.pop(rid, None)
+            if timer is not None:
+                timer.cancel()
 
     async def stream(self, op: str, fields: dict[str, Any]) -> AsyncIterator[Any]:
         rid = next(self.ids)
@@ -338,7 +352,7 @@ class AsyncClient:
                 break
             try:
                 conn = await self._any_connection(leader)
-                return await asyncio.wait_for(conn.call(op, fields), remaining)
+                return await conn.call(op, fields, remaining)
             except NotLeader as exc:
                 last_error = exc
                 if self._note_redirect(exc):
@@ -599,7 +613,7 @@ class AsyncClient:
         """Status of the node at `url`, or of whichever node answers first."""
         if url is not None:
             conn = await self._connect(parse_urls(url)[0])
-            value = await asyncio.wait_for(conn.call("status", {}), self.timeout)
+            value = await conn.call("status", {}, self.timeout)
         else:
             value = await self._call("status", {}, leader=False)
         return wire.node_status_from(value)
@@ -629,10 +643,8 @@ class AsyncClient:
         """Cluster administration requests (members, add/remove, stepdown, fault)."""
         if url is not None:
             conn = await self._connect(parse_urls(url)[0])
-            return await asyncio.wait_for(
-                conn.call(op, {**fields, "timeout": timeout or self.timeout}),
-                (timeout or self.timeout) + 1,
-            )
+            budget = timeout or self.timeout
+            return await conn.call(op, {**fields, "timeout": budget}, budget + 1)
         return await self._call(
             op, fields, leader=leader, write=True, idempotent=False, timeout=timeout
         )

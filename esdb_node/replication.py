@@ -107,14 +107,18 @@ class GroupCommitter:
         self.batches = 0
         self.items = 0
 
-    async def submit(self, sub: cmd.Subcommand) -> Result:
+    def submit(self, sub: cmd.Subcommand) -> asyncio.Future[Result]:
+        """Queue one subcommand; the future resolves with its result when its batch is done.
+
+        Cancelling (or abandoning) the future before its batch leaves drops it unsent.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
         self._pending.append((sub, cmd.subcommand_size(sub), future))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._pump)
-        return await future
+        return future
 
     def _pump(self) -> None:
         self._scheduled = False
@@ -201,12 +205,7 @@ class LocalReplicator:
         return results
 
     async def submit(self, sub: cmd.Subcommand, timeout: float) -> Result:
-        try:
-            return await asyncio.wait_for(asyncio.shield(self._committer.submit(sub)), timeout)
-        except TimeoutError:
-            raise Timeout(
-                f"no result within {timeout:g}s; the write may still be applied"
-            ) from None
+        return await with_deadline(self._committer.submit(sub), timeout)
 
     async def read_barrier(self, timeout: float) -> None:
         return None
@@ -226,6 +225,39 @@ class LocalReplicator:
             ready=True,
             has_quorum=True,
         )
+
+
+async def with_deadline(future: asyncio.Future[Result], timeout: float) -> Result:
+    """Wait for a write's future, turning the deadline into Timeout (an unknown outcome).
+
+    A timer on the shared future instead of `wait_for(shield(...))`: no extra tasks per write.
+    The write itself is not cancelled - once queued it may still be applied.
+    """
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[Result] = loop.create_future()
+
+    def relay(done: asyncio.Future[Result]) -> None:
+        if waiter.done():
+            return
+        if done.cancelled():
+            waiter.set_exception(UnknownOutcome("write abandoned; it may or may not be applied"))
+        elif (error := done.exception()) is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(done.result())
+
+    def expire() -> None:
+        if not waiter.done():
+            waiter.set_exception(
+                Timeout(f"no result within {timeout:g}s; the write may still be applied")
+            )
+
+    future.add_done_callback(relay)
+    timer = loop.call_later(timeout, expire)
+    try:
+        return await waiter
+    finally:
+        timer.cancel()
 
 
 def result_or_raise(result: Any) -> Any:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from esdb_cli import local
-from esdb_cli.context import client_command, connect, options, printer
+from esdb_cli.context import client_command, connect, options, output_command, printer
 from esdb_cli.output import say, status_row
 from esdb_node.config import NodeConfig
 from esdb_node.errors import EsdbError, Unhealthy
@@ -25,6 +25,7 @@ DataDirOpt = Annotated[
 
 
 @app.command()
+@output_command
 def start(
     data_dir: DataDirOpt = Path("esdb-data"),
     node_id: Annotated[

@@ -26,6 +26,7 @@ from esdb_node.server.service import NodeService
 log = logging.getLogger("esdb.server")
 
 MAX_IN_FLIGHT = 256
+HIGH_WATER = 1 << 20
 
 
 class ClientServer:
@@ -98,10 +99,11 @@ class _Connection:
     async def send(self, message: dict[str, Any]) -> None:
         if self.closed:
             return
-        frame = p.encode_frame(message)
-        async with self.write_lock:
-            self.writer.write(frame)
-            await self.writer.drain()
+        self.writer.write(p.encode_frame(message))
+        # Only wait when the socket buffer is full; one lock keeps concurrent drains orderly.
+        if self.writer.transport.get_write_buffer_size() > HIGH_WATER:
+            async with self.write_lock:
+                await self.writer.drain()
 
     async def send_error(self, rid: int, error: EsdbError) -> None:
         await self.send({"id": rid, "err": error.to_wire()})

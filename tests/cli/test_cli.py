@@ -1,0 +1,264 @@
+"""The `esdb` command against a real node: exit codes, stdout data, stderr talk."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from esdb_cli.main import main
+from tests.harness import NodeProc, free_port, wait_for
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> object:
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def esdb(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "120")
+    for var in ("ESDB_URL", "ESDB_CLUSTER_DIR", "ESDB_TOKEN", "ESDB_DATA_DIR"):
+        monkeypatch.delenv(var, raising=False)
+
+    def run(*args: str) -> Run:
+        capsys.readouterr()
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return Run(code, captured.out, captured.err)
+
+    return run
+
+
+def test_append_and_read_json(esdb, node: NodeProc) -> None:  # type: ignore[no-untyped-def]
+    event_id = str(uuid.uuid4())
+    r = esdb(
+        "append",
+        "order-1",
+        "--type",
+        "OrderPlaced",
+        "--data",
+        '{"total": 42}',
+        "--metadata",
+        '{"user": "ann"}',
+        "--id",
+        event_id,
+        "-e",
+        "no-stream",
+        "--url",
+        node.url,
+        "--json",
+    )
+    assert r.code == 0, r.err
+    assert r.json() == {
+        "stream": "order-1",
+        "first_version": 0,
+        "last_version": 0,
+        "position": 0,
+        "last_position": 0,
+    }
+    r = esdb("--url", node.url, "-o", "json", "read", "order-1")
+    events = r.json()["events"]  # type: ignore[index]
+    assert events[0]["id"] == event_id
+    assert events[0]["data"] == {"total": 42}
+    assert events[0]["metadata"] == {"user": "ann"}
+    assert events[0]["created"].endswith("Z")
+    # retrying the same id is a no-op that returns the original result
+    r = esdb(
+        "append",
+        "order-1",
+        "--type",
+        "OrderPlaced",
+        "--data",
+        '{"total": 42}',
+        "--id",
+        event_id,
+        "-e",
+        "no-stream",
+        "--url",
+        node.url,
+        "--json",
+    )
+    assert r.code == 0 and r.json()["first_version"] == 0  # type: ignore[index]
+
+
+def test_exit_codes(esdb, node: NodeProc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    url = ["--url", node.url]
+    assert esdb("append", "s", "--type", "T", "--data", "{not json", *url).code == 2
+    assert esdb("append", "s", "--type", "T", *url).code == 2  # no data
+    assert esdb("append", "", "--type", "T", "--data", "{}", *url).code == 2
+    assert esdb("append", "$x", "--type", "T", "--data", "{}", *url).code == 2
+    assert esdb("append", "s", "--type", "T", "--data", "{}", "-e", "bogus", *url).code == 2
+    assert esdb("append", "s", "--type", "T", "--data", "{}", *url).code == 0
+    r = esdb("append", "s", "--type", "T", "--data", "{}", "-e", "no-stream", *url)
+    assert r.code == 4
+    assert r.err.startswith("error: wrong expected version") and r.out == ""
+    assert esdb("read", "missing", *url).code == 7
+    assert esdb("read", "s", "--from", "soon", *url).code == 2
+    assert esdb("read", "s", "--bogus-flag", *url).code == 2
+    assert esdb("snapshot", "get", "s", *url).code == 7
+    assert esdb("delete", "s", "--hard", *url).code == 0
+    assert esdb("append", "s", "--type", "T", "--data", "{}", *url).code == 4
+    assert esdb("read", "s", *url).code == 4
+    r = esdb("read", "s", "--url", f"esdb://127.0.0.1:{free_port()}", "--timeout", "1")
+    assert r.code == 3 and "no node reachable" in r.err
+
+
+def test_batch_file_is_atomic(esdb, node: NodeProc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    batch = tmp_path / "events.jsonl"
+    batch.write_text("\n".join(json.dumps({"type": "Line", "data": {"n": i}}) for i in range(5)))
+    r = esdb("append", "batch-1", "--file", str(batch), "--url", node.url, "--json")
+    assert r.json()["last_version"] == 4  # type: ignore[index]
+    batch.write_text('{"type": "Line", "data": 1}\nnot json\n')
+    assert esdb("append", "batch-1", "--file", str(batch), "--url", node.url).code == 2
+    r = esdb("read", "batch-1", "--url", node.url, "-o", "jsonl")
+    assert len(r.out.splitlines()) == 5
+
+
+def test_tail_count_streams_metadata_snapshots(esdb, node: NodeProc) -> None:  # type: ignore[no-untyped-def]
+    url = ["--url", node.url]
+    for i in range(3):
+        esdb(
+            "append",
+            f"cart-{i}",
+            "--type",
+            "Added" if i else "Removed",
+            "--data",
+            json.dumps({"sku": f"s{i}", "qty": i}),
+            *url,
+        )
+    r = esdb("tail", "--from", "start", "--count", "2", *url)
+    lines = [json.loads(line) for line in r.out.splitlines()]
+    assert [e["stream"] for e in lines] == ["cart-0", "cart-1"]
+    r = esdb(
+        "tail",
+        "cart-*",
+        "--from",
+        "start",
+        "--type",
+        "Added",
+        "--where",
+        "qty=2",
+        "--count",
+        "1",
+        *url,
+    )
+    assert json.loads(r.out)["stream"] == "cart-2"
+    r = esdb("streams", "--prefix", "cart-", "--json", *url)
+    assert [s["stream"] for s in r.json()["streams"]] == ["cart-0", "cart-1", "cart-2"]  # type: ignore[index]
+    r = esdb("metadata", "cart-1", "--max-count", "5", "--json", *url)
+    assert r.json()["max_count"] == 5  # type: ignore[index]
+    r = esdb("metadata", "cart-1", "--max-age", "60", "--json", *url)
+    assert r.json()["max_count"] == 5 and r.json()["max_age"] == 60  # type: ignore[index]
+    assert (
+        esdb("snapshot", "save", "cart-1", "--version", "0", "--data", '{"qty": 1}', *url).code == 0
+    )
+    r = esdb("snapshot", "get", "cart-1", "--json", *url)
+    assert r.json()["data"] == {"qty": 1}  # type: ignore[index]
+    r = esdb("snapshot", "list", "cart-1", "--json", *url)
+    assert [s["version"] for s in r.json()["snapshots"]] == [0]  # type: ignore[index]
+    assert esdb("snapshot", "delete", "cart-1", *url).code == 2  # needs --version or --all
+    r = esdb("snapshot", "delete", "cart-1", "--all", *url)
+    assert r.code == 0 and "deleted 1 snapshot" in r.err
+    assert esdb("delete", "cart-2", *url).code == 0
+    assert esdb("read", "cart-2", *url).code == 7
+
+
+def test_node_status_and_ready(esdb, node: NodeProc) -> None:  # type: ignore[no-untyped-def]
+    r = esdb("node", "status", "--url", node.url, "--json")
+    assert r.json()["mode"] == "standalone"  # type: ignore[index]
+    r = esdb("node", "ready", "--url", node.url)
+    assert r.code == 0
+    assert (
+        r.out.splitlines() == [line for line in r.out.splitlines() if line.startswith("[+]")]
+        and len(r.out.splitlines()) == 3
+    )
+    r = esdb("node", "ready", "--url", f"esdb://127.0.0.1:{free_port()}", "--timeout", "1")
+    assert r.code == 5 and r.out.startswith("[-]node failed")
+
+
+def test_node_detach_and_stop_as_a_newcomer_would(tmp_path: Path) -> None:
+    """The real `esdb` executable, in a fresh directory, default data dir."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ESDB_")}
+    port = free_port()
+    esdb_bin = [sys.executable, "-m", "esdb_cli"]
+    start = subprocess.run(
+        [*esdb_bin, "node", "start", "--detach", "--listen", f"127.0.0.1:{port}", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert start.returncode == 0, start.stderr
+    status = json.loads(start.stdout)
+    pid = status["pid"]
+    assert (tmp_path / "esdb-data" / "esdb.pid").read_text().strip() == str(pid)
+    assert "running in the background" in start.stderr
+    try:
+        again = subprocess.run(
+            [*esdb_bin, "node", "start", "--detach", "--listen", f"127.0.0.1:{free_port()}"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert again.returncode == 3 and "already running" in again.stderr
+        env["ESDB_URL"] = f"esdb://127.0.0.1:{port}"
+        append = subprocess.run(
+            [*esdb_bin, "append", "order-1", "--type", "OrderPlaced", "--data", '{"total": 42}'],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert append.returncode == 0, append.stderr
+    finally:
+        stop = subprocess.run(
+            [*esdb_bin, "node", "stop"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert stop.returncode == 0, stop.stderr
+    wait_for(
+        lambda: (
+            not Path(f"/proc/{pid}").exists()
+            or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+        ),
+        timeout=10,
+        what="node exit",
+    )
+    again = subprocess.run(
+        [*esdb_bin, "node", "stop"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert again.returncode == 7
+
+
+def test_help_is_actionable_and_lists_exit_codes(esdb) -> None:  # type: ignore[no-untyped-def]
+    r = esdb("--help")
+    assert r.code == 0
+    assert "Exit codes" in r.out and "unknown outcome" in r.out
+    r = esdb("append", "--help")
+    assert "--expected-version" in r.out and "Example" in r.out
