@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import os
 import typing
 from collections.abc import Callable, Iterator
@@ -23,7 +22,7 @@ import click
 import typer
 
 from esdb_cli.output import FORMATS, Printer
-from esdb_node.errors import InvalidInput, NotFound
+from esdb_node.errors import InvalidInput
 
 DEFAULT_URL = "esdb://127.0.0.1:2113"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -154,22 +153,6 @@ def output_command(fn: F) -> F:
 # --- where commands find the cluster -----------------------------------------------------------
 
 
-def read_cluster_file(cluster_dir: Path) -> dict[str, Any]:
-    path = cluster_dir / "cluster.json"
-    try:
-        value = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise NotFound(
-            f"no cluster in {cluster_dir} (missing cluster.json)",
-            hint="create one with `esdb cluster up --dir DIR`",
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise InvalidInput(f"cannot read {path}: {exc}") from None
-    if not isinstance(value, dict) or not isinstance(value.get("nodes"), list):
-        raise InvalidInput(f"{path} is not a cluster file")
-    return value
-
-
 def cluster_dir() -> Path | None:
     opts = options()
     if opts.cluster_dir is not None:
@@ -193,8 +176,9 @@ def resolve_urls() -> str:
 
 
 def _cluster_urls(path: Path) -> str:
-    nodes = read_cluster_file(path)["nodes"]
-    return ",".join(str(n["url"]).removeprefix("esdb://") for n in nodes if n.get("url"))
+    from esdb_cli.localcluster import LocalCluster
+
+    return LocalCluster.load(path).urls
 
 
 @contextmanager

@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from esdb_node.errors import EsdbError
@@ -119,6 +120,22 @@ def status_row(st: NodeStatus) -> Row:
         "pid": st.pid,
         "version": st.version,
         "uptime_s": st.uptime_s,
+    }
+
+
+def member_row(member: dict[str, Any]) -> Row:
+    """A member as sent by the node (`members` admin op); last_seen becomes ISO-8601 UTC."""
+    last_seen = member.get("last_seen")
+    return {
+        "id": member.get("id"),
+        "url": member.get("url"),
+        "raft": member.get("raft"),
+        "role": member.get("role"),
+        "reachable": member.get("reachable"),
+        "found_by": member.get("found_by"),
+        "last_seen": iso_utc(datetime.fromtimestamp(last_seen, tz=UTC))
+        if isinstance(last_seen, int | float)
+        else None,
     }
 
 

@@ -294,6 +294,15 @@ class AllFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class MemberRecord:
+    """A cluster member as recorded in the replicated registry."""
+
+    raft: str
+    node_id: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
 class NodeStatus:
     node_id: str
     store_id: str

@@ -178,21 +178,32 @@ class Members:
 
 @dataclass(frozen=True, slots=True)
 class AddMember:
+    """Admin (needs the cluster secret): add a node to the Raft membership."""
+
     node_id: str
     raft: str
     url: str
+    store_id: str
+    secret: str
+    found_by: str
     timeout: float
 
 
 @dataclass(frozen=True, slots=True)
 class RemoveMember:
+    """Admin: remove a member, by node id or raft address."""
+
     node: str
+    secret: str
     timeout: float
 
 
 @dataclass(frozen=True, slots=True)
 class StepDown:
+    """Admin: hand leadership to `to` (a node id or raft address) or to any member."""
+
     to: str | None
+    secret: str
     timeout: float
 
 
@@ -411,12 +422,15 @@ def parse_request(msg: dict[str, Any], *, max_event_bytes: int) -> tuple[int, Re
             node_id=f.str_("node_id"),
             raft=f.str_("raft"),
             url=f.str_("url", ""),
+            store_id=f.str_("store_id", ""),
+            secret=f.str_("secret"),
+            found_by=f.str_("found_by", "join"),
             timeout=f.timeout(),
         )
     elif op == "remove_member":
-        req = RemoveMember(node=f.str_("node"), timeout=f.timeout())
+        req = RemoveMember(node=f.str_("node"), secret=f.str_("secret"), timeout=f.timeout())
     elif op == "stepdown":
-        req = StepDown(to=f.str_("to", optional=True), timeout=f.timeout())
+        req = StepDown(to=f.str_("to", optional=True), secret=f.str_("secret"), timeout=f.timeout())
     elif op == "fault":
         req = Fault(
             secret=f.str_("secret"),

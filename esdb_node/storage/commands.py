@@ -20,6 +20,8 @@ DELETE = 2
 SET_METADATA = 3
 SNAPSHOT_SAVE = 4
 SNAPSHOT_DELETE = 5
+MEMBER_SET = 6
+MEMBER_DELETE = 7
 
 Subcommand = list[Any]
 
@@ -47,6 +49,15 @@ def snapshot_save(stream: str, version: int, data: bytes, metadata: bytes) -> Su
 
 def snapshot_delete(stream: str, version: int | None) -> Subcommand:
     return [SNAPSHOT_DELETE, stream, -1 if version is None else version]
+
+
+def member_set(raft: str, node_id: str, url: str) -> Subcommand:
+    """Record how to reach a cluster member (replicated, so every node can redirect)."""
+    return [MEMBER_SET, raft, node_id, url]
+
+
+def member_delete(raft: str) -> Subcommand:
+    return [MEMBER_DELETE, raft]
 
 
 def encode_batch(created_us: int, subcommands: list[Subcommand]) -> bytes:

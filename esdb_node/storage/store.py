@@ -8,6 +8,7 @@ Databases inside one LMDB environment:
   ids      event id (16 bytes)           -> u64 position (idempotent appends)
   snaps    stream + 0x00 + u64 version   -> sealed snapshot
   meta     b"applied"                    -> u64 raft index + u64 term of the last applied batch
+  members  raft address                  -> sealed [node_id, client url] (cluster registry)
 
 `apply` is deterministic: the same batch bytes on the same state give the same state and the
 same results on every node. It never raises for a bad command (errors become results); it
@@ -44,6 +45,7 @@ from esdb_node.model import (
     AllFilter,
     AppendResult,
     DeleteResult,
+    MemberRecord,
     Snapshot,
     StreamInfo,
     StreamMetadata,
@@ -177,6 +179,7 @@ class Store:
         self._ids = self.env.open_db(b"ids")
         self._snaps = self.env.open_db(b"snaps")
         self._meta = self.env.open_db(b"meta")
+        self._members = self.env.open_db(b"members")
         with self.env.begin(write=True) as txn:
             fmt = txn.get(_FORMAT_KEY, db=self._meta)
             if fmt is None:
@@ -468,6 +471,15 @@ class Store:
                 out.append(codec.decode_snapshot(unseal(value, f"snapshot {stream!r}@{version}")))
         return out
 
+    def members(self) -> list[MemberRecord]:
+        out: list[MemberRecord] = []
+        with self._read() as txn:
+            for key, value in txn.cursor(db=self._members):
+                raft = bytes(key).decode()
+                node_id, url = unpack_trusted(unseal(value, f"member {raft}"))
+                out.append(MemberRecord(raft, node_id, url))
+        return out
+
     # --- whole-store copies (raft snapshots, backups) -------------------------------------------
 
     def copy_to_fd(self, fd: int) -> tuple[int, int]:
@@ -518,6 +530,10 @@ class _Writer:
                 return self.snapshot_delete(sub[1], sub[2])
             if op == cmd.NOOP:
                 return None
+            if op == cmd.MEMBER_SET:
+                return self.member_set(sub[1], sub[2], sub[3])
+            if op == cmd.MEMBER_DELETE:
+                return self.member_delete(sub[1])
             raise InvalidInput(f"unknown command {op!r}")
         except EsdbError as exc:
             return exc
@@ -690,6 +706,16 @@ class _Writer:
         self.txn.put(_stream_key(raw, version), seal(payload), db=self.store._snaps)
         return codec.decode_snapshot(payload)
 
+    def member_set(self, raft: str, node_id: str, url: str) -> MemberRecord:
+        record = MemberRecord(
+            _text(raft, "raft address"), _text(node_id, "node id"), _text(url, "url")
+        )
+        self.txn.put(raft.encode(), seal(pack([node_id, url])), db=self.store._members)
+        return record
+
+    def member_delete(self, raft: str) -> bool:
+        return bool(self.txn.delete(_text(raft, "raft address").encode(), db=self.store._members))
+
     def snapshot_delete(self, stream: str, version: int) -> int:
         raw = validate_stream_name(stream)
         snaps = self.store._snaps
@@ -710,6 +736,12 @@ class _Writer:
         if not deleted:
             raise SnapshotNotFound(f"no snapshots of {stream!r}")
         return deleted
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= 512:
+        raise InvalidInput(f"{what} must be a non-empty string")
+    return value
 
 
 def _uuid(raw: bytes) -> str:

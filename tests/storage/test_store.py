@@ -447,3 +447,20 @@ def test_disk_full_is_a_storage_failure_and_keeps_state(tmp_path: Path) -> None:
     assert ok(append(s, "s-1")).first_version == 1
     s.close()
     assert lmdb.version()
+
+
+# --- cluster member registry ------------------------------------------------------------------
+
+
+def test_member_registry_is_replicated_state(store: Store) -> None:
+    ok(run(store, cmd.member_set("127.0.0.1:2114", "n1", "esdb://127.0.0.1:2113"))[0])
+    ok(run(store, cmd.member_set("127.0.0.1:2124", "n2", "esdb://127.0.0.1:2123"))[0])
+    ok(run(store, cmd.member_set("127.0.0.1:2124", "n2", "esdb://127.0.0.1:2199"))[0])
+    assert [(m.node_id, m.url) for m in store.members()] == [
+        ("n1", "esdb://127.0.0.1:2113"),
+        ("n2", "esdb://127.0.0.1:2199"),
+    ]
+    assert ok(run(store, cmd.member_delete("127.0.0.1:2114"))[0]) is True
+    assert ok(run(store, cmd.member_delete("127.0.0.1:2114"))[0]) is False
+    assert isinstance(run(store, [cmd.MEMBER_SET, "", "n", "u"])[0], InvalidInput)
+    assert [m.node_id for m in store.members()] == ["n2"]

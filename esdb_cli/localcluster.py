@@ -1,0 +1,253 @@
+"""Local clusters: N node processes on this machine, described by `<dir>/cluster.json`.
+
+Used by `esdb cluster up/down/add/remove`, the chaos faults and drills, and tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from esdb_cli import local
+from esdb_node.client import Client
+from esdb_node.config import NodeConfig
+from esdb_node.errors import EsdbError, InvalidInput, NotFound, Timeout, Unavailable
+from esdb_node.model import NodeStatus
+
+
+@dataclass(frozen=True, slots=True)
+class LocalNode:
+    id: str
+    url: str
+    raft: str
+    data_dir: str
+    pid: int | None = None
+
+    @property
+    def listen(self) -> str:
+        return self.url.removeprefix("esdb://")
+
+
+@dataclass
+class LocalCluster:
+    dir: Path
+    store_id: str
+    secret: str
+    durability: str = "fsync"
+    nodes: list[LocalNode] = field(default_factory=list)
+    test_flags: tuple[str, ...] = ()
+    created: str = ""
+
+    # --- cluster.json ---------------------------------------------------------------------------
+
+    @property
+    def file(self) -> Path:
+        return self.dir / "cluster.json"
+
+    @classmethod
+    def load(cls, directory: Path) -> LocalCluster:
+        path = directory / "cluster.json"
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise NotFound(
+                f"no cluster in {directory} (missing cluster.json)",
+                hint="create one with `esdb cluster up --dir DIR`",
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise InvalidInput(f"cannot read {path}: {exc}") from None
+        return cls(
+            dir=directory,
+            store_id=raw["store_id"],
+            secret=raw["secret"],
+            durability=raw.get("durability", "fsync"),
+            nodes=[LocalNode(**n) for n in raw["nodes"]],
+            test_flags=tuple(raw.get("test_flags", ())),
+            created=raw.get("created", ""),
+        )
+
+    def save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "store_id": self.store_id,
+            "secret": self.secret,
+            "durability": self.durability,
+            "created": self.created,
+            "test_flags": list(self.test_flags),
+            "nodes": [asdict(n) for n in self.nodes],
+        }
+        tmp = self.file.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the secret
+        with os.fdopen(fd, "w") as fh:
+            json.dump(doc, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, self.file)
+
+    @property
+    def urls(self) -> str:
+        return ",".join(n.url for n in self.nodes)
+
+    def node(self, name: str) -> LocalNode:
+        for n in self.nodes:
+            if name in (n.id, n.url, n.raft, n.listen):
+                return n
+        raise NotFound(
+            f"no node {name!r} in {self.dir}", hint=f"nodes: {', '.join(n.id for n in self.nodes)}"
+        )
+
+    # --- creating ---------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        directory: Path,
+        *,
+        nodes: int,
+        base_port: int | None,
+        secret: str | None,
+        store_id: str,
+        durability: str,
+        test_flags: Iterable[str] = (),
+    ) -> LocalCluster:
+        if nodes < 1:
+            raise InvalidInput("a cluster needs at least 1 node")
+        if (directory / "cluster.json").exists():
+            raise InvalidInput(
+                f"{directory} already holds a cluster",
+                hint="use `esdb cluster up --dir` on it again to restart it, "
+                "or `esdb cluster down --purge` first",
+            )
+        ports = _ports(nodes * 2, base_port)
+        cluster = cls(
+            dir=directory,
+            store_id=store_id,
+            secret=secret or secrets.token_urlsafe(24),
+            durability=durability,
+            test_flags=tuple(test_flags),
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        for i in range(nodes):
+            cluster.nodes.append(
+                LocalNode(
+                    id=f"n{i + 1}",
+                    url=f"esdb://127.0.0.1:{ports[2 * i]}",
+                    raft=f"127.0.0.1:{ports[2 * i + 1]}",
+                    data_dir=str((directory / f"n{i + 1}").resolve()),
+                )
+            )
+        cluster.save()
+        return cluster
+
+    def config_for(self, node: LocalNode, *, join: str | None = None) -> NodeConfig:
+        peers = () if join else tuple(n.raft for n in self.nodes if n.id != node.id)
+        return NodeConfig(
+            data_dir=Path(node.data_dir),
+            node_id=node.id,
+            store_id=self.store_id,
+            listen=node.listen,
+            raft=node.raft,
+            peers=peers,
+            join=join,
+            secret=self.secret,
+            durability=self.durability,
+            test_flags=self.test_flags,
+        ).validate()
+
+    # --- processes ----------------------------------------------------------------------------
+
+    def running_pid(self, node: LocalNode) -> int | None:
+        return local.running_pid(Path(node.data_dir))
+
+    def start_node(
+        self, node: LocalNode, *, join: str | None = None, wait: float = 60.0
+    ) -> LocalNode:
+        cfg = self.config_for(node, join=join)
+        proc = local.spawn_node(cfg)
+        local.wait_serving(cfg, proc, wait)
+        updated = replace(node, pid=proc.pid)
+        self.nodes = [updated if n.id == node.id else n for n in self.nodes]
+        self.save()
+        return updated
+
+    def start(self, wait: float = 60.0) -> list[str]:
+        """Start every node that is not running; returns the ids started."""
+        started = []
+        for node in list(self.nodes):
+            if self.running_pid(node) is None:
+                cfg = self.config_for(node)
+                proc = local.spawn_node(cfg)
+                self.nodes = [
+                    replace(n, pid=proc.pid) if n.id == node.id else n for n in self.nodes
+                ]
+                started.append((node, cfg, proc))
+        self.save()
+        for _node, cfg, proc in started:
+            local.wait_serving(cfg, proc, wait)
+        return [n.id for n, _, _ in started]
+
+    def stop_node(self, node: LocalNode, *, timeout: float = 30.0, force: bool = True) -> bool:
+        pid = self.running_pid(node)
+        if pid is None:
+            return False
+        if not local.stop_pid(pid, timeout=timeout, force=force):
+            raise Timeout(f"node {node.id} (pid {pid}) did not stop within {timeout:g}s")
+        return True
+
+    def down(self, *, purge: bool, timeout: float = 30.0) -> list[str]:
+        stopped = [n.id for n in self.nodes if self.stop_node(n, timeout=timeout)]
+        if purge:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return stopped
+
+    # --- waiting ----------------------------------------------------------------------------
+
+    def statuses(self, timeout: float = 2.0) -> list[NodeStatus | EsdbError]:
+        with Client(self.urls, timeout=timeout, connect_timeout=min(timeout, 1.0)) as client:
+            return client.statuses()
+
+    def wait_leader(self, timeout: float = 60.0) -> NodeStatus:
+        """Until every running node agrees on one leader that is ready."""
+        deadline = time.monotonic() + timeout
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            statuses = [s for s in self.statuses() if isinstance(s, NodeStatus)]
+            leaders = {s.leader_id for s in statuses}
+            leader = next((s for s in statuses if s.role == "leader"), None)
+            if leader is not None and leaders == {leader.node_id} and leader.ready:
+                return leader
+            last = ", ".join(f"{s.node_id}: {s.role}/{s.leader_id}" for s in statuses) or last
+            time.sleep(0.1)
+        raise Unavailable(
+            f"no agreed leader within {timeout:g}s ({last})",
+            hint=f"see the node logs in {self.dir}/*/esdb.log",
+        )
+
+
+def _ports(count: int, base: int | None) -> list[int]:
+    if base is not None:
+        return [base + 10 * (i // 2) + (i % 2) for i in range(count)]
+    return free_ports(count)
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel hands out now (all held open together, so they are distinct)."""
+    out: list[int] = []
+    sockets = []
+    try:
+        while len(out) < count:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+            out.append(s.getsockname()[1])
+    finally:
+        for s in sockets:
+            s.close()
+    return out
