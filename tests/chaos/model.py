@@ -9,7 +9,7 @@ Reads marked non-linearizable return any earlier state (a prefix), which is allo
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from esdb_cli.chaos.history import Append, Entry, Expected, Fault, Final, Meta, Read, Record
 
@@ -92,22 +92,14 @@ def generate(
             )
             continue
         current = streams[stream]
-        base = dict(
-            op=op,
-            proc=proc,
-            stream=stream,
-            node=node,
-            t0=t0,
-            t1=t1,
-            expected=expected,
-            events=events,
+        timed_out = Append(
+            op, proc, stream, node, t0, t1, expected, events, "info", error="timeout"
         )
         if events[0] in stored:  # idempotent retry of an applied write: the original result
             first, pos = stored[events[0]]
             if rng.random() < 0.8:
-                drill.ops.append(Append(**base, type="ok", first=first, position=pos))
-            else:
-                drill.ops.append(Append(**base, type="info", error="timeout"))
+                timed_out = replace(timed_out, type="ok", first=first, position=pos, error=None)
+            drill.ops.append(timed_out)
             continue
         head = len(current) - 1
         matches = (
@@ -119,18 +111,19 @@ def generate(
         outcome = rng.random()
         if not matches:
             if outcome < 0.8:
-                drill.ops.append(
-                    Append(**base, type="fail", error="wrong_expected_version", actual=head)
+                refused = replace(
+                    timed_out, type="fail", error="wrong_expected_version", actual=head
                 )
+                drill.ops.append(refused)
             else:
-                drill.ops.append(Append(**base, type="info", error="timeout"))
+                drill.ops.append(timed_out)
                 pending.append(_Pending(stream, expected, events))
             continue
         if outcome < 0.05:
-            drill.ops.append(Append(**base, type="fail", error="unavailable"))
+            drill.ops.append(replace(timed_out, type="fail", error="unavailable"))
             continue
         if outcome < 0.15:  # sent, lost before commit
-            drill.ops.append(Append(**base, type="info", error="timeout"))
+            drill.ops.append(timed_out)
             if rng.random() < 0.5:
                 pending.append(_Pending(stream, expected, events))
             continue
@@ -139,14 +132,12 @@ def generate(
         stored[events[0]] = (first, position)
         pos, position = position, position + len(events)
         if outcome < 0.3:  # applied, but the client never heard: may time out before commit
-            late_t1 = t0 + rng.randint(0, 40)
-            drill.ops.append(Append(**{**base, "t1": late_t1}, type="info", error="timeout"))
+            drill.ops.append(replace(timed_out, t1=t0 + rng.randint(0, 40)))
             if rng.random() < 0.5:
                 pending.append(_Pending(stream, expected, events))
             continue
-        drill.ops.append(
-            Append(**base, type="ok", first=first, position=pos if rng.random() < 0.8 else None)
-        )
+        reported = pos if rng.random() < 0.8 else None
+        drill.ops.append(replace(timed_out, type="ok", first=first, position=reported, error=None))
     drill.finals = {s: list(ids) for s, ids in streams.items()}
     drill.faults.append(
         Fault(

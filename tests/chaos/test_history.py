@@ -15,6 +15,7 @@ from esdb_cli.chaos.history import (
     HistoryFormatError,
     Meta,
     Read,
+    Record,
     dumps_record,
     parse_lines,
     parse_record,
@@ -23,7 +24,7 @@ from esdb_cli.chaos.history import (
 )
 
 META = Meta("S1", 1234, ("n1", "n2", "n3"), "2026-12-01T12:00:00Z")
-RECORDS = [
+RECORDS: list[Record] = [
     META,
     Append(0, 1, "s1", "n1", 10, 20, "no-stream", ("e1-0-0", "e1-0-1"), "ok", 0, 17),
     Append(
