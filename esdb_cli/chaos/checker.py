@@ -9,10 +9,12 @@ exits 0 when the history is clean, 5 when it shows anomalies, 2 when it cannot b
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,9 +125,26 @@ class CheckReport:
         return [f.recovery_s for f in self.faults if f.recovery_s is not None]
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """A large history is millions of small acyclic objects; the cyclic collector would rescan
+    them again and again (a third to a half of the run time). Reference counting still frees."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def check(history: Iterable[Record]) -> CheckReport:
     """Check a history against every invariant; raises HistoryFormatError on malformed input."""
-    ix = build_index(history)
+    with _gc_paused():
+        return _check(build_index(history))
+
+
+def _check(ix: HistoryIndex) -> CheckReport:
     anomalies = [
         *invariants.check_finals(ix),
         *invariants.check_writes(ix),
@@ -296,7 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     try:
-        report = check(read_history(args.history))
+        with _gc_paused():
+            report = check(read_history(args.history))
     except OSError as exc:
         print(f"error: cannot read {args.history}: {exc.strerror or exc}", file=sys.stderr)
         return int(ExitCode.INVALID)

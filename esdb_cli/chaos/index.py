@@ -28,27 +28,38 @@ class Write:
     stream: str
     events: tuple[str, ...]
     attempts: tuple[Append, ...]
+    ops: tuple[int, ...]
+    acks: tuple[Append, ...]
+    invoked: int
+    """When the first attempt was invoked."""
+    completed: int | None
+    """When the first acknowledgement arrived, or None if never acknowledged."""
+    all_failed: bool
 
-    @property
-    def ops(self) -> tuple[int, ...]:
-        return tuple(a.op for a in self.attempts)
-
-    @property
-    def invoked(self) -> int:
-        return min(a.t0 for a in self.attempts)
-
-    @property
-    def acks(self) -> tuple[Append, ...]:
-        return tuple(a for a in self.attempts if a.type == "ok")
-
-    @property
-    def completed(self) -> int | None:
-        """When the first acknowledgement arrived, or None if never acknowledged."""
-        return min((a.t1 for a in self.acks), default=None)
-
-    @property
-    def all_failed(self) -> bool:
-        return all(a.type == "fail" for a in self.attempts)
+    @classmethod
+    def of(cls, attempts: list[Append]) -> Write:
+        # One plain loop: this runs once per write, and generator expressions cost here.
+        first = attempts[0]
+        ops: list[int] = []
+        acks: list[Append] = []
+        invoked, completed, all_failed = first.t0, None, True
+        for a in attempts:
+            ops.append(a.op)
+            invoked = min(invoked, a.t0)
+            if a.type == "ok":
+                acks.append(a)
+                completed = a.t1 if completed is None else min(completed, a.t1)
+            all_failed = all_failed and a.type == "fail"
+        return cls(
+            first.stream,
+            first.events,
+            tuple(attempts),
+            tuple(ops),
+            tuple(acks),
+            invoked,
+            completed,
+            all_failed,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +120,9 @@ def build_index(history: Iterable[Record]) -> HistoryIndex:
                 meta = record
     appends.sort(key=lambda a: a.op)
     reads.sort(key=lambda r: r.op)
-    op_counts = Counter(a.op for a in appends) + Counter(r.op for r in reads)
-    repeated = sorted(op for op, n in op_counts.items() if n > 1)
-    if repeated:
+    op_ids = [a.op for a in appends] + [r.op for r in reads]
+    if len(set(op_ids)) != len(op_ids):
+        repeated = sorted(op for op, n in Counter(op_ids).items() if n > 1)
         raise HistoryFormatError(f"op ids must be unique; repeated: {repeated[:10]}")
 
     writes, write_of = _group_writes(appends)
@@ -159,6 +170,6 @@ def _group_writes(appends: list[Append]) -> tuple[tuple[Write, ...], dict[str, W
                         f"{attempts[other][0].op} and {append.op}); a retry must repeat the batch"
                     )
         group.append(append)
-    writes = tuple(Write(g[0].stream, key, tuple(g)) for key, g in attempts.items())
+    writes = tuple(Write.of(group) for group in attempts.values())
     write_of = {event_id: w for w in writes for event_id in w.events}
     return writes, write_of
