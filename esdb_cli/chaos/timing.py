@@ -18,7 +18,7 @@ from esdb_cli.chaos.index import HistoryIndex, Write
 K = AnomalyKind
 
 
-# --- expected-version semantics: wrong-first, false-conflict --------------------------------
+# --- expected-version semantics: wrong-first, false-conflict, the reported actual -----------
 
 
 def check_expected_versions(ix: HistoryIndex) -> list[Anomaly]:
@@ -28,19 +28,24 @@ def check_expected_versions(ix: HistoryIndex) -> list[Anomaly]:
         if append.type == "ok":
             out.extend(_wrong_first(append))
         elif append.type == "fail" and append.error == WRONG_EXPECTED_VERSION:
-            reason = _false_conflict(ix, committed, append)
-            if reason is not None:
-                out.append(
-                    Anomaly(
-                        K.FALSE_CONFLICT,
-                        f"op {append.op} on {append.stream} (expected {append.expected}, actual "
-                        f"{append.actual}) failed with {WRONG_EXPECTED_VERSION}, but {reason}",
-                        stream=append.stream,
-                        version=append.actual,
-                        ops=(append.op,),
-                        ids=append.events,
+            for kind, reason in (
+                (K.FALSE_CONFLICT, _false_conflict(ix, committed, append)),
+                (K.INCONSISTENT_VERSION, _misreported_actual(ix, committed, append)),
+            ):
+                if reason is not None:
+                    out.append(
+                        Anomaly(
+                            kind,
+                            f"op {append.op} on {append.stream} (expected {append.expected}, "
+                            f"actual {append.actual}) failed with {WRONG_EXPECTED_VERSION}, but "
+                            f"{reason}",
+                            stream=append.stream,
+                            version=append.actual,
+                            ops=(append.op,),
+                            ids=append.events,
+                        )
                     )
-                )
+                    break
     return out
 
 
@@ -93,6 +98,8 @@ def _false_conflict(ix: HistoryIndex, committed: dict[str, int], append: Append)
     v = expected if isinstance(expected, int) else -1 if expected == "no-stream" else None
     if v is not None and append.actual == v:
         return "the reported actual version equals the expected one"
+    if v is None and append.actual is not None and append.actual >= 0:
+        return "the reported actual version says the stream existed"
     if stream not in ix.reference:
         return None
     never = t0  # stands for "not known to be committed before t0"
@@ -109,6 +116,24 @@ def _false_conflict(ix: HistoryIndex, committed: dict[str, int], append: Append)
     if before and after:
         nxt = "never written" if following is None else f"invoked after the call ({following})"
         return f"the stream stood at {v} for the whole call (version {v + 1} {nxt})"
+    return None
+
+
+def _misreported_actual(ix: HistoryIndex, committed: dict[str, int], append: Append) -> str | None:
+    """Why the reported actual version was never the head during the call, or None."""
+    actual, stream = append.actual, append.stream
+    if actual is None or stream not in ix.reference:
+        return None
+    if actual >= 0:
+        at = ix.id_at.get((stream, actual))
+        if at is None:
+            return f"the stream never reached version {actual}"
+        write = ix.write_of.get(at)
+        if write is not None and write.invoked > append.t1:
+            return f"version {actual} ({at}) was invoked after the call"
+    following = ix.id_at.get((stream, actual + 1))
+    if following is not None and committed.get(following, append.t0) < append.t0:
+        return f"version {actual + 1} ({following}) was committed before the call"
     return None
 
 
@@ -203,6 +228,8 @@ def check_realtime_order(ix: HistoryIndex) -> list[Anomaly]:
     per_stream: defaultdict[str, list[_Placed]] = defaultdict(list)
     global_items: list[_Placed] = []
     for write in ix.writes:
+        if write.all_failed:
+            continue  # visible at all: aborted-append-visible
         invoked, completed = write.invoked, write.completed
         slot = ix.slot_of.get(write.events[0])
         if slot is not None and slot[0] == write.stream:

@@ -158,6 +158,16 @@ def _inconsistent_position() -> H:
     )
 
 
+def _inconsistent_conflict() -> H:
+    # refused on stale state: version 1 had been acknowledged before the call began
+    return (
+        H()
+        .append("s", ["a", "b"], 0, 10, first=0)
+        .append("s", ["c"], 20, 30, "fail", expected=5, error="wrong_expected_version", actual=0)
+        .final("s", ["a", "b"])
+    )
+
+
 def _unexpected() -> H:
     return H().append("s", ["a"], 0, 10, first=0).final("s", ["a", "z"])
 
@@ -218,6 +228,15 @@ def _false_conflict() -> H:
         H()
         .append("s", ["a"], 0, 10, expected="no-stream", first=0)
         .append("s", ["b"], 20, 30, "fail", expected=0, error="wrong_expected_version", actual=1)
+        .final("s", ["a"])
+    )
+
+
+def _false_conflict_exists() -> H:
+    return (
+        H()
+        .append("s", ["a"], 0, 10, first=0)
+        .append("s", ["b"], 20, 30, "fail", expected="exists", error="wrong_expected_version")
         .final("s", ["a"])
     )
 
@@ -303,6 +322,7 @@ CONTROLS: dict[str, tuple[Callable[[], H], AnomalyKind]] = {
     "inconsistent-version-read": (_inconsistent_read, K.INCONSISTENT_VERSION),
     "inconsistent-version-ack": (_inconsistent_ack, K.INCONSISTENT_VERSION),
     "inconsistent-version-position": (_inconsistent_position, K.INCONSISTENT_VERSION),
+    "inconsistent-version-conflict": (_inconsistent_conflict, K.INCONSISTENT_VERSION),
     "unexpected": (_unexpected, K.UNEXPECTED),
     "unexpected-wrong-stream": (_unexpected_wrong_stream, K.UNEXPECTED),
     "aborted-append-visible": (_aborted_append_visible, K.ABORTED_APPEND_VISIBLE),
@@ -312,6 +332,7 @@ CONTROLS: dict[str, tuple[Callable[[], H], AnomalyKind]] = {
     "wrong-first-no-stream": (_wrong_first_no_stream, K.WRONG_FIRST),
     "false-conflict": (_false_conflict, K.FALSE_CONFLICT),
     "false-conflict-no-stream": (_false_conflict_no_stream, K.FALSE_CONFLICT),
+    "false-conflict-exists": (_false_conflict_exists, K.FALSE_CONFLICT),
     "realtime-order": (_realtime_order, K.REALTIME_ORDER),
     "realtime-order-unacked": (_realtime_order_unacked_later, K.REALTIME_ORDER),
     "realtime-order-global": (_realtime_order_global, K.REALTIME_ORDER),
