@@ -125,6 +125,9 @@ class CheckReport:
         return [f.recovery_s for f in self.faults if f.recovery_s is not None]
 
 
+_KIND_ORDER = {kind: index for index, kind in enumerate(AnomalyKind)}
+
+
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """A large history is millions of small acyclic objects; the cyclic collector would rescan
@@ -155,7 +158,7 @@ def _check(ix: HistoryIndex) -> CheckReport:
         *timing.check_future_reads(ix),
         *timing.check_realtime_order(ix),
     ]
-    anomalies.sort(key=lambda a: (list(AnomalyKind).index(a.kind), a.stream or "", a.ops))
+    anomalies.sort(key=lambda a: (_KIND_ORDER[a.kind], a.stream or "", a.ops))
     ops: list[Append | Read] = [*ix.appends, *ix.reads]
     meta = ix.meta
     return CheckReport(

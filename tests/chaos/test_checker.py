@@ -440,6 +440,9 @@ def test_malformed_histories_are_rejected() -> None:
     moved = H().append("s1", ["a"], 0, 10, "info").append("s2", ["a"], 20, 30, "info")
     with pytest.raises(HistoryFormatError, match="another stream"):
         check(moved.records())
+    twice = H().final("s", ["a"]).records()
+    with pytest.raises(HistoryFormatError, match="two final reads"):
+        check([*twice, twice[-1]])
 
 
 # --- report shapes ---------------------------------------------------------------------------

@@ -48,6 +48,11 @@ def test_round_trip() -> None:
     assert list(read_history(io.StringIO(buffer.getvalue()))) == RECORDS
 
 
+def test_unknown_fields_are_ignored() -> None:
+    record = parse_record({**_append(), "latency_ms": 3.5})
+    assert isinstance(record, Append) and record.first == 1
+
+
 def test_optional_fields_default_to_null() -> None:
     line = {
         "kind": "append",
