@@ -15,7 +15,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from esdb_cli.chaos import invariants, timing
@@ -52,14 +52,6 @@ class OpCounts:
             self.unknown + other.unknown,
         )
 
-    def to_json(self) -> dict[str, int]:
-        return {
-            "attempted": self.attempted,
-            "ok": self.ok,
-            "failed": self.failed,
-            "unknown": self.unknown,
-        }
-
 
 @dataclass(frozen=True, slots=True)
 class UnknownOutcomes:
@@ -73,14 +65,6 @@ class UnknownOutcomes:
     """Some are, or all are but not contiguous (also a torn-append anomaly)."""
     unresolved: int = 0
     """Its stream has no final read; nothing can be said."""
-
-    def to_json(self) -> dict[str, int]:
-        return {
-            "recovered": self.recovered,
-            "absent": self.absent,
-            "torn": self.torn,
-            "unresolved": self.unresolved,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,27 +221,18 @@ def report_to_json(report: CheckReport) -> dict[str, Any]:
     return {
         "scenario": report.scenario,
         "seed": report.seed,
-        "ops": report.ops.to_json(),
-        "appends": report.appends.to_json(),
-        "reads": report.reads.to_json(),
+        "ops": asdict(report.ops),
+        "appends": asdict(report.appends),
+        "reads": asdict(report.reads),
         "acknowledged": report.acknowledged,
         "lost": report.lost,
         "duplicates": report.duplicates,
         "final_events": report.final_events,
-        "unknown_outcomes": report.unknown_outcomes.to_json(),
+        "unknown_outcomes": asdict(report.unknown_outcomes),
         "anomalies": report.anomaly_counts,
         "anomaly_details": [a.to_json() for a in report.anomalies],
         "failover_s": report.failover_s,
-        "faults": [
-            {
-                "action": f.action,
-                "target": f.target,
-                "leader_before": f.leader_before,
-                "leader_after": f.leader_after,
-                "recovery_s": f.recovery_s,
-            }
-            for f in report.faults
-        ],
+        "faults": [asdict(f) for f in report.faults],
         "streams": report.streams,
         "clients": report.clients,
         "duration_s": round(report.duration_s, 3),
