@@ -157,7 +157,7 @@ class Discovery:
         instance, server = service_instance(cfg.store_id, cfg.node_id)
         self._endpoint = MdnsEndpoint(
             addresses=self._interfaces, instance=instance, server=server,
-            advertise_ip=advertise_ip, port=port, on_txt=self._on_txt,
+            advertise_ip=advertise_ip, port=port, on_txt=self.ingest_txt,
             on_removed=self.table.remove, logger=self._log)
         self._endpoint.start(self._signed())
         self._spawn("esdb-discovery-announce", self._announce_loop)
@@ -284,8 +284,9 @@ class Discovery:
                 next_due = time.monotonic() + interval
             version = self.table.wait_for_change(version, max(0.0, next_due - time.monotonic()))
 
-    def _on_txt(self, name: str, texts: list[bytes]) -> None:
-        """Browser thread: keep the newest valid record of `name`; else count one rejection."""
+    def ingest_txt(self, name: str, texts: list[bytes]) -> None:
+        """Handle the TXT records seen for mDNS service `name` (called by the browser
+        thread; public for tests): keep the newest valid one, else count one rejection."""
         now_ms = int(self._clock() * 1000)
         best: Announcement | None = None
         rejection: Rejection | None = None
