@@ -112,6 +112,7 @@ class Proc:
         self.stderr_path = workdir / f"{label}.stderr"
         self._stderr = self.stderr_path.open("wb")
         self._stderr_final: str | None = None
+        self._term_sent = False
         self.popen = subprocess.Popen(
             ["ip", "netns", "exec", ns, *argv],  # ip execs argv: popen.pid is argv's PID
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
@@ -172,11 +173,18 @@ class Proc:
         self._stderr.flush()
         return self.stderr_path.read_text(errors="replace")
 
+    def terminate(self) -> None:
+        """Send SIGTERM (by PID) once, without waiting. (Only once: a second SIGTERM can
+        land while Python finalizes, after handlers are reset, and kill a clean exit.)"""
+        if self.popen.poll() is None and not self._term_sent:
+            self._term_sent = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+
     def stop(self, timeout: float = 5.0) -> int:
         """SIGTERM, wait, SIGKILL, wait (by PID). Returns the exit code."""
         if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)
+            self.terminate()
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -192,6 +200,13 @@ class Proc:
             self._stderr.close()
             self._stderr_final = self.stderr_path.read_text(errors="replace")
         return self.popen.returncode
+
+
+def stop_all(procs: Sequence[Proc], timeout: float = 5.0) -> list[int]:
+    """SIGTERM every process first (parallel shutdown), then stop each; exit codes."""
+    for proc in procs:
+        proc.terminate()
+    return [proc.stop(timeout) for proc in procs]
 
 
 class Host:
@@ -241,6 +256,9 @@ class _Namespaces:
 
     def close(self) -> None:
         errors: list[str] = []
+        for proc in self.procs:  # all at once first: they shut down in parallel
+            with contextlib.suppress(Exception):
+                proc.terminate()
         for proc in self.procs:
             try:
                 proc.stop()

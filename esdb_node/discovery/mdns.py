@@ -22,6 +22,7 @@ from zeroconf import (
     ServiceInfo,
     ServiceStateChange,
     Zeroconf,
+    current_time_millis,
 )
 
 from esdb_node.discovery.announce import SERVICE_TYPE
@@ -93,8 +94,12 @@ class MdnsEndpoint:
             if state_change is ServiceStateChange.Removed:
                 self._on_removed(name)
                 return
+            # Every live TXT record of the service: after an update the previous one
+            # lingers (marked to expire in 1 s, purged every 10 s); expired ones are skipped
+            # and the caller keeps the newest valid one.
+            now = current_time_millis()
             texts = [r.text for r in zeroconf.cache.get_all_by_details(name, _TYPE_TXT, _CLASS_IN)
-                     if hasattr(r, "text")]
+                     if hasattr(r, "text") and not r.is_expired(now)]
             if not texts:
                 # Nothing cached yet (e.g. only the PTR arrived): ask, bounded.
                 info = zeroconf.get_service_info(service_type, name, timeout=RESOLVE_TIMEOUT_MS)
