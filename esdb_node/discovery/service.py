@@ -262,16 +262,19 @@ class Discovery:
         return sign(self._announcement(), self._key)
 
     def _announce_loop(self) -> None:
+        """Re-announce every announce_interval (fresh timestamp) and at once when this
+        node's state or formation proposal changes. Bounded by stop; each wait too."""
         interval = self.config.announce_interval
         next_due = time.monotonic() + interval
         version = self.table.version
         announced = self.table.self_peer
+        failing = ""
         while not self._stop.is_set():
             me = self.table.self_peer
-            proposal = formation.proposal_for(me, self.peers(), self.config.bootstrap_expect)
-            if proposal != me.proposal:
+            if not me.formed:
+                proposal = formation.proposal_for(me, self.peers(), self.config.bootstrap_expect)
                 self.table.update_self(proposal=proposal)
-            me = self.table.self_peer
+                me = self.table.self_peer
             if me != announced or time.monotonic() >= next_due:
                 try:
                     with self._announce_lock:
@@ -279,8 +282,13 @@ class Discovery:
                             return
                         self._endpoint.update(self._signed())
                     announced = me
-                except Exception:  # keep announcing; zeroconf may recover (e.g. link back)
-                    self._log.exception("discovery: re-announcement failed")
+                    if failing:
+                        self._log.info("discovery: announcing works again")
+                    failing = ""
+                except Exception as exc:  # keep trying; e.g. the link may come back
+                    if repr(exc) != failing:  # log each new kind of failure once
+                        self._log.warning("discovery: re-announcement failed: %r", exc)
+                    failing = repr(exc)
                 next_due = time.monotonic() + interval
             version = self.table.wait_for_change(version, max(0.0, next_due - time.monotonic()))
 
