@@ -219,11 +219,12 @@ class Host:
         self.label = label
         self._checked = False
 
-    def run(self, argv: Sequence[str], check: bool = True,
-            timeout: float = _CMD_TIMEOUT) -> subprocess.CompletedProcess[str]:
-        """Run a short command inside the namespace and wait for it."""
+    def run(self, argv: Sequence[str], check: bool = True, timeout: float = _CMD_TIMEOUT,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a short command inside the namespace and wait for it (e.g. nft rules:
+        `host.run(["nft", "-f", "-"], input=RULES)`)."""
         return subprocess.run(["ip", "netns", "exec", self.ns, *argv], check=check,
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout, input=input)
 
     def spawn(self, argv: Sequence[str], label: str | None = None,
               env: dict[str, str] | None = None) -> Proc:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from esdb_node.discovery import formation
 from esdb_node.discovery.announce import (
@@ -33,6 +33,9 @@ from esdb_node.discovery.static import (
 )
 from esdb_node.discovery.table import PeerTable
 from esdb_node.errors import EsdbError, InvalidInput
+
+if TYPE_CHECKING:
+    from esdb_node.discovery.mdns import MdnsEndpoint
 
 Mode: TypeAlias = Literal["mdns", "static", "dns"]
 THREAD_JOIN_TIMEOUT = 5.0
@@ -108,7 +111,7 @@ class Discovery:
         self._key = derive_key(config.secret) if config.secret else b""
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._endpoint: Any = None  # MdnsEndpoint, imported lazily (zeroconf is heavy)
+        self._endpoint: MdnsEndpoint | None = None  # mdns imported lazily: zeroconf is heavy
         self._interfaces: tuple[str, ...] = ()
         self._announce_lock = threading.Lock()
         self._started = False
@@ -155,11 +158,12 @@ class Discovery:
         self._interfaces = resolve_interfaces(cfg.interfaces, host, resolver=self._resolver)
         advertise_ip = host if host in self._interfaces else self._interfaces[0]
         instance, server = service_instance(cfg.store_id, cfg.node_id)
-        self._endpoint = MdnsEndpoint(
+        endpoint = MdnsEndpoint(
             addresses=self._interfaces, instance=instance, server=server,
             advertise_ip=advertise_ip, port=port, on_txt=self.ingest_txt,
             on_removed=self.table.remove, logger=self._log)
-        self._endpoint.start(self._signed())
+        endpoint.start(self._signed())
+        self._endpoint = endpoint
         self._spawn("esdb-discovery-announce", self._announce_loop)
 
     def stop(self) -> None:

@@ -192,10 +192,12 @@ def test_unshare_namespace_is_read_via_netlink_not_sys(netns_ready: None) -> Non
 
 
 def test_guard_rules() -> None:
-    host_like: list[dict[str, Any]] = [{"ifname": "lo", "link_type": "loopback"},
-                 {"ifname": "eth0", "link_type": "ether"},
-                 {"ifname": "veth0", "link_type": "ether", "linkinfo": {"info_kind": "veth"}},
-                 {"ifname": "br0", "link_type": "ether", "linkinfo": {"info_kind": "bridge"}}]
+    host_like: list[dict[str, Any]] = [
+        {"ifname": "lo", "link_type": "loopback"},
+        {"ifname": "eth0", "link_type": "ether"},
+        {"ifname": "veth0", "link_type": "ether", "linkinfo": {"info_kind": "veth"}},
+        {"ifname": "br0", "link_type": "ether", "linkinfo": {"info_kind": "bridge"}},
+    ]
     routes = ("Iface\tDestination\tGateway\tFlags\n"
               "eth0\t00000000\t0102A8C0\t0003\n"
               "br0\t0063630A\t00000000\t0001\n")
