@@ -255,6 +255,11 @@ class _Namespaces:
         _ip("-n", name, "link", "set", "lo", "up")
         return name
 
+    def logs(self, tail: int = 4000) -> str:
+        """Every process's stderr (last `tail` chars each), for failure reports."""
+        return "\n".join(f"===== {p.label} (pid {p.pid}, ns {p.ns})\n{p.stderr_text()[-tail:]}"
+                         for p in self.procs)
+
     def close(self) -> None:
         errors: list[str] = []
         for proc in self.procs:  # all at once first: they shut down in parallel
@@ -284,8 +289,8 @@ def _netns_pids(ns: str) -> list[int]:
 
 def _empty_namespace(ns: str, timeout: float = 5.0) -> None:
     """Kill (by PID) whatever still runs in our namespace; fail if it will not go."""
-    deadline = time.monotonic() + timeout
     for sig in (signal.SIGTERM, signal.SIGKILL):
+        deadline = time.monotonic() + timeout / 2  # each phase gets its own half
         for pid in _netns_pids(ns):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
