@@ -119,13 +119,10 @@ class Discovery:
             Peer(node_id=config.node_id, store_id=config.store_id, raft_addr=config.raft_addr,
                  client_addr=config.client_addr, http_addr=config.http_addr,
                  protocol_version=config.protocol_version, found_by="self",
-                 last_seen=self._now_dt(), formed=False,
+                 last_seen=datetime.fromtimestamp(clock(), UTC), formed=False,
                  bootstrap_expect=config.bootstrap_expect),
             expire_after=config.expire_after if config.mode == "mdns" else None,
             logger=self._log, clock=clock)
-
-    def _now_dt(self) -> datetime:
-        return datetime.fromtimestamp(self._clock(), UTC)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -137,7 +134,7 @@ class Discovery:
         try:
             if cfg.mode == "static":
                 self.table.replace_found_by("static", static_peers(
-                    parse_peers(cfg.peers), store_id=cfg.store_id, now=self._now_dt()))
+                    parse_peers(cfg.peers), store_id=cfg.store_id, now=self.table.now()))
             elif cfg.mode == "dns":
                 self._refresh_dns_logged("")
                 self._spawn("esdb-discovery-dns", self._dns_loop)
@@ -325,7 +322,7 @@ class Discovery:
 
     def _refresh_dns(self) -> None:
         target = parse_dns_target(self.config.dns or "")
-        peers = resolve_dns(target, store_id=self.config.store_id, now=self._now_dt(),
+        peers = resolve_dns(target, store_id=self.config.store_id, now=self.table.now(),
                             resolver=self._resolver)
         self.table.replace_found_by("dns", peers)
 
