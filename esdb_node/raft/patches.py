@@ -155,10 +155,12 @@ class SendAppendEntriesFix:
     """The leader's append_entries sender (syncobj.py:1254-1340), changed in two ways.
 
     * No "transmission" mode for entries larger than appendEntriesBatchSizeBytes. Stock labels
-      the chunk `finish` by comparing the offset with the *command* length instead of the
-      pickled entry length (line 1283), so an entry whose size is just under a multiple of the
-      batch size arrives truncated and raises on the follower on every attempt. A big entry is
-      now sent as an ordinary one-entry message (the frame cap is sized for it).
+      a chunk `finish` by comparing the offset with the *command* length instead of the pickled
+      entry length (line 1283): for an entry just below a multiple of the batch size the
+      follower gets an early `finish`, fails to unpickle it and raises out of its message
+      handler (the rest of that tick is lost, "failed _onTick"); only the next chunk completes
+      the entry. A big entry is now sent as an ordinary one-entry message (the frame cap is
+      sized for it).
     * Back-pressure: nothing more is queued for a peer whose socket already holds
       MAX_SEND_BACKLOG unsent bytes (stock queues without limit, e.g. a whole snapshot).
     """

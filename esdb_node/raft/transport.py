@@ -169,6 +169,7 @@ class _WriteQueue:
 class HardenedConnection(TcpConnection):
     _TcpConnection__writeBuffer: Any
     _TcpConnection__readBuffer: Any
+
     def __init__(self, *args: Any, guard: PeerGuard, peer: str = "?", **kwargs: Any) -> None:
         self._guard = guard
         self._peer = peer
