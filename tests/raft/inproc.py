@@ -1,0 +1,87 @@
+"""RaftNodes in the test process (all created on the main thread, as required)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from raft_harness import FAST, SECRET, free_ports, wait_for
+
+from esdb_node.raft import Outcome, RaftConfig, RaftNode
+from esdb_node.storage import commands as cmd
+from esdb_node.storage.store import Store
+
+
+class InprocCluster:
+    def __init__(self, tmp: Path, n: int, **config: Any) -> None:
+        self.addrs = [f"127.0.0.1:{p}" for p in free_ports(n)]
+        self.stores: list[Store] = []
+        self.nodes: list[RaftNode] = []
+        for i, addr in enumerate(self.addrs):
+            data = tmp / f"n{i}"
+            store = Store(data / "store", sync=False)
+            self.stores.append(store)
+            cfg = RaftConfig(
+                self_addr=addr,
+                peers=tuple(a for a in self.addrs if a != addr),
+                data_dir=data,
+                secret=SECRET,
+                **{**FAST, **config},
+            )
+            self.nodes.append(RaftNode(cfg, store))
+
+    def leader(self, timeout: float = 15.0) -> RaftNode:
+        def find() -> RaftNode | None:
+            leaders = [n for n in self.nodes if n.is_leader()]
+            return leaders[0] if len(leaders) == 1 else None
+
+        return wait_for("one leader", find, timeout)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.destroy()
+        for store in self.stores:
+            store.close()
+
+
+def batch(n_events: int = 1, size: int = 100, stream: str = "s-1") -> bytes:
+    events = [[uuid.uuid4().bytes, "T", b"x" * size, b"", False] for _ in range(n_events)]
+    return cmd.encode_batch(time.time_ns() // 1000, [cmd.append(stream, -2, events)])
+
+
+def submit_wait(node: RaftNode, data: bytes, timeout: float = 10.0) -> Outcome:
+    done = threading.Event()
+    box: list[Outcome] = []
+
+    def cb(outcome: Outcome) -> None:
+        box.append(outcome)
+        done.set()
+
+    node.submit(data, cb, timeout)
+    assert done.wait(timeout + 5), "callback never ran"
+    return box[0]
+
+
+def submit_many(
+    node: RaftNode, count: int, inflight: int = 4, timeout: float = 10.0
+) -> list[Outcome]:
+    sem = threading.Semaphore(inflight)
+    lock = threading.Lock()
+    out: list[Outcome] = []
+    finished = threading.Semaphore(0)
+
+    def cb(outcome: Outcome) -> None:
+        with lock:
+            out.append(outcome)
+        sem.release()
+        finished.release()
+
+    for _ in range(count):
+        assert sem.acquire(timeout=timeout + 5)
+        node.submit(batch(), cb, timeout)
+    for _ in range(count):
+        assert finished.acquire(timeout=timeout + 5)
+    return out

@@ -1,0 +1,122 @@
+"""Regression tests for the smaller pysyncobj changes; each shows the stock defect too."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pso_fakes import FixedObj, StockObj, append_entries, deliver, make, node, raft_log, transport
+
+from esdb_node.raft import patches
+
+FAST_ELECTION = {"appendEntriesPeriod": 0.01, "raftMinTimeout": 0.05, "raftMaxTimeout": 0.1}
+
+
+def elect_single(obj: Any) -> None:
+    for _ in range(400):
+        obj.doTick(0.005)
+        if obj._isLeader() and obj.raftLastApplied >= obj._SyncObj__noopIDx:
+            return
+    raise AssertionError("single node did not become leader")
+
+
+@pytest.mark.parametrize("variant", ["stock", "fixed"])
+def test_one_membership_change_at_a_time(variant: str) -> None:
+    obj = make(FixedObj if variant == "fixed" else StockObj, peers=(), **FAST_ELECTION)
+    elect_single(obj)
+    results: dict[str, int] = {}
+    obj.addNodeToCluster("127.0.0.1:3", callback=lambda _r, err: results.setdefault("first", err))
+    obj.addNodeToCluster("127.0.0.1:4", callback=lambda _r, err: results.setdefault("second", err))
+    for _ in range(20):
+        obj.doTick(0)
+    members = sorted(n.id for n in obj.otherNodes)
+    if variant == "stock":
+        # Both accepted: a 3-member cluster with two members that never joined.
+        assert members == ["127.0.0.1:3", "127.0.0.1:4"]
+        assert "second" not in results
+    else:
+        assert members == ["127.0.0.1:3"]
+        assert results["second"] == 6  # REQUEST_DENIED
+    # The first change cannot commit (its new member is not running): no callback yet.
+    assert "first" not in results
+
+
+@pytest.mark.parametrize("variant", ["stock", "fixed"])
+def test_entry_just_below_a_batch_multiple_replicates(variant: str) -> None:
+    """Stock 'transmission' mode labels the last chunk by the command length, not the pickled
+    entry length: for an entry of 2*64 KiB - 10 bytes the follower gets an early 'finish' and
+    its message handler raises."""
+    leader = make(FixedObj if variant == "fixed" else StockObj)
+    follower = make(StockObj)
+    peer = node()
+    leader._SyncObj__onNodeConnected(peer)
+    leader._SyncObj__raftCurrentTerm = 1
+    leader._SyncObj__onBecomeLeader()
+    for _, msg in transport(leader).sent:
+        deliver(follower, msg, sender="127.0.0.1:1")
+    assert raft_log(follower)[-1][1] == 2
+    transport(leader).sent.clear()
+    big = b"\x00" + bytes(range(256)) * 511 + b"x" * 245  # 2 * 65536 - 10 bytes
+    assert len(big) == 2 * 65536 - 10
+    raft_log(leader).add(big, 3, 1)
+    leader._SyncObj__raftNextIndex[peer] = 3
+    leader._SyncObj__sendAppendEntries()
+    received_ok = True
+    try:
+        for _, msg in transport(leader).sent:
+            deliver(follower, msg, sender="127.0.0.1:1")
+    except Exception:
+        received_ok = False
+    has_entry = raft_log(follower)[-1][1] == 3 and raft_log(follower)[-1][0] == big
+    if variant == "stock":
+        assert not (received_ok and has_entry)
+    else:
+        assert received_ok and has_entry
+        assert all("transmission" not in m for _, m in transport(leader).sent)
+
+
+@pytest.mark.parametrize("variant", ["stock", "fixed"])
+def test_follower_acknowledges_snapshot_chunks(variant: str, tmp_path: Path) -> None:
+    obj = make(FixedObj if variant == "fixed" else StockObj, fullDumpFile=str(tmp_path / "dump"))
+    chunk = {"type": "append_entries", "term": 1, "commit_index": 1}
+    deliver(obj, dict(chunk, serialized=(b"x" * 100, True, False)))
+    deliver(obj, dict(chunk, serialized=(b"y" * 100, False, False)))
+    acks = transport(obj).of_type("esdb_snapshot_ack")
+    # Stock stays silent until the last chunk, so the leader's connection reads nothing and
+    # times out (connectionTimeout) during a long transfer.
+    assert len(acks) == (0 if variant == "stock" else 1)
+    assert not transport(obj).of_type("next_node_idx")
+
+
+def test_leader_counts_snapshot_acks_as_liveness() -> None:
+    leader = make(FixedObj)
+    peer = node()
+    leader._SyncObj__raftCurrentTerm = 1
+    leader._SyncObj__onBecomeLeader()
+    leader._SyncObj__lastResponseTime[peer] = 0.0
+    deliver(leader, {"type": "esdb_snapshot_ack", "term": 1})
+    assert leader._SyncObj__lastResponseTime[peer] > 0.0
+
+
+def test_pickle_protocol_is_4() -> None:
+    stock = subprocess.run(
+        [sys.executable, "-c", "import pysyncobj.pickle as p; print(p.dumps(b'x')[1])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert stock.stdout.strip() == "2"
+    patches.install_global_patches()
+    import pysyncobj.pickle as pso_pickle
+
+    assert pso_pickle.dumps(b"x")[1] == 4
+
+
+def test_heartbeat_from_old_term_is_ignored_by_the_fix() -> None:
+    obj = make(FixedObj)
+    obj._SyncObj__raftCurrentTerm = 5
+    deliver(obj, append_entries(1, 0, [], term=3))
+    assert not transport(obj).of_type("next_node_idx")
