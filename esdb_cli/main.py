@@ -9,7 +9,7 @@ import traceback
 import click
 import typer
 
-from esdb_cli.commands import node, snapshot, stream
+from esdb_cli.commands import chaos, cluster, node, snapshot, stream
 from esdb_cli.context import (
     ClusterDirOpt,
     JsonOpt,
@@ -57,6 +57,8 @@ def root(
 
 
 app.add_typer(node.app, name="node")
+app.add_typer(cluster.app, name="cluster")
+app.add_typer(chaos.app, name="chaos")
 app.add_typer(snapshot.app, name="snapshot")
 for command in (
     stream.append,

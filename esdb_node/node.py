@@ -160,11 +160,29 @@ async def _serve(config: NodeConfig, files: NodeFiles) -> int:
 
     replicator: Replicator
     admin = None
-    if config.cluster_mode:
-        store.close()
-        raise InvalidInput("cluster mode is not available in this build yet")
     cluster = None
-    replicator = LocalReplicator(store, node_id=node_id, url="")
+    if config.cluster_mode:
+        from esdb_node.cluster import ClusterNode
+
+        if port == 0:
+            store.close()
+            raise InvalidInput("cluster nodes need a fixed --listen port (peers redirect to it)")
+        cluster = ClusterNode(
+            config,
+            store,
+            node_id=node_id,
+            store_id=store_id,
+            url=f"esdb://{config.advertised_host(host)}:{port}",
+        )
+        try:
+            await cluster.open()  # joins if asked, then starts Raft (in the main thread)
+        except BaseException:
+            store.close()
+            raise
+        replicator = cluster.replicator
+        admin = cluster.admin
+    else:
+        replicator = LocalReplicator(store, node_id=node_id, url="")
     service = NodeService(
         store,
         replicator,
@@ -193,8 +211,6 @@ async def _serve(config: NodeConfig, files: NodeFiles) -> int:
     )
     if isinstance(replicator, LocalReplicator):
         replicator.url = url
-    if cluster is not None:
-        cluster.set_client_url(url)
     await replicator.start()
     files.pid.write_text(f"{os.getpid()}\n")
     write_json_atomic(
@@ -203,7 +219,7 @@ async def _serve(config: NodeConfig, files: NodeFiles) -> int:
             "node_id": node_id,
             "store_id": store_id,
             "url": url,
-            "raft": config.raft if config.cluster_mode else None,
+            "raft": cluster.identity.raft if cluster is not None else None,
             "pid": os.getpid(),
             "mode": replicator.mode,
         },

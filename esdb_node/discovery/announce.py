@@ -32,19 +32,38 @@ KDF_ITERATIONS = 200_000
 MAC_DOMAIN = b"esdb-discovery-announcement-v1\x00"
 
 # Signed TXT keys, in canonical order. "mac" is the HMAC over all of them.
-SIGNED_KEYS = ("v", "store", "node", "proto", "raft", "client", "http", "ts",
-               "cluster", "leader", "members", "expect", "proposal")
+SIGNED_KEYS = (
+    "v",
+    "store",
+    "node",
+    "proto",
+    "raft",
+    "client",
+    "http",
+    "ts",
+    "cluster",
+    "leader",
+    "members",
+    "expect",
+    "proposal",
+)
 
 RejectReason: TypeAlias = Literal[
-    "malformed",            # not our TXT layout: missing/duplicate keys, bad numbers, not UTF-8
+    "malformed",  # not our TXT layout: missing/duplicate keys, bad numbers, not UTF-8
     "unsupported_version",  # v= is not FORMAT_VERSION
-    "other_store",          # a well-formed announcement of another store id
-    "bad_mac",              # wrong secret or a tampered field
-    "stale",                # valid MAC, timestamp outside the freshness window
-    "duplicate_node_id",    # valid MAC, our node id, but not our addresses
+    "other_store",  # a well-formed announcement of another store id
+    "bad_mac",  # wrong secret or a tampered field
+    "stale",  # valid MAC, timestamp outside the freshness window
+    "duplicate_node_id",  # valid MAC, our node id, but not our addresses
 ]
 REJECT_REASONS: tuple[RejectReason, ...] = (
-    "malformed", "unsupported_version", "other_store", "bad_mac", "stale", "duplicate_node_id")
+    "malformed",
+    "unsupported_version",
+    "other_store",
+    "bad_mac",
+    "stale",
+    "duplicate_node_id",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +149,7 @@ def decode_txt(raw: bytes) -> dict[str, str] | None:
     pos = 0
     while pos < len(raw):
         size = raw[pos]
-        chunk = raw[pos + 1:pos + 1 + size]
+        chunk = raw[pos + 1 : pos + 1 + size]
         pos += 1 + size
         if len(chunk) != size:
             return None
@@ -147,8 +166,9 @@ def decode_txt(raw: bytes) -> dict[str, str] | None:
     return out
 
 
-def verify(props: Mapping[str, str], *, key: bytes, store_id: str, now_ms: int,
-           window_s: float) -> Announcement | Rejection:
+def verify(
+    props: Mapping[str, str], *, key: bytes, store_id: str, now_ms: int, window_s: float
+) -> Announcement | Rejection:
     """Accept only our format, our store, a valid MAC and a timestamp within ±window_s."""
     node = props.get("node")
     missing = [k for k in (*SIGNED_KEYS, "mac") if k not in props]
@@ -181,8 +201,9 @@ def verify(props: Mapping[str, str], *, key: bytes, store_id: str, now_ms: int,
         return Rejection("malformed", f"signed but unparseable: {exc}", node)
     skew_s = (ann.timestamp_ms - now_ms) / 1000.0
     if abs(skew_s) > window_s:
-        return Rejection("stale", f"timestamp {skew_s:+.0f} s from local clock "
-                                  f"(window ±{window_s:.0f} s)", node)
+        return Rejection(
+            "stale", f"timestamp {skew_s:+.0f} s from local clock (window ±{window_s:.0f} s)", node
+        )
     return ann
 
 
@@ -192,6 +213,7 @@ def service_instance(store_id: str, node_id: str) -> tuple[str, str]:
     The readable part is the node id; the hash keeps two stores' "node-1" apart.
     """
     digest = hashlib.sha256(f"{store_id}\x00{node_id}".encode()).hexdigest()
-    readable = "".join(ch if ch.isascii() and (ch.isalnum() or ch == "-") else "-"
-                       for ch in node_id)[:40]
+    readable = "".join(
+        ch if ch.isascii() and (ch.isalnum() or ch == "-") else "-" for ch in node_id
+    )[:40]
     return f"{readable}-{digest[:8]}.{SERVICE_TYPE}", f"esdb-{digest[:16]}.local."

@@ -75,15 +75,20 @@ def _unique(me: Peer, peers: Iterable[Peer]) -> list[Peer]:
     return list(seen.values())
 
 
-def bootstrap_members(me: Peer, peers: Iterable[Peer], bootstrap_expect: int
-                      ) -> tuple[Peer, ...] | None:
+def bootstrap_members(
+    me: Peer, peers: Iterable[Peer], bootstrap_expect: int
+) -> tuple[Peer, ...] | None:
     """The N lowest-addressed candidates (rules 3-4), or None if fewer are visible."""
     if bootstrap_expect <= 0:
         return None
     candidates = sorted(
-        (p for p in _unique(me, peers)
-         if p is me or p.bootstrap_expect is None or p.bootstrap_expect == bootstrap_expect),
-        key=lambda p: p.raft_addr)
+        (
+            p
+            for p in _unique(me, peers)
+            if p is me or p.bootstrap_expect is None or p.bootstrap_expect == bootstrap_expect
+        ),
+        key=lambda p: p.raft_addr,
+    )
     if len(candidates) < bootstrap_expect:
         return None
     return tuple(candidates[:bootstrap_expect])
@@ -120,25 +125,40 @@ def decide(me: Peer, peers: Iterable[Peer], bootstrap_expect: int) -> Decision:
                 return Bootstrap(members=addrs, node_ids=tuple(p.node_id for p in members))
         return _join(formed)
     if bootstrap_expect <= 0:
-        return Wait("no formed cluster is visible and bootstrap_expect is not set: "
-                    "waiting for a cluster to join")
-    mismatched = sorted(p.raft_addr for p in others
-                        if p.bootstrap_expect is not None
-                        and p.bootstrap_expect != bootstrap_expect)
-    note = (f"; ignoring {len(mismatched)} node(s) with another bootstrap_expect: "
-            f"{', '.join(mismatched)}") if mismatched else ""
+        return Wait(
+            "no formed cluster is visible and bootstrap_expect is not set: "
+            "waiting for a cluster to join"
+        )
+    mismatched = sorted(
+        p.raft_addr
+        for p in others
+        if p.bootstrap_expect is not None and p.bootstrap_expect != bootstrap_expect
+    )
+    note = (
+        (
+            f"; ignoring {len(mismatched)} node(s) with another bootstrap_expect: "
+            f"{', '.join(mismatched)}"
+        )
+        if mismatched
+        else ""
+    )
     members = bootstrap_members(me, others, bootstrap_expect)
     if members is None:
         count = len(view) - len(mismatched)
         return Wait(f"{count} of {bootstrap_expect} expected nodes visible{note}")
     addrs = tuple(p.raft_addr for p in members)
     if me not in members:
-        return Wait(f"the {bootstrap_expect} lowest raft addresses ({', '.join(addrs)}) "
-                    f"bootstrap; this node joins once they have formed{note}")
+        return Wait(
+            f"the {bootstrap_expect} lowest raft addresses ({', '.join(addrs)}) "
+            f"bootstrap; this node joins once they have formed{note}"
+        )
     mine = members_hash(addrs)
-    pending = [p.raft_addr for p in members
-               if p is not me and p.found_by == "mdns" and p.proposal != mine]
+    pending = [
+        p.raft_addr for p in members if p is not me and p.found_by == "mdns" and p.proposal != mine
+    ]
     if pending:
-        return Wait(f"waiting for {', '.join(pending)} to propose the same members "
-                    f"({', '.join(addrs)}){note}")
+        return Wait(
+            f"waiting for {', '.join(pending)} to propose the same members "
+            f"({', '.join(addrs)}){note}"
+        )
     return Bootstrap(members=addrs, node_ids=tuple(p.node_id for p in members))

@@ -35,8 +35,12 @@ def local_ipv4_by_interface() -> dict[str, tuple[str, ...]]:
 
 
 def _describe(table: dict[str, tuple[str, ...]]) -> str:
-    return ", ".join(f"{name} ({', '.join(addrs) or 'no IPv4'})"
-                     for name, addrs in sorted(table.items())) or "none"
+    return (
+        ", ".join(
+            f"{name} ({', '.join(addrs) or 'no IPv4'})" for name, addrs in sorted(table.items())
+        )
+        or "none"
+    )
 
 
 def _ipv4_of(host: str, resolver: Callable[..., list[Any]]) -> str:
@@ -47,8 +51,10 @@ def _ipv4_of(host: str, resolver: Callable[..., list[Any]]) -> str:
     try:
         infos = resolver(host, None, socket.AF_INET, socket.SOCK_STREAM)
     except OSError as exc:
-        raise InvalidInput(f"cannot resolve the advertised host {host!r}: {exc}",
-                           hint="pass --discovery-interface NAME") from None
+        raise InvalidInput(
+            f"cannot resolve the advertised host {host!r}: {exc}",
+            hint="pass --discovery-interface NAME",
+        ) from None
     if not infos:
         raise InvalidInput(f"the advertised host {host!r} has no IPv4 address")
     return str(infos[0][4][0])
@@ -72,19 +78,23 @@ def resolve_interfaces(
         if advertise_host.strip().lower() in _WILDCARDS:
             raise InvalidInput(
                 f"cannot pick a discovery interface for the wildcard address {advertise_host!r}",
-                hint="pass --advertise HOST or --discovery-interface NAME")
+                hint="pass --advertise HOST or --discovery-interface NAME",
+            )
         addr = _ipv4_of(advertise_host, resolver)
         if addr not in local:
             raise InvalidInput(
                 f"the advertised address {addr} is not on any interface of this host",
-                hint=f"pass --discovery-interface NAME; interfaces here: {_describe(table)}")
+                hint=f"pass --discovery-interface NAME; interfaces here: {_describe(table)}",
+            )
         return (addr,)
     out: list[str] = []
     for spec in specs:
         text = spec.strip()
         if text.lower() in _WILDCARDS:
-            raise InvalidInput(f"--discovery-interface {text!r}: name interfaces explicitly",
-                               hint="discovery never announces on all interfaces")
+            raise InvalidInput(
+                f"--discovery-interface {text!r}: name interfaces explicitly",
+                hint="discovery never announces on all interfaces",
+            )
         try:
             literal: str | None = str(ipaddress.IPv4Address(text))
         except ipaddress.AddressValueError:
@@ -93,15 +103,20 @@ def resolve_interfaces(
             if literal not in local:
                 raise InvalidInput(
                     f"--discovery-interface {text}: no interface here has this address",
-                    hint=f"interfaces here: {_describe(table)}")
+                    hint=f"interfaces here: {_describe(table)}",
+                )
             addrs: tuple[str, ...] = (literal,)
         elif text not in table:
-            raise InvalidInput(f"--discovery-interface {text!r}: no such interface",
-                               hint=f"interfaces here: {_describe(table)}")
+            raise InvalidInput(
+                f"--discovery-interface {text!r}: no such interface",
+                hint=f"interfaces here: {_describe(table)}",
+            )
         else:
             addrs = table[text]
             if not addrs:
-                raise InvalidInput(f"--discovery-interface {text!r} has no IPv4 address",
-                                   hint="discovery uses IPv4 multicast (224.0.0.251)")
+                raise InvalidInput(
+                    f"--discovery-interface {text!r} has no IPv4 address",
+                    hint="discovery uses IPv4 multicast (224.0.0.251)",
+                )
         out.extend(a for a in addrs if a not in out)
     return tuple(out)

@@ -36,9 +36,18 @@ TxtCallback = Callable[[str, list[bytes]], None]
 
 
 class MdnsEndpoint:
-    def __init__(self, *, addresses: Sequence[str], instance: str, server: str,
-                 advertise_ip: str, port: int, on_txt: TxtCallback,
-                 on_removed: Callable[[str], None], logger: logging.Logger) -> None:
+    def __init__(
+        self,
+        *,
+        addresses: Sequence[str],
+        instance: str,
+        server: str,
+        advertise_ip: str,
+        port: int,
+        on_txt: TxtCallback,
+        on_removed: Callable[[str], None],
+        logger: logging.Logger,
+    ) -> None:
         if not addresses:
             raise ValueError("mDNS needs at least one explicit interface address")
         self._addresses = list(addresses)
@@ -53,13 +62,17 @@ class MdnsEndpoint:
         self._browser: ServiceBrowser | None = None
 
     def _info(self, properties: dict[str, str]) -> ServiceInfo:
-        return ServiceInfo(SERVICE_TYPE, self.instance, port=self._port,
-                           properties=properties, server=self._server,
-                           addresses=[socket.inet_aton(self._advertise_ip)])
+        return ServiceInfo(
+            SERVICE_TYPE,
+            self.instance,
+            port=self._port,
+            properties=properties,
+            server=self._server,
+            addresses=[socket.inet_aton(self._advertise_ip)],
+        )
 
     def start(self, properties: dict[str, str]) -> None:
-        zc = Zeroconf(interfaces=self._addresses, ip_version=IPVersion.V4Only,
-                      use_asyncio=False)
+        zc = Zeroconf(interfaces=self._addresses, ip_version=IPVersion.V4Only, use_asyncio=False)
         self._zc = zc
         try:
             zc.register_service(self._info(properties), allow_name_change=False)
@@ -67,7 +80,8 @@ class MdnsEndpoint:
             self.close()
             raise DiscoveryConflict(
                 f"another node already announces {self.instance!r} (same node id and store)",
-                hint="give every node its own --node-id") from None
+                hint="give every node its own --node-id",
+            ) from None
         except BaseException:
             self.close()
             raise
@@ -88,8 +102,9 @@ class MdnsEndpoint:
 
     # --- browser thread -----------------------------------------------------------------
 
-    def _on_change(self, zeroconf: Zeroconf, service_type: str, name: str,
-                   state_change: ServiceStateChange) -> None:
+    def _on_change(
+        self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
+    ) -> None:
         try:
             if state_change is ServiceStateChange.Removed:
                 self._on_removed(name)
@@ -98,8 +113,11 @@ class MdnsEndpoint:
             # lingers (marked to expire in 1 s, purged every 10 s); expired ones are skipped
             # and the caller keeps the newest valid one.
             now = current_time_millis()
-            texts = [r.text for r in zeroconf.cache.get_all_by_details(name, _TYPE_TXT, _CLASS_IN)
-                     if hasattr(r, "text") and not r.is_expired(now)]
+            texts = [
+                r.text
+                for r in zeroconf.cache.get_all_by_details(name, _TYPE_TXT, _CLASS_IN)
+                if hasattr(r, "text") and not r.is_expired(now)
+            ]
             if not texts:
                 # Nothing cached yet (e.g. only the PTR arrived): ask, bounded.
                 info = zeroconf.get_service_info(service_type, name, timeout=RESOLVE_TIMEOUT_MS)

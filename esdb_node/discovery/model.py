@@ -55,8 +55,9 @@ def check_id(value: str, what: str) -> str:
     return value
 
 
-def split_hostport(text: str, *, default_port: int | None = None, what: str = "address"
-                   ) -> tuple[str, int]:
+def split_hostport(
+    text: str, *, default_port: int | None = None, what: str = "address"
+) -> tuple[str, int]:
     """Parse "host:port", "[v6]:port" (or "host" when a default port is given)."""
     value = text.strip()
     host, port_text = value, ""
@@ -64,7 +65,7 @@ def split_hostport(text: str, *, default_port: int | None = None, what: str = "a
         close = value.find("]")
         if close < 0:
             raise InvalidInput(f"{what} {text!r}: missing ']'")
-        host, rest = value[1:close], value[close + 1:]
+        host, rest = value[1:close], value[close + 1 :]
         if rest:
             if not rest.startswith(":"):
                 raise InvalidInput(f"{what} {text!r} is not [HOST]:PORT")

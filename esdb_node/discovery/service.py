@@ -54,29 +54,34 @@ class DiscoveryConfig:
     secret: str | bytes | None = field(default=None, repr=False)
     protocol_version: int = 1
     bootstrap_expect: int = 0
-    interfaces: tuple[str, ...] = ()       # mdns: names or local IPv4s; () = default
-    peers: tuple[str, ...] = ()            # static: raft addresses
-    dns: str | None = None                 # dns: "dns:NAME[:PORT]"
-    freshness_window: float = 120.0        # mdns: accepted announcement clock skew, s
-    announce_interval: float = 30.0        # mdns: re-announce (fresh timestamp) every s
-    expire_after: float = 90.0             # mdns: drop a peer not re-verified for s
-    dns_interval: float = 10.0             # dns: re-resolve every s
+    interfaces: tuple[str, ...] = ()  # mdns: names or local IPv4s; () = default
+    peers: tuple[str, ...] = ()  # static: raft addresses
+    dns: str | None = None  # dns: "dns:NAME[:PORT]"
+    freshness_window: float = 120.0  # mdns: accepted announcement clock skew, s
+    announce_interval: float = 30.0  # mdns: re-announce (fresh timestamp) every s
+    expire_after: float = 90.0  # mdns: drop a peer not re-verified for s
+    dns_interval: float = 10.0  # dns: re-resolve every s
 
     def validate(self) -> DiscoveryConfig:
         if self.mode not in ("mdns", "static", "dns"):
             raise InvalidInput(f"discovery mode must be mdns, static or dns, not {self.mode!r}")
         check_id(self.store_id, "store id")
         check_id(self.node_id, "node id")
-        for addr, what in ((self.raft_addr, "raft address"), (self.client_addr, "client address"),
-                           (self.http_addr, "http address")):
+        for addr, what in (
+            (self.raft_addr, "raft address"),
+            (self.client_addr, "client address"),
+            (self.http_addr, "http address"),
+        ):
             if addr is not None and normalize_addr(addr, what=what) != addr:
                 raise InvalidInput(f"{what} {addr!r} must be written HOST:PORT")
         if self.bootstrap_expect < 0:
             raise InvalidInput("bootstrap_expect must be >= 0")
         if self.mode == "mdns":
             if not self.secret:
-                raise InvalidInput("mDNS discovery needs the cluster secret",
-                                   hint="pass --secret or set ESDB_SECRET")
+                raise InvalidInput(
+                    "mDNS discovery needs the cluster secret",
+                    hint="pass --secret or set ESDB_SECRET",
+                )
             if not 0 < self.announce_interval < self.freshness_window:
                 raise InvalidInput("announce_interval must be > 0 and < freshness_window")
             if self.expire_after <= self.announce_interval:
@@ -93,17 +98,22 @@ class DiscoveryView:
     """Snapshot for `esdb cluster members` and status pages."""
 
     mode: Mode
-    interfaces: tuple[str, ...]            # addresses zeroconf uses (mdns), else ()
-    peers: tuple[Peer, ...]                # self included, sorted by raft address
+    interfaces: tuple[str, ...]  # addresses zeroconf uses (mdns), else ()
+    peers: tuple[Peer, ...]  # self included, sorted by raft address
     rejections: tuple[tuple[str, int], ...]  # (reason, count) for every reason
 
 
 class Discovery:
     """Thread-safe. `start()` once, `stop()` any number of times (also via `with`)."""
 
-    def __init__(self, config: DiscoveryConfig, *, logger: logging.Logger | None = None,
-                 resolver: Callable[..., list[Any]] = socket.getaddrinfo,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: DiscoveryConfig,
+        *,
+        logger: logging.Logger | None = None,
+        resolver: Callable[..., list[Any]] = socket.getaddrinfo,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config.validate()
         self._log = logger or logging.getLogger("esdb.discovery")
         self._resolver = resolver
@@ -116,13 +126,22 @@ class Discovery:
         self._announce_lock = threading.Lock()
         self._started = False
         self.table = PeerTable(
-            Peer(node_id=config.node_id, store_id=config.store_id, raft_addr=config.raft_addr,
-                 client_addr=config.client_addr, http_addr=config.http_addr,
-                 protocol_version=config.protocol_version, found_by="self",
-                 last_seen=datetime.fromtimestamp(clock(), UTC), formed=False,
-                 bootstrap_expect=config.bootstrap_expect),
+            Peer(
+                node_id=config.node_id,
+                store_id=config.store_id,
+                raft_addr=config.raft_addr,
+                client_addr=config.client_addr,
+                http_addr=config.http_addr,
+                protocol_version=config.protocol_version,
+                found_by="self",
+                last_seen=datetime.fromtimestamp(clock(), UTC),
+                formed=False,
+                bootstrap_expect=config.bootstrap_expect,
+            ),
             expire_after=config.expire_after if config.mode == "mdns" else None,
-            logger=self._log, clock=clock)
+            logger=self._log,
+            clock=clock,
+        )
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -133,8 +152,12 @@ class Discovery:
         cfg = self.config
         try:
             if cfg.mode == "static":
-                self.table.replace_found_by("static", static_peers(
-                    parse_peers(cfg.peers), store_id=cfg.store_id, now=self.table.now()))
+                self.table.replace_found_by(
+                    "static",
+                    static_peers(
+                        parse_peers(cfg.peers), store_id=cfg.store_id, now=self.table.now()
+                    ),
+                )
             elif cfg.mode == "dns":
                 self._refresh_dns_logged("")
                 self._spawn("esdb-discovery-dns", self._dns_loop)
@@ -143,8 +166,11 @@ class Discovery:
         except BaseException:
             self.stop()
             raise
-        self._log.info("discovery: started (%s%s)", cfg.mode,
-                       f" on {', '.join(self._interfaces)}" if self._interfaces else "")
+        self._log.info(
+            "discovery: started (%s%s)",
+            cfg.mode,
+            f" on {', '.join(self._interfaces)}" if self._interfaces else "",
+        )
 
     def _start_mdns(self) -> None:
         from esdb_node.discovery.mdns import MdnsEndpoint
@@ -156,9 +182,15 @@ class Discovery:
         advertise_ip = host if host in self._interfaces else self._interfaces[0]
         instance, server = service_instance(cfg.store_id, cfg.node_id)
         endpoint = MdnsEndpoint(
-            addresses=self._interfaces, instance=instance, server=server,
-            advertise_ip=advertise_ip, port=port, on_txt=self.ingest_txt,
-            on_removed=self.table.remove, logger=self._log)
+            addresses=self._interfaces,
+            instance=instance,
+            server=server,
+            advertise_ip=advertise_ip,
+            port=port,
+            on_txt=self.ingest_txt,
+            on_removed=self.table.remove,
+            logger=self._log,
+        )
         endpoint.start(self._signed())
         self._endpoint = endpoint
         self._spawn("esdb-discovery-announce", self._announce_loop)
@@ -170,8 +202,9 @@ class Discovery:
         for thread in self._threads:
             thread.join(THREAD_JOIN_TIMEOUT)
             if thread.is_alive():
-                self._log.warning("discovery: thread %s did not stop in %.0f s",
-                                  thread.name, THREAD_JOIN_TIMEOUT)
+                self._log.warning(
+                    "discovery: thread %s did not stop in %.0f s", thread.name, THREAD_JOIN_TIMEOUT
+                )
         self._threads.clear()
         endpoint, self._endpoint = self._endpoint, None
         if endpoint is not None:
@@ -205,9 +238,12 @@ class Discovery:
         return self.table.rejection_counts()
 
     def members_view(self) -> DiscoveryView:
-        return DiscoveryView(mode=self.config.mode, interfaces=self._interfaces,
-                             peers=self.peers(),
-                             rejections=tuple(sorted(self.rejections().items())))
+        return DiscoveryView(
+            mode=self.config.mode,
+            interfaces=self._interfaces,
+            peers=self.peers(),
+            rejections=tuple(sorted(self.rejections().items())),
+        )
 
     def wait_for_change(self, since: int, timeout: float) -> int:
         """Block until the view changes (version != since) or timeout s; new version."""
@@ -215,8 +251,9 @@ class Discovery:
 
     # --- what the node writes -----------------------------------------------------------
 
-    def set_cluster_state(self, formed: bool, leader: str | None = None,
-                          members_hash: str | None = None) -> None:
+    def set_cluster_state(
+        self, formed: bool, leader: str | None = None, members_hash: str | None = None
+    ) -> None:
         """Announce whether this node is in a formed cluster (and its leader's raft
         address, a hash of the member list). Re-announces at once if anything changed."""
         leader = normalize_addr(leader, what="leader") if leader else None
@@ -237,14 +274,17 @@ class Discovery:
                 return decision
             left = deadline - time.monotonic()
             if left <= 0 or self._stop.is_set():
-                visible = ", ".join(f"{p.node_id or '?'}@{p.raft_addr} ({p.found_by})"
-                                    for p in self.peers())
+                visible = ", ".join(
+                    f"{p.node_id or '?'}@{p.raft_addr} ({p.found_by})" for p in self.peers()
+                )
                 raise FormationTimeout(
                     f"cluster formation did not complete in {timeout:.0f} s: {decision.reason}",
                     hint=f"visible: {visible}. Start the other nodes with the same --store-id, "
-                         "--secret and --bootstrap-expect, or check `esdb cluster members` "
-                         "and docs/discovery.md#troubleshooting",
-                    visible=[p.raft_addr for p in self.peers()], reason=decision.reason)
+                    "--secret and --bootstrap-expect, or check `esdb cluster members` "
+                    "and docs/discovery.md#troubleshooting",
+                    visible=[p.raft_addr for p in self.peers()],
+                    reason=decision.reason,
+                )
             version = self.table.wait_for_change(version, min(left, 1.0))
 
     # --- mdns internals -----------------------------------------------------------------
@@ -252,12 +292,19 @@ class Discovery:
     def _announcement(self) -> Announcement:
         me = self.table.self_peer
         return Announcement(
-            store_id=me.store_id, node_id=me.node_id or "",
+            store_id=me.store_id,
+            node_id=me.node_id or "",
             protocol_version=self.config.protocol_version,
-            raft_addr=me.raft_addr, client_addr=me.client_addr or "", http_addr=me.http_addr,
-            timestamp_ms=int(self._clock() * 1000), formed=bool(me.formed), leader=me.leader,
-            members_hash=me.members_hash, bootstrap_expect=self.config.bootstrap_expect,
-            proposal=me.proposal)
+            raft_addr=me.raft_addr,
+            client_addr=me.client_addr or "",
+            http_addr=me.http_addr,
+            timestamp_ms=int(self._clock() * 1000),
+            formed=bool(me.formed),
+            leader=me.leader,
+            members_hash=me.members_hash,
+            bootstrap_expect=self.config.bootstrap_expect,
+            proposal=me.proposal,
+        )
 
     def _signed(self) -> dict[str, str]:
         return sign(self._announcement(), self._key)
@@ -304,8 +351,13 @@ class Discovery:
             if props is None:
                 result: Announcement | Rejection = Rejection("malformed", "unparseable TXT data")
             else:
-                result = verify(props, key=self._key, store_id=self.config.store_id,
-                                now_ms=now_ms, window_s=self.config.freshness_window)
+                result = verify(
+                    props,
+                    key=self._key,
+                    store_id=self.config.store_id,
+                    now_ms=now_ms,
+                    window_s=self.config.freshness_window,
+                )
             if isinstance(result, Announcement):
                 if best is None or result.timestamp_ms > best.timestamp_ms:
                     best = result
@@ -322,8 +374,9 @@ class Discovery:
 
     def _refresh_dns(self) -> None:
         target = parse_dns_target(self.config.dns or "")
-        peers = resolve_dns(target, store_id=self.config.store_id, now=self.table.now(),
-                            resolver=self._resolver)
+        peers = resolve_dns(
+            target, store_id=self.config.store_id, now=self.table.now(), resolver=self._resolver
+        )
         self.table.replace_found_by("dns", peers)
 
     def _refresh_dns_logged(self, last_error: str) -> str:
@@ -332,8 +385,11 @@ class Discovery:
             self._refresh_dns()
         except EsdbError as exc:
             if str(exc) != last_error:
-                self._log.warning("discovery: %s (keeping the previous peer list, "
-                                  "retrying every %.0f s)", exc, self.config.dns_interval)
+                self._log.warning(
+                    "discovery: %s (keeping the previous peer list, retrying every %.0f s)",
+                    exc,
+                    self.config.dns_interval,
+                )
             return str(exc)
         return ""
 

@@ -30,8 +30,11 @@ from esdb_node.errors import InvalidInput, Unavailable
 
 def parse_peers(value: str | Iterable[str]) -> tuple[str, ...]:
     """ "h:p,h:p" (or a list of such strings) -> normalized, de-duplicated raft addresses."""
-    items = value.split(",") if isinstance(value, str) else [
-        part for item in value for part in item.split(",")]
+    items = (
+        value.split(",")
+        if isinstance(value, str)
+        else [part for item in value for part in item.split(",")]
+    )
     out: list[str] = []
     for item in items:
         if item.strip():
@@ -44,8 +47,16 @@ def parse_peers(value: str | Iterable[str]) -> tuple[str, ...]:
 
 
 def _peer(addr: str, store_id: str, found_by: FoundBy, now: datetime) -> Peer:
-    return Peer(node_id=None, store_id=store_id, raft_addr=addr, client_addr=None,
-                http_addr=None, protocol_version=None, found_by=found_by, last_seen=now)
+    return Peer(
+        node_id=None,
+        store_id=store_id,
+        raft_addr=addr,
+        client_addr=None,
+        http_addr=None,
+        protocol_version=None,
+        found_by=found_by,
+        last_seen=now,
+    )
 
 
 def static_peers(addrs: Iterable[str], *, store_id: str, now: datetime) -> tuple[Peer, ...]:
@@ -93,10 +104,10 @@ def resolve_dns(
     try:
         infos = resolver(target.name, target.port, socket.AF_INET, socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
-        raise Unavailable(f"cannot resolve {target}: {exc}",
-                          hint="check the name with `getent ahostsv4 NAME`") from None
-    addrs = sorted({str(info[4][0]) for info in infos},
-                   key=lambda a: ipaddress.IPv4Address(a))
+        raise Unavailable(
+            f"cannot resolve {target}: {exc}", hint="check the name with `getent ahostsv4 NAME`"
+        ) from None
+    addrs = sorted({str(info[4][0]) for info in infos}, key=lambda a: ipaddress.IPv4Address(a))
     if not addrs:
         raise Unavailable(f"{target} has no IPv4 address")
     return tuple(_peer(join_hostport(a, target.port), store_id, "dns", now) for a in addrs)

@@ -30,11 +30,21 @@ class _Entry:
 
 
 def peer_from_announcement(ann: Announcement, last_seen: datetime) -> Peer:
-    return Peer(node_id=ann.node_id, store_id=ann.store_id, raft_addr=ann.raft_addr,
-                client_addr=ann.client_addr, http_addr=ann.http_addr,
-                protocol_version=ann.protocol_version, found_by="mdns", last_seen=last_seen,
-                formed=ann.formed, leader=ann.leader, members_hash=ann.members_hash,
-                bootstrap_expect=ann.bootstrap_expect, proposal=ann.proposal)
+    return Peer(
+        node_id=ann.node_id,
+        store_id=ann.store_id,
+        raft_addr=ann.raft_addr,
+        client_addr=ann.client_addr,
+        http_addr=ann.http_addr,
+        protocol_version=ann.protocol_version,
+        found_by="mdns",
+        last_seen=last_seen,
+        formed=ann.formed,
+        leader=ann.leader,
+        members_hash=ann.members_hash,
+        bootstrap_expect=ann.bootstrap_expect,
+        proposal=ann.proposal,
+    )
 
 
 def _formation_view(peer: Peer) -> Peer:
@@ -43,10 +53,15 @@ def _formation_view(peer: Peer) -> Peer:
 
 
 class PeerTable:
-    def __init__(self, self_peer: Peer, *, expire_after: float | None,
-                 logger: logging.Logger,
-                 clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        self_peer: Peer,
+        *,
+        expire_after: float | None,
+        logger: logging.Logger,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._cond = threading.Condition()
         self._self = self_peer
         self._entries: dict[str, _Entry] = {}  # by source: mDNS name, "static:ADDR", ...
@@ -90,10 +105,14 @@ class PeerTable:
             me = self._self
             if ann.node_id == me.node_id:
                 if ann.raft_addr != me.raft_addr or ann.client_addr != me.client_addr:
-                    self._reject_locked(source, Rejection(
-                        "duplicate_node_id",
-                        f"announces our node id {me.node_id!r} at raft {ann.raft_addr}",
-                        ann.node_id))
+                    self._reject_locked(
+                        source,
+                        Rejection(
+                            "duplicate_node_id",
+                            f"announces our node id {me.node_id!r} at raft {ann.raft_addr}",
+                            ann.node_id,
+                        ),
+                    )
                 return  # our own announcement, looped back
             old = self._entries.get(source)
             if old is not None and ann.timestamp_ms < old.timestamp_ms:
@@ -102,8 +121,12 @@ class PeerTable:
             self._entries[source] = _Entry(peer, self._mono(), ann.timestamp_ms)
             if old is None or _formation_view(old.peer) != _formation_view(peer):
                 if old is None:
-                    self._log.info("discovery: found node %s (raft %s, client %s) via mdns",
-                                   peer.node_id, peer.raft_addr, peer.client_addr)
+                    self._log.info(
+                        "discovery: found node %s (raft %s, client %s) via mdns",
+                        peer.node_id,
+                        peer.raft_addr,
+                        peer.client_addr,
+                    )
                 self._changed()
 
     def reject(self, source: str, rejection: Rejection) -> None:
@@ -118,20 +141,31 @@ class PeerTable:
         if len(self._logged) >= MAX_LOGGED_OFFENDERS:
             if not self._log_capped:
                 self._log_capped = True
-                self._log.warning("discovery: more than %d offenders; not logging new ones "
-                                  "(counters still count)", MAX_LOGGED_OFFENDERS)
+                self._log.warning(
+                    "discovery: more than %d offenders; not logging new ones "
+                    "(counters still count)",
+                    MAX_LOGGED_OFFENDERS,
+                )
             return
         self._logged.add(key)
         claimed = f" claiming node {rejection.node_id!r}" if rejection.node_id else ""
-        self._log.warning("discovery: ignoring %s%s: %s: %s (logged once per offender)",
-                          source, claimed, rejection.reason, rejection.detail)
+        self._log.warning(
+            "discovery: ignoring %s%s: %s: %s (logged once per offender)",
+            source,
+            claimed,
+            rejection.reason,
+            rejection.detail,
+        )
 
     def remove(self, source: str) -> None:
         with self._cond:
             entry = self._entries.pop(source, None)
             if entry is not None:
-                self._log.info("discovery: node %s (raft %s) left",
-                               entry.peer.node_id or "?", entry.peer.raft_addr)
+                self._log.info(
+                    "discovery: node %s (raft %s) left",
+                    entry.peer.node_id or "?",
+                    entry.peer.raft_addr,
+                )
                 self._changed()
 
     def replace_found_by(self, found_by: FoundBy, peers: Iterable[Peer]) -> None:
@@ -162,8 +196,12 @@ class PeerTable:
             age = now - entry.seen_mono
             if age >= self._expire_after:
                 del self._entries[source]
-                self._log.info("discovery: node %s (raft %s) expired: no valid announcement "
-                               "for %.1f s", entry.peer.node_id, entry.peer.raft_addr, age)
+                self._log.info(
+                    "discovery: node %s (raft %s) expired: no valid announcement for %.1f s",
+                    entry.peer.node_id,
+                    entry.peer.raft_addr,
+                    age,
+                )
                 self._changed()
             else:
                 left = self._expire_after - age
@@ -183,8 +221,7 @@ class PeerTable:
         with self._cond:
             self._expire_locked()
             best: dict[str, Peer] = {self._self.raft_addr: self._self}
-            for entry in sorted(self._entries.values(),
-                                key=lambda e: _ORDER[e.peer.found_by]):
+            for entry in sorted(self._entries.values(), key=lambda e: _ORDER[e.peer.found_by]):
                 best.setdefault(entry.peer.raft_addr, entry.peer)
             return tuple(sorted(best.values(), key=lambda p: p.raft_addr))
 

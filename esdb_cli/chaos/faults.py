@@ -1,0 +1,340 @@
+"""Faults on a local cluster: kill, pause/resume, restart, partition (through the nodes' Raft
+transport hook, no root needed) and heal. Each fault is bracketed by health checks and
+produces a `FaultReport`: what, whom, when, leader before/after, time to recover.
+
+The same `Fault` objects are used by `esdb chaos ...`, the drills and the cluster tests.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from esdb_cli.localcluster import LocalCluster, LocalNode
+from esdb_node.client import Client
+from esdb_node.errors import EsdbError, InvalidInput, NotFound, Unavailable
+from esdb_node.model import EventData, NodeStatus
+
+PROBE_STREAM = "chaos-probe"
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    reachable: tuple[str, ...]
+    leader: str | None
+    term: int | None
+
+    @property
+    def summary(self) -> str:
+        return f"leader {self.leader or 'none'}, reachable {','.join(self.reachable) or 'none'}"
+
+
+@dataclass(frozen=True, slots=True)
+class FaultReport:
+    action: str
+    target: str
+    at: str  # ISO-8601 UTC
+    t_ns: int  # time.monotonic_ns() of the injection (for histories)
+    leader_before: str | None
+    leader_after: str | None
+    recovery_s: float | None  # until an append invoked after the fault was acknowledged
+    health_before: str
+    health_after: str
+    detail: str = ""
+
+    def row(self) -> dict[str, object]:
+        return {
+            "action": self.action,
+            "target": self.target,
+            "at": self.at,
+            "leader_before": self.leader_before,
+            "leader_after": self.leader_after,
+            "recovery_s": self.recovery_s,
+            "health_before": self.health_before,
+            "health_after": self.health_after,
+            "detail": self.detail,
+        }
+
+
+class Fault(Protocol):
+    action: str
+
+    def target(self, env: ChaosEnv) -> str:
+        """Resolve whom the fault hits (e.g. the current leader); called once, first."""
+        ...
+
+    def inject(self, env: ChaosEnv, target: str) -> str:
+        """Do it; return a one-line detail."""
+        ...
+
+
+@dataclass
+class ChaosEnv:
+    cluster: LocalCluster
+    rng: random.Random = field(default_factory=random.Random)
+    paused: set[str] = field(default_factory=set)
+    killed: set[str] = field(default_factory=set)
+
+    def client(self, timeout: float = 2.0) -> Client:
+        return Client(self.cluster.urls, timeout=timeout, connect_timeout=0.5)
+
+    def health(self) -> Health:
+        statuses = [s for s in self.cluster.statuses(timeout=1.0) if isinstance(s, NodeStatus)]
+        leaders = [s for s in statuses if s.role == "leader"]
+        best = max(leaders, key=lambda s: s.term, default=None)
+        return Health(
+            reachable=tuple(sorted(s.node_id for s in statuses)),
+            leader=best.node_id if best else None,
+            term=best.term if best else None,
+        )
+
+    def node(self, name: str) -> LocalNode:
+        return self.cluster.node(name)
+
+    def pick(self, spec: str) -> LocalNode:
+        """`leader`, `follower`, `random`, or a node id."""
+        if spec in ("leader", "follower"):
+            health = self.health()
+            if health.leader is None:
+                raise Unavailable("there is no leader to pick right now")
+            if spec == "leader":
+                return self.node(health.leader)
+            followers = [
+                n for n in self.cluster.nodes if n.id != health.leader and n.id not in self.killed
+            ]
+            if not followers:
+                raise NotFound("no follower is running")
+            return self.rng.choice(followers)
+        if spec == "random":
+            alive = [n for n in self.cluster.nodes if n.id not in self.killed]
+            return self.rng.choice(alive)
+        return self.node(spec)
+
+    def pid(self, node: LocalNode) -> int:
+        pid = self.cluster.running_pid(node)
+        if pid is None:
+            raise NotFound(f"{node.id} is not running")
+        return pid
+
+    def admin_fault(self, node: LocalNode, drop_in: set[str], drop_out: set[str]) -> None:
+        with Client(node.url, timeout=3.0, connect_timeout=0.5) as client:
+            client.admin(
+                "fault",
+                {
+                    "secret": self.cluster.secret,
+                    "drop_in": sorted(drop_in),
+                    "drop_out": sorted(drop_out),
+                },
+                url=node.url,
+                timeout=3.0,
+            )
+
+    def wait_recovered(self, timeout: float, since: float) -> float | None:
+        """Seconds from `since` until a probe append (invoked after `since`) is acknowledged."""
+        deadline = time.monotonic() + timeout
+        with self.client(timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                try:
+                    client.append(PROBE_STREAM, EventData.from_json("Probe", {"t": time.time()}))
+                    return round(time.monotonic() - since, 3)
+                except EsdbError:
+                    time.sleep(0.05)
+        return None
+
+
+# --- the faults -------------------------------------------------------------------------------
+
+
+@dataclass
+class Kill:
+    spec: str
+    sig: int = signal.SIGKILL
+    action: str = "kill"
+
+    def target(self, env: ChaosEnv) -> str:
+        return env.pick(self.spec).id
+
+    def inject(self, env: ChaosEnv, target: str) -> str:
+        node = env.node(target)
+        pid = env.pid(node)
+        os.kill(pid, self.sig)
+        if self.sig == signal.SIGKILL:
+            _wait_gone(pid)
+        env.killed.add(node.id)
+        return f"{signal.Signals(self.sig).name} pid {pid}"
+
+
+@dataclass
+class Pause:
+    spec: str
+    action: str = "pause"
+
+    def target(self, env: ChaosEnv) -> str:
+        return env.pick(self.spec).id
+
+    def inject(self, env: ChaosEnv, target: str) -> str:
+        pid = env.pid(env.node(target))
+        os.kill(pid, signal.SIGSTOP)
+        env.paused.add(target)
+        return f"SIGSTOP pid {pid}"
+
+
+@dataclass
+class Resume:
+    spec: str
+    action: str = "resume"
+
+    def target(self, env: ChaosEnv) -> str:
+        return env.node(self.spec).id
+
+    def inject(self, env: ChaosEnv, target: str) -> str:
+        pid = env.pid(env.node(target))
+        os.kill(pid, signal.SIGCONT)
+        env.paused.discard(target)
+        return f"SIGCONT pid {pid}"
+
+
+@dataclass
+class Restart:
+    spec: str
+    graceful: bool = True
+    action: str = "restart"
+
+    def target(self, env: ChaosEnv) -> str:
+        return env.pick(self.spec).id if self.spec != "random" else env.pick("random").id
+
+    def inject(self, env: ChaosEnv, target: str) -> str:
+        node = env.node(target)
+        pid = env.cluster.running_pid(node)
+        if pid is not None:
+            if target in env.paused:
+                os.kill(pid, signal.SIGCONT)
+                env.paused.discard(target)
+            env.cluster.stop_node(node, timeout=20.0 if self.graceful else 0.0, force=True)
+        env.cluster.start_node(node)
+        env.killed.discard(target)
+        return f"{'SIGTERM' if self.graceful else 'SIGKILL'} + start" if pid else "start"
+
+
+@dataclass
+class Partition:
+    """Split the cluster into `sides` (lists of node ids). Nodes not named form one more side.
+
+    `one_way`: only traffic from side 0 to side 1 is dropped (side 1 can still reach side 0).
+    """
+
+    sides: list[list[str]]
+    one_way: bool = False
+    action: str = "partition"
+
+    def target(self, env: ChaosEnv) -> str:
+        resolved = [[env.pick(n).id for n in side] for side in self.sides]
+        named = {n for side in resolved for n in side}
+        rest = [n.id for n in env.cluster.nodes if n.id not in named]
+        if rest and not self.one_way:
+            resolved.append(rest)
+        if len(resolved) < 2:
+            raise InvalidInput("a partition needs at least two sides")
+        self.sides = resolved
+        return " | ".join(",".join(side) for side in resolved)
+
+    def inject(self, env: ChaosEnv, target: str) -> str:
+        side_of = {n: i for i, side in enumerate(self.sides) for n in side}
+        failed = []
+        for node in env.cluster.nodes:
+            mine = side_of.get(node.id)
+            if mine is None:
+                continue
+            others = {env.node(n).raft for n, side in side_of.items() if side != mine}
+            if self.one_way:
+                drop_in = {env.node(n).raft for n in self.sides[0]} if mine == 1 else set()
+                drop_out = {env.node(n).raft for n in self.sides[1]} if mine == 0 else set()
+            else:
+                drop_in = drop_out = others
+            try:
+                env.admin_fault(node, drop_in, drop_out)
+            except EsdbError as exc:
+                failed.append(f"{node.id}: {exc}")
+        kind = "one-way" if self.one_way else "two-way"
+        return f"{kind} raft partition" + (
+            f" (not applied on {'; '.join(failed)})" if failed else ""
+        )
+
+
+@dataclass
+class Heal:
+    """Clear every partition, resume paused nodes and start killed ones."""
+
+    restart_killed: bool = True
+    action: str = "heal"
+
+    def target(self, env: ChaosEnv) -> str:
+        return "all"
+
+    def inject(self, env: ChaosEnv, target: str) -> str:
+        done = []
+        for node_id in sorted(env.paused):
+            pid = env.cluster.running_pid(env.node(node_id))
+            if pid is not None:
+                os.kill(pid, signal.SIGCONT)
+                done.append(f"resumed {node_id}")
+        env.paused.clear()
+        if self.restart_killed:
+            for node in env.cluster.nodes:
+                if env.cluster.running_pid(node) is None:
+                    env.cluster.start_node(node)
+                    done.append(f"started {node.id}")
+            env.killed.clear()
+        for node in env.cluster.nodes:
+            try:
+                env.admin_fault(node, set(), set())
+            except EsdbError:
+                pass  # an unreachable node has no partition state worth clearing
+        return "; ".join(done) or "partitions cleared"
+
+
+def run_fault(
+    env: ChaosEnv, fault: Fault | Any, *, recovery_timeout: float = 20.0, measure: bool = True
+) -> FaultReport:
+    """Health check, inject, wait for recovery, health check; returns the report."""
+    before = env.health()
+    target = fault.target(env)
+    t_ns = time.monotonic_ns()
+    at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    detail = fault.inject(env, target)
+    since = t_ns / 1e9
+    recovery = env.wait_recovered(recovery_timeout, since) if measure else None
+    after = env.health()
+    return FaultReport(
+        action=fault.action,
+        target=target,
+        at=at,
+        t_ns=t_ns,
+        leader_before=before.leader,
+        leader_after=after.leader,
+        recovery_s=recovery,
+        health_before=before.summary,
+        health_after=after.summary,
+        detail=detail,
+    )
+
+
+def _wait_gone(pid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        try:
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return
+        if state == "Z":
+            return
+        time.sleep(0.01)

@@ -1,0 +1,234 @@
+"""`esdb chaos ...`: break a local cluster on purpose, and drills that prove nothing is lost."""
+
+from __future__ import annotations
+
+import signal
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from esdb_cli.context import client_command, cluster_dir, printer
+from esdb_cli.output import say
+from esdb_node.errors import InvalidInput, Unhealthy
+
+app = typer.Typer(
+    help="Kill, pause, partition and heal local nodes; drills that check nothing is lost.",
+    no_args_is_help=True,
+)
+
+NodeArg = Annotated[
+    str | None, typer.Argument(help="Node id (see `esdb cluster status`).", show_default=False)
+]
+LeaderOpt = Annotated[bool, typer.Option("--leader", help="Target the current leader.")]
+RandomOpt = Annotated[bool, typer.Option("--random", help="Target a random node.")]
+
+
+def _env() -> object:
+    from esdb_cli.chaos.faults import ChaosEnv
+    from esdb_cli.localcluster import LocalCluster
+
+    directory = cluster_dir()
+    if directory is None:
+        raise InvalidInput(
+            "chaos commands act on a local cluster",
+            hint="pass --cluster-dir DIR (made by `esdb cluster up --dir DIR`)",
+        )
+    return ChaosEnv(LocalCluster.load(directory))
+
+
+def _spec(node: str | None, leader: bool, random_: bool) -> str:
+    chosen = [x for x in (node, "leader" if leader else None, "random" if random_ else None) if x]
+    if len(chosen) != 1:
+        raise InvalidInput("name exactly one target: NODE, --leader or --random")
+    return chosen[0]
+
+
+def _run(fault: object) -> None:
+    from esdb_cli.chaos.faults import run_fault
+
+    report = run_fault(_env(), fault)  # type: ignore[arg-type]
+    recovered = (
+        f"recovered in {report.recovery_s:.2f}s"
+        if report.recovery_s is not None
+        else "no acknowledged write yet"
+    )
+    say(f"{report.action} {report.target}: {report.detail}; {recovered}")
+    printer().record(report.row())
+
+
+@app.command()
+@client_command
+def kill(
+    node: NodeArg = None,
+    leader: LeaderOpt = False,
+    random_: RandomOpt = False,
+    sig: Annotated[
+        str, typer.Option("--signal", help="KILL (crash) or TERM (clean stop).")
+    ] = "KILL",
+) -> None:
+    """Kill a node process (it stays down until `chaos restart` or `chaos heal`)."""
+    from esdb_cli.chaos.faults import Kill
+
+    signum = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM}.get(sig.upper())
+    if signum is None:
+        raise InvalidInput("--signal must be KILL or TERM")
+    _run(Kill(_spec(node, leader, random_), signum))
+
+
+@app.command()
+@client_command
+def pause(node: NodeArg = None, leader: LeaderOpt = False, random_: RandomOpt = False) -> None:
+    """Freeze a node (SIGSTOP): it holds its sockets but answers nothing."""
+    from esdb_cli.chaos.faults import Pause
+
+    _run(Pause(_spec(node, leader, random_)))
+
+
+@app.command()
+@client_command
+def resume(node: Annotated[str, typer.Argument(help="Node id.")]) -> None:
+    """Unfreeze a paused node (SIGCONT)."""
+    from esdb_cli.chaos.faults import Resume
+
+    _run(Resume(node))
+
+
+@app.command()
+@client_command
+def restart(node: NodeArg = None, leader: LeaderOpt = False, random_: RandomOpt = False) -> None:
+    """Stop (SIGTERM) and start a node, or start it if it is down."""
+    from esdb_cli.chaos.faults import Restart
+
+    _run(Restart(_spec(node, leader, random_)))
+
+
+@app.command()
+@client_command
+def partition(
+    sides: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Sides as comma-separated node ids, e.g. `n1,n2 n3`.", show_default=False
+        ),
+    ] = None,
+    isolate: Annotated[
+        str | None, typer.Option("--isolate", help="Cut one node (or 'leader') from all others.")
+    ] = None,
+    one_way: Annotated[
+        bool, typer.Option("--one-way", help="Drop only traffic from the first side to the second.")
+    ] = False,
+) -> None:
+    """Stop Raft traffic between sides (in the nodes' transport: no root needed).
+
+    Examples: esdb chaos partition --isolate leader;  esdb chaos partition n1,n2 n3;
+    esdb chaos partition --one-way n1 n2   (n1 cannot send to n2; n2 still reaches n1)
+    """
+    from esdb_cli.chaos.faults import Partition
+
+    if isolate and sides:
+        raise InvalidInput("give either --isolate NODE or sides, not both")
+    groups = [[isolate]] if isolate else [s.split(",") for s in (sides or [])]
+    if not groups or (not isolate and len(groups) < 2 and not one_way):
+        raise InvalidInput("name at least two sides (e.g. `n1,n2 n3`) or use --isolate NODE")
+    _run(Partition(groups, one_way=one_way))
+
+
+@app.command()
+@client_command
+def heal() -> None:
+    """Clear partitions, resume paused nodes and start killed ones."""
+    from esdb_cli.chaos.faults import Heal
+
+    _run(Heal())
+
+
+@app.command()
+@client_command
+def drill(
+    scenario: Annotated[
+        str,
+        typer.Option(
+            "--scenario",
+            "-s",
+            help="leader-kill, "
+            "follower-kill, pause, partition, flapping, rolling-restart, random, "
+            "or all.",
+        ),
+    ] = "leader-kill",
+    duration: Annotated[float, typer.Option(help="Seconds of load and faults.")] = 30.0,
+    clients: Annotated[int, typer.Option(min=1, max=64, help="Concurrent clients.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the fault schedule and workload.")] = 1,
+    nodes: Annotated[
+        int,
+        typer.Option(
+            min=3, max=9, help="Nodes of the throwaway cluster (ignored with --cluster-dir)."
+        ),
+    ] = 3,
+    history: Annotated[
+        Path | None,
+        typer.Option(help="Write the operation history here (JSON Lines, docs/history-format.md)."),
+    ] = None,
+    keep: Annotated[bool, typer.Option(help="Keep the throwaway cluster running.")] = False,
+) -> None:
+    """Run a drill and check that no acknowledged event was lost (exit 0 clean, 5 if not).
+
+    Without --cluster-dir it starts a throwaway local cluster and removes it afterwards.
+    """
+    from esdb_cli.chaos.checker import render_text, report_to_json
+    from esdb_cli.chaos.drill import SCENARIOS, DrillOptions, run_drill, write_history
+    from esdb_cli.chaos.faults import ChaosEnv
+    from esdb_cli.localcluster import LocalCluster
+
+    names = list(SCENARIOS) if scenario == "all" else [scenario]
+    if any(n not in SCENARIOS for n in names):
+        raise InvalidInput(
+            f"unknown scenario {scenario!r}", hint="one of " + ", ".join((*SCENARIOS, "all"))
+        )
+    directory = cluster_dir()
+    own = directory is None
+    if own:
+        directory = Path(tempfile.mkdtemp(prefix="esdb-drill-"))
+        cluster = LocalCluster.create(
+            directory / "cluster",
+            nodes=nodes,
+            base_port=None,
+            secret=None,
+            store_id="drill",
+            durability="fsync",
+        )
+        say(f"starting a throwaway {nodes}-node cluster in {cluster.dir}")
+        cluster.start()
+    else:
+        assert directory is not None
+        cluster = LocalCluster.load(directory)
+    out = printer()
+    dirty = []
+    try:
+        for name in names:
+            opts = DrillOptions(scenario=name, duration=duration, clients=clients, seed=seed)
+            say(f"drill {name}: {duration:g}s, {clients} clients, seed {seed}")
+            result = run_drill(ChaosEnv(cluster), opts, log=say)
+            if history is not None:
+                path = (
+                    history
+                    if len(names) == 1
+                    else history.with_name(f"{history.stem}-{name}{history.suffix}")
+                )
+                write_history(result, path)
+                say(f"history written to {path}")
+            if out.fmt == "table":
+                out.stream.write(render_text(result.report) + "\n")
+                out.stream.flush()
+            else:
+                out.record({**report_to_json(result.report), "converge_s": result.converge_s})
+            if not result.report.clean:
+                dirty.append(name)
+    finally:
+        if own and not keep:
+            cluster.down(purge=True)
+        elif own:
+            say(f"cluster kept in {cluster.dir}")
+    if dirty:
+        raise Unhealthy(f"drill found anomalies: {', '.join(dirty)}")
