@@ -140,9 +140,9 @@ def stop_pid(pid: int, *, timeout: float, force: bool, sig: int = signal.SIGTERM
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not is_node_process(pid):
-            _reap(pid)
+            reap(pid)
             return True
-        _reap(pid)
+        reap(pid)
         time.sleep(0.05)
     if not force:
         return False
@@ -152,12 +152,12 @@ def stop_pid(pid: int, *, timeout: float, force: bool, sig: int = signal.SIGTERM
         return True
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and is_node_process(pid):
-        _reap(pid)
+        reap(pid)
         time.sleep(0.02)
     return not is_node_process(pid)
 
 
-def _reap(pid: int) -> None:
+def reap(pid: int) -> None:
     """Collect our own children so they do not linger as zombies."""
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)

@@ -19,9 +19,9 @@ from esdb_node.config import NodeConfig, parse_hostport
 from esdb_node.errors import (
     EsdbError,
     InvalidInput,
+    NotFound,
     NotLeader,
     NotReady,
-    NotFound,
     Unavailable,
     UnknownOutcome,
 )

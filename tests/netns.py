@@ -44,8 +44,9 @@ _CMD_TIMEOUT = 10.0
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], check=check, capture_output=True, text=True,
-                          timeout=_CMD_TIMEOUT)
+    return subprocess.run(
+        ["ip", *args], check=check, capture_output=True, text=True, timeout=_CMD_TIMEOUT
+    )
 
 
 def unavailable_reason() -> str | None:
@@ -91,9 +92,15 @@ def check_isolated(ns: str) -> None:
 
 def guard_current_namespace() -> list[str]:
     """Same guard for the process itself (call it first thing in helper programs)."""
-    links = json.loads(subprocess.run(["ip", "-j", "-d", "link", "show"], check=True,
-                                      capture_output=True, text=True,
-                                      timeout=_CMD_TIMEOUT).stdout)
+    links = json.loads(
+        subprocess.run(
+            ["ip", "-j", "-d", "link", "show"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=_CMD_TIMEOUT,
+        ).stdout
+    )
     with open("/proc/self/net/route") as fh:
         problems = isolation_problems(links, fh.read())
     if problems:
@@ -105,8 +112,14 @@ class Proc:
     """A process started in a namespace. stdout lines are collected by a reader thread;
     stderr goes to a file (read it with `stderr_text()`)."""
 
-    def __init__(self, argv: Sequence[str], ns: str, workdir: Path, label: str,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        ns: str,
+        workdir: Path,
+        label: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.label = label
         self.ns = ns
         self.stderr_path = workdir / f"{label}.stderr"
@@ -115,8 +128,14 @@ class Proc:
         self._term_sent = False
         self.popen = subprocess.Popen(
             ["ip", "netns", "exec", ns, *argv],  # ip execs argv: popen.pid is argv's PID
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-            env=env, text=True, bufsize=1, start_new_session=True)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env=env,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        )
         self.pid = self.popen.pid
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -135,30 +154,37 @@ class Proc:
         while True:  # bounded by the deadline
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"{self.label}: no matching line in {timeout} s; "
-                                   f"last lines: {self.lines[-3:]}\nstderr:\n"
-                                   f"{self.stderr_text()[-2000:]}")
+                raise TimeoutError(
+                    f"{self.label}: no matching line in {timeout} s; "
+                    f"last lines: {self.lines[-3:]}\nstderr:\n"
+                    f"{self.stderr_text()[-2000:]}"
+                )
             try:
                 line = self._queue.get(timeout=left)
             except queue.Empty:
                 continue
             if line is None:
                 self._queue.put(None)  # keep reporting EOF
-                raise EOFError(f"{self.label} exited (rc={self.popen.poll()}); stderr:\n"
-                               f"{self.stderr_text()[-2000:]}")
+                raise EOFError(
+                    f"{self.label} exited (rc={self.popen.poll()}); stderr:\n"
+                    f"{self.stderr_text()[-2000:]}"
+                )
             self.lines.append(line)
             if predicate(line):
                 return line
 
-    def wait_for_json(self, predicate: Callable[[dict[str, Any]], bool],
-                      timeout: float) -> dict[str, Any]:
+    def wait_for_json(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float
+    ) -> dict[str, Any]:
         """Next stdout JSON object matching predicate (non-JSON lines are skipped)."""
+
         def match(line: str) -> bool:
             try:
                 obj = json.loads(line)
             except ValueError:
                 return False
             return isinstance(obj, dict) and bool(predicate(obj))
+
         return dict(json.loads(self.wait_for_line(match, timeout)))
 
     def send(self, obj: Any) -> None:
@@ -219,21 +245,38 @@ class Host:
         self.label = label
         self._checked = False
 
-    def run(self, argv: Sequence[str], check: bool = True, timeout: float = _CMD_TIMEOUT,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        argv: Sequence[str],
+        check: bool = True,
+        timeout: float = _CMD_TIMEOUT,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """Run a short command inside the namespace and wait for it (e.g. nft rules:
         `host.run(["nft", "-f", "-"], input=RULES)`)."""
-        return subprocess.run(["ip", "netns", "exec", self.ns, *argv], check=check,
-                              capture_output=True, text=True, timeout=timeout, input=input)
+        return subprocess.run(
+            ["ip", "netns", "exec", self.ns, *argv],
+            check=check,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+        )
 
-    def spawn(self, argv: Sequence[str], label: str | None = None,
-              env: dict[str, str] | None = None) -> Proc:
+    def spawn(
+        self, argv: Sequence[str], label: str | None = None, env: dict[str, str] | None = None
+    ) -> Proc:
         """Start a long-running process here (after the guard); reaped on teardown."""
         if not self._checked:
             check_isolated(self.ns)
             self._checked = True
-        proc = Proc(argv, self.ns, self._owner.workdir,
-                    label or f"{self.label}-{len(self._owner.procs)}", env)
+        proc = Proc(
+            argv,
+            self.ns,
+            self._owner.workdir,
+            label or f"{self.label}-{len(self._owner.procs)}",
+            env,
+        )
         self._owner.procs.append(proc)
         return proc
 
@@ -257,8 +300,10 @@ class _Namespaces:
 
     def logs(self, tail: int = 4000) -> str:
         """Every process's stderr (last `tail` chars each), for failure reports."""
-        return "\n".join(f"===== {p.label} (pid {p.pid}, ns {p.ns})\n{p.stderr_text()[-tail:]}"
-                         for p in self.procs)
+        return "\n".join(
+            f"===== {p.label} (pid {p.pid}, ns {p.ns})\n{p.stderr_text()[-tail:]}"
+            for p in self.procs
+        )
 
     def close(self) -> None:
         errors: list[str] = []
@@ -313,7 +358,7 @@ def cleanup_stale(prefix: str = PREFIX) -> list[str]:
     for ns in list_namespaces():
         if not ns.startswith(prefix):
             continue
-        pid_text = ns[len(prefix):].split("-", 1)[0]
+        pid_text = ns[len(prefix) :].split("-", 1)[0]
         if not pid_text.isdigit() or Path(f"/proc/{pid_text}").exists():
             continue
         if not _netns_pids(ns):
@@ -362,8 +407,20 @@ class Topology(_Namespaces):
             self.switch = Host(self, sw, f"{self.subnet}.254", "sw")
             for i in range(1, self.n + 1):
                 ns = self._add_ns(f"h{i}")
-                _ip("-n", ns, "link", "add", "eth0", "type", "veth",
-                    "peer", "name", f"p{i}", "netns", sw)
+                _ip(
+                    "-n",
+                    ns,
+                    "link",
+                    "add",
+                    "eth0",
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    f"p{i}",
+                    "netns",
+                    sw,
+                )
                 _ip("-n", sw, "link", "set", f"p{i}", "master", "br0", "up")
                 _ip("-n", ns, "addr", "add", f"{self.subnet}.{i}/24", "dev", "eth0")
                 _ip("-n", ns, "link", "set", "eth0", "up")

@@ -7,6 +7,7 @@ The same `Fault` objects are used by `esdb chaos ...`, the drills and the cluste
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from esdb_cli import local
 from esdb_cli.localcluster import LocalCluster, LocalNode
 from esdb_node.client import Client
 from esdb_node.errors import EsdbError, InvalidInput, NotFound, Unavailable
@@ -291,10 +293,9 @@ class Heal:
                     done.append(f"started {node.id}")
             env.killed.clear()
         for node in env.cluster.nodes:
-            try:
+            # an unreachable node has no partition state worth clearing
+            with contextlib.suppress(EsdbError):
                 env.admin_fault(node, set(), set())
-            except EsdbError:
-                pass  # an unreachable node has no partition state worth clearing
         return "; ".join(done) or "partitions cleared"
 
 
@@ -326,15 +327,6 @@ def run_fault(
 
 def _wait_gone(pid: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        try:
-            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return
-        if state == "Z":
-            return
+    while time.monotonic() < deadline and local.is_node_process(pid):
+        local.reap(pid)
         time.sleep(0.01)

@@ -48,12 +48,21 @@ def run_node(args: argparse.Namespace, stop: threading.Event) -> int:
     from esdb_node.discovery import Bootstrap, Discovery, DiscoveryConfig
 
     config = DiscoveryConfig(
-        mode=args.mode, store_id=args.store, node_id=args.node, raft_addr=args.raft,
-        client_addr=args.client, http_addr=args.http, secret=args.secret,
-        bootstrap_expect=args.expect, interfaces=tuple(args.interface),
-        peers=tuple(args.peers.split(",")) if args.peers else (), dns=args.dns,
-        announce_interval=args.announce_interval, expire_after=args.expire_after,
-        freshness_window=args.window)
+        mode=args.mode,
+        store_id=args.store,
+        node_id=args.node,
+        raft_addr=args.raft,
+        client_addr=args.client,
+        http_addr=args.http,
+        secret=args.secret,
+        bootstrap_expect=args.expect,
+        interfaces=tuple(args.interface),
+        peers=tuple(args.peers.split(",")) if args.peers else (),
+        dns=args.dns,
+        announce_interval=args.announce_interval,
+        expire_after=args.expire_after,
+        freshness_window=args.window,
+    )
     disco = Discovery(config)
     lock = threading.Lock()
 
@@ -61,8 +70,9 @@ def run_node(args: argparse.Namespace, stop: threading.Event) -> int:
         for line in sys.stdin:
             msg = json.loads(line)
             if msg.get("cmd") == "state":
-                disco.set_cluster_state(bool(msg["formed"]), msg.get("leader"),
-                                        msg.get("members_hash"))
+                disco.set_cluster_state(
+                    bool(msg["formed"]), msg.get("leader"), msg.get("members_hash")
+                )
             elif msg.get("cmd") == "quit":
                 stop.set()
         stop.set()  # stdin closed: the test went away
@@ -80,15 +90,26 @@ def run_node(args: argparse.Namespace, stop: threading.Event) -> int:
                 if args.auto_form and isinstance(decision, Bootstrap):
                     disco.set_cluster_state(True, decision.members[0], decision.members_hash)
             view = disco.members_view()
-            state = {"peers": [{k: v for k, v in _jsonable(p).items() if k != "last_seen"}
-                               for p in view.peers],
-                     "rejections": dict(view.rejections), "decision": _jsonable(decision),
-                     "interfaces": list(view.interfaces)}
+            state = {
+                "peers": [
+                    {k: v for k, v in _jsonable(p).items() if k != "last_seen"} for p in view.peers
+                ],
+                "rejections": dict(view.rejections),
+                "decision": _jsonable(decision),
+                "interfaces": list(view.interfaces),
+            }
             if state != last:
                 with lock:
-                    print(json.dumps({"event": "view", **state,
-                                      "last_seen": [p.last_seen.isoformat()
-                                                    for p in view.peers]}), flush=True)
+                    print(
+                        json.dumps(
+                            {
+                                "event": "view",
+                                **state,
+                                "last_seen": [p.last_seen.isoformat() for p in view.peers],
+                            }
+                        ),
+                        flush=True,
+                    )
                 last = state
             version = disco.wait_for_change(version, 0.2)
     finally:
@@ -105,9 +126,14 @@ def run_rogue(args: argparse.Namespace, stop: threading.Event) -> int:
     zc = Zeroconf(interfaces=[args.addr], ip_version=IPVersion.V4Only, use_asyncio=False)
 
     def info(n: int) -> ServiceInfo:
-        return ServiceInfo(type_, f"{args.name}.{type_}", port=4242,
-                           properties={**props, "n": str(n)}, server=f"{args.name}.local.",
-                           addresses=[socket.inet_aton(args.addr)])
+        return ServiceInfo(
+            type_,
+            f"{args.name}.{type_}",
+            port=4242,
+            properties={**props, "n": str(n)},
+            server=f"{args.name}.local.",
+            addresses=[socket.inet_aton(args.addr)],
+        )
 
     try:
         zc.register_service(info(0))
@@ -150,8 +176,11 @@ def main() -> int:
     rogue.add_argument("--interval", type=float, default=0.5)
     args = parser.parse_args()
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     logging.getLogger("esdb").info("interfaces in this namespace: %s", ifs)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

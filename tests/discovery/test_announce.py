@@ -25,14 +25,25 @@ from esdb_node.errors import InvalidInput
 
 NOW_MS = 1_800_000_000_000
 KEY = derive_key("correct horse battery staple")
-ANN = Announcement(store_id="s1", node_id="n1", protocol_version=1, raft_addr="10.0.0.1:2114",
-                   client_addr="10.0.0.1:2113", http_addr="10.0.0.1:2180", timestamp_ms=NOW_MS,
-                   formed=True, leader="10.0.0.2:2114", members_hash="abcd", bootstrap_expect=3,
-                   proposal="ef01")
+ANN = Announcement(
+    store_id="s1",
+    node_id="n1",
+    protocol_version=1,
+    raft_addr="10.0.0.1:2114",
+    client_addr="10.0.0.1:2113",
+    http_addr="10.0.0.1:2180",
+    timestamp_ms=NOW_MS,
+    formed=True,
+    leader="10.0.0.2:2114",
+    members_hash="abcd",
+    bootstrap_expect=3,
+    proposal="ef01",
+)
 
 
-def check(props: dict[str, str], now_ms: int = NOW_MS, key: bytes = KEY,
-          store: str = "s1") -> Announcement | Rejection:
+def check(
+    props: dict[str, str], now_ms: int = NOW_MS, key: bytes = KEY, store: str = "s1"
+) -> Announcement | Rejection:
     return verify(props, key=key, store_id=store, now_ms=now_ms, window_s=120)
 
 
@@ -48,8 +59,15 @@ def test_roundtrip_through_the_wire_format() -> None:
 
 
 def test_minimal_announcement_roundtrip() -> None:
-    ann = dataclasses.replace(ANN, http_addr=None, formed=False, leader=None,
-                              members_hash=None, proposal=None, bootstrap_expect=0)
+    ann = dataclasses.replace(
+        ANN,
+        http_addr=None,
+        formed=False,
+        leader=None,
+        members_hash=None,
+        proposal=None,
+        bootstrap_expect=0,
+    )
     assert check(sign(ann, KEY)) == ann
 
 
@@ -74,10 +92,20 @@ def test_wrong_secret_is_bad_mac() -> None:
     assert result.node_id == "n1"  # what it claims, for the log line
 
 
-@pytest.mark.parametrize("field,value", [
-    ("raft", "10.6.6.6:2114"), ("client", "10.6.6.6:2113"), ("node", "n2"), ("ts", "1"),
-    ("cluster", ""), ("leader", ""), ("expect", "1"), ("proposal", "ffff"), ("http", ""),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("raft", "10.6.6.6:2114"),
+        ("client", "10.6.6.6:2113"),
+        ("node", "n2"),
+        ("ts", "1"),
+        ("cluster", ""),
+        ("leader", ""),
+        ("expect", "1"),
+        ("proposal", "ffff"),
+        ("http", ""),
+    ],
+)
 def test_any_tampered_field_is_bad_mac(field: str, value: str) -> None:
     props = sign(ANN, KEY)
     assert props[field] != value
@@ -89,8 +117,9 @@ def test_any_tampered_field_is_bad_mac(field: str, value: str) -> None:
 def test_tampered_mac_is_bad_mac() -> None:
     props = sign(ANN, KEY)
     props["mac"] = "0" * 64
-    assert check(props) == Rejection("bad_mac", "HMAC mismatch (wrong cluster secret or tampered)",
-                                     "n1")
+    assert check(props) == Rejection(
+        "bad_mac", "HMAC mismatch (wrong cluster secret or tampered)", "n1"
+    )
 
 
 @pytest.mark.parametrize("skew_s", [-121, 121, -3600, 10**6])
@@ -115,11 +144,14 @@ def test_store_id_cannot_be_moved_into_another_field() -> None:
     assert canonical_bytes(a) != canonical_bytes(b)
 
 
-@pytest.mark.parametrize("props", [
-    {},
-    {"store": "s1", "node": "evil", "mac": "00"},
-    {"hello": "world"},
-])
+@pytest.mark.parametrize(
+    "props",
+    [
+        {},
+        {"store": "s1", "node": "evil", "mac": "00"},
+        {"hello": "world"},
+    ],
+)
 def test_rogue_layouts_are_malformed(props: dict[str, str]) -> None:
     result = check(props)
     assert isinstance(result, Rejection) and result.reason == "malformed"
@@ -140,10 +172,10 @@ def test_signed_but_unparseable_is_malformed() -> None:
 
 def test_decode_txt_refuses_ambiguity() -> None:
     assert decode_txt(b"\x03a=1\x03b=2") == {"a": "1", "b": "2"}
-    assert decode_txt(b"\x03a=1\x03a=2") is None       # duplicate key
-    assert decode_txt(b"\x05a=1") is None              # truncated string
-    assert decode_txt(b"\x03a=\xff") is None           # not UTF-8
-    assert decode_txt(b"\x00") == {}                   # empty TXT (one empty string)
+    assert decode_txt(b"\x03a=1\x03a=2") is None  # duplicate key
+    assert decode_txt(b"\x05a=1") is None  # truncated string
+    assert decode_txt(b"\x03a=\xff") is None  # not UTF-8
+    assert decode_txt(b"\x00") == {}  # empty TXT (one empty string)
 
 
 def test_too_long_fields_are_refused_when_signing() -> None:

@@ -29,11 +29,26 @@ WAIT = 20.0  # generous deadline for any one expected view (typical: 1-3 s)
 View = dict[str, Any]
 
 
-def node_argv(node: str, host: str, port: int, *extra: str, secret: str = SECRET,
-              store: str = "s1") -> list[str]:
-    return [*PROG, "node", "--store", store, "--node", node, "--secret", secret,
-            "--raft", f"{host}:{port}", "--client", f"{host}:{port + 1000}",
-            "--http", f"{host}:{port + 2000}", *extra]
+def node_argv(
+    node: str, host: str, port: int, *extra: str, secret: str = SECRET, store: str = "s1"
+) -> list[str]:
+    return [
+        *PROG,
+        "node",
+        "--store",
+        store,
+        "--node",
+        node,
+        "--secret",
+        secret,
+        "--raft",
+        f"{host}:{port}",
+        "--client",
+        f"{host}:{port + 1000}",
+        "--http",
+        f"{host}:{port + 2000}",
+        *extra,
+    ]
 
 
 def sees(*nodes: str) -> Callable[[View], bool]:
@@ -48,20 +63,34 @@ def both(a: Callable[[View], bool], b: Callable[[View], bool]) -> Callable[[View
     return lambda v: a(v) and b(v)
 
 
-def test_three_nodes_see_each_other_ignore_offenders_then_a_fourth(
-        lo_host: netns.Host) -> None:
+def test_three_nodes_see_each_other_ignore_offenders_then_a_fourth(lo_host: netns.Host) -> None:
     h = lo_host.addr
-    nodes = {f"n{i}": lo_host.spawn(node_argv(f"n{i}", h, 7100 + i), label=f"n{i}")
-             for i in (1, 2, 3)}
+    nodes = {
+        f"n{i}": lo_host.spawn(node_argv(f"n{i}", h, 7100 + i), label=f"n{i}") for i in (1, 2, 3)
+    }
     offenders = [
         lo_host.spawn(node_argv("imposter", h, 7109, secret="not the secret"), label="imp"),
         lo_host.spawn(node_argv("o1", h, 7108, store="other-store"), label="other"),
-        lo_host.spawn([*PROG, "rogue", "--name", "rogue1", "--addr", h, "--txt", "store=s1",
-                       "--txt", "node=n2", "--txt", "mac=00"], label="rogue"),
+        lo_host.spawn(
+            [
+                *PROG,
+                "rogue",
+                "--name",
+                "rogue1",
+                "--addr",
+                h,
+                "--txt",
+                "store=s1",
+                "--txt",
+                "node=n2",
+                "--txt",
+                "mac=00",
+            ],
+            label="rogue",
+        ),
     ]
     # several announcements of each offender arrive (they re-announce every 0.5-1 s)
-    wanted = both(sees("n1", "n2", "n3"),
-                  rejected_at_least(bad_mac=3, other_store=3, malformed=3))
+    wanted = both(sees("n1", "n2", "n3"), rejected_at_least(bad_mac=3, other_store=3, malformed=3))
     views = {name: p.wait_for_json(wanted, WAIT) for name, p in nodes.items()}
 
     for name, view in views.items():
@@ -70,9 +99,11 @@ def test_three_nodes_see_each_other_ignore_offenders_then_a_fourth(
             peer = by_id[f"n{i}"]
             assert peer["found_by"] == ("self" if f"n{i}" == name else "mdns")
             assert (peer["raft_addr"], peer["client_addr"], peer["http_addr"]) == (
-                f"{h}:{7100 + i}", f"{h}:{8100 + i}", f"{h}:{9100 + i}")
-            assert (peer["store_id"], peer["protocol_version"], peer["formed"]) == (
-                "s1", 1, False)
+                f"{h}:{7100 + i}",
+                f"{h}:{8100 + i}",
+                f"{h}:{9100 + i}",
+            )
+            assert (peer["store_id"], peer["protocol_version"], peer["formed"]) == ("s1", 1, False)
         assert view["interfaces"] == ["127.0.0.1"]
         assert view["rejections"]["stale"] == view["rejections"]["duplicate_node_id"] == 0
 
@@ -146,7 +177,8 @@ def test_bridge_topology_and_a_switch_port_down_then_up(topo3: netns.Topology) -
         v = p.wait_for_json(sees("n1", "n2", "n3"), WAIT)
         assert v["interfaces"] == [f"10.99.0.{i}"]
         assert sorted(q["raft_addr"] for q in v["peers"]) == [
-            f"10.99.0.{j}:{7300 + j}" for j in (1, 2, 3)]
+            f"10.99.0.{j}:{7300 + j}" for j in (1, 2, 3)
+        ]
 
     topo3.port_down(3)
     topo3.wait_carrier(3, up=False)
@@ -168,9 +200,11 @@ def test_bridge_topology_and_a_switch_port_down_then_up(topo3: netns.Topology) -
 
 
 def test_interface_names_resolve_in_the_current_namespace(topo3: netns.Topology) -> None:
-    code = ("import json; from esdb_node.discovery.interfaces import *; "
-            "print(json.dumps([local_ipv4_by_interface(), resolve_interfaces(['eth0'], 'x'), "
-            "resolve_interfaces([], '10.99.0.2')]))")
+    code = (
+        "import json; from esdb_node.discovery.interfaces import *; "
+        "print(json.dumps([local_ipv4_by_interface(), resolve_interfaces(['eth0'], 'x'), "
+        "resolve_interfaces([], '10.99.0.2')]))"
+    )
     out = topo3.hosts[1].run([sys.executable, "-c", code]).stdout
     table, named, default = json.loads(out)
     assert table == {"lo": ["127.0.0.1"], "eth0": ["10.99.0.2"]}
@@ -180,11 +214,18 @@ def test_interface_names_resolve_in_the_current_namespace(topo3: netns.Topology)
 def test_unshare_namespace_is_read_via_netlink_not_sys(netns_ready: None) -> None:
     """Under plain `unshare -n`, /sys/class/net still lists the host's interfaces; our
     interface table must not (it would offer the host's eth0 to zeroconf)."""
-    code = ("import json, os; from esdb_node.discovery.interfaces import *; "
-            "print(json.dumps([sorted(local_ipv4_by_interface()), "
-            "sorted(os.listdir('/sys/class/net'))]))")
-    out = subprocess.run(["unshare", "-n", sys.executable, "-c", code], check=True,
-                         capture_output=True, text=True, timeout=30).stdout
+    code = (
+        "import json, os; from esdb_node.discovery.interfaces import *; "
+        "print(json.dumps([sorted(local_ipv4_by_interface()), "
+        "sorted(os.listdir('/sys/class/net'))]))"
+    )
+    out = subprocess.run(
+        ["unshare", "-n", sys.executable, "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
     ours, sysfs = json.loads(out)
     assert ours == ["lo"]
     # (sysfs shows whatever the host has; when that is more than lo, the pitfall is real)
@@ -198,10 +239,15 @@ def test_guard_rules() -> None:
         {"ifname": "veth0", "link_type": "ether", "linkinfo": {"info_kind": "veth"}},
         {"ifname": "br0", "link_type": "ether", "linkinfo": {"info_kind": "bridge"}},
     ]
-    routes = ("Iface\tDestination\tGateway\tFlags\n"
-              "eth0\t00000000\t0102A8C0\t0003\n"
-              "br0\t0063630A\t00000000\t0001\n")
+    routes = (
+        "Iface\tDestination\tGateway\tFlags\n"
+        "eth0\t00000000\t0102A8C0\t0003\n"
+        "br0\t0063630A\t00000000\t0001\n"
+    )
     assert netns.isolation_problems(host_like, routes) == [
-        "non-test interface 'eth0'", "default route via eth0"]
-    assert netns.isolation_problems(host_like[2:], routes.replace("00000000\t0102", "0A\t0102")
-                                    ) == []
+        "non-test interface 'eth0'",
+        "default route via eth0",
+    ]
+    assert (
+        netns.isolation_problems(host_like[2:], routes.replace("00000000\t0102", "0A\t0102")) == []
+    )

@@ -28,8 +28,15 @@ SECRET = "the cluster secret"
 
 
 def cfg(**kw: Any) -> DiscoveryConfig:
-    base = DiscoveryConfig(mode="mdns", store_id="s1", node_id="n1", raft_addr="10.0.0.1:2114",
-                           client_addr="10.0.0.1:2113", secret=SECRET, bootstrap_expect=3)
+    base = DiscoveryConfig(
+        mode="mdns",
+        store_id="s1",
+        node_id="n1",
+        raft_addr="10.0.0.1:2114",
+        client_addr="10.0.0.1:2113",
+        secret=SECRET,
+        bootstrap_expect=3,
+    )
     return dataclasses.replace(base, **kw)
 
 
@@ -37,13 +44,29 @@ def disco(**kw: Any) -> Discovery:
     return Discovery(cfg(**kw), clock=lambda: NOW)
 
 
-def txt(node: str = "n2", *, secret: str = SECRET, store: str = "s1", ts: float = NOW,
-        i: int = 2, **kw: Any) -> bytes:
-    ann = Announcement(store_id=store, node_id=node, protocol_version=1,
-                       raft_addr=f"10.0.0.{i}:2114", client_addr=f"10.0.0.{i}:2113",
-                       http_addr=None, timestamp_ms=int(ts * 1000), bootstrap_expect=3, **kw)
-    return ServiceInfo(SERVICE_TYPE, f"x.{SERVICE_TYPE}", port=1,
-                       properties=sign(ann, derive_key(secret))).text
+def txt(
+    node: str = "n2",
+    *,
+    secret: str = SECRET,
+    store: str = "s1",
+    ts: float = NOW,
+    i: int = 2,
+    **kw: Any,
+) -> bytes:
+    ann = Announcement(
+        store_id=store,
+        node_id=node,
+        protocol_version=1,
+        raft_addr=f"10.0.0.{i}:2114",
+        client_addr=f"10.0.0.{i}:2113",
+        http_addr=None,
+        timestamp_ms=int(ts * 1000),
+        bootstrap_expect=3,
+        **kw,
+    )
+    return ServiceInfo(
+        SERVICE_TYPE, f"x.{SERVICE_TYPE}", port=1, properties=sign(ann, derive_key(secret))
+    ).text
 
 
 def ids(d: Discovery) -> list[str | None]:
@@ -57,22 +80,41 @@ def test_valid_peers_are_seen_with_their_fields() -> None:
     me, n2, n3 = d.peers()
     assert (me.node_id, me.found_by, me.formed) == ("n1", "self", False)
     assert (n2.node_id, n2.raft_addr, n2.client_addr, n2.found_by, n2.formed, n2.leader) == (
-        "n2", "10.0.0.2:2114", "10.0.0.2:2113", "mdns", True, "10.0.0.2:2114")
+        "n2",
+        "10.0.0.2:2114",
+        "10.0.0.2:2113",
+        "mdns",
+        True,
+        "10.0.0.2:2114",
+    )
     assert n3.protocol_version == 1 and n3.last_seen.timestamp() == NOW
     assert sum(d.rejections().values()) == 0
 
 
-@pytest.mark.parametrize("record,reason", [
-    (lambda: txt("evil", secret="wrong secret"), "bad_mac"),
-    (lambda: txt("n9", store="other-store"), "other_store"),
-    (lambda: txt("n9", ts=NOW - 600), "stale"),
-    (lambda: ServiceInfo(SERVICE_TYPE, f"r.{SERVICE_TYPE}", port=1,
-                         properties={"store": "s1", "node": "rogue"}).text, "malformed"),
-    (lambda: b"\x05bad", "malformed"),
-    (lambda: txt("n1", i=9), "duplicate_node_id"),
-])
+@pytest.mark.parametrize(
+    "record,reason",
+    [
+        (lambda: txt("evil", secret="wrong secret"), "bad_mac"),
+        (lambda: txt("n9", store="other-store"), "other_store"),
+        (lambda: txt("n9", ts=NOW - 600), "stale"),
+        (
+            lambda: (
+                ServiceInfo(
+                    SERVICE_TYPE,
+                    f"r.{SERVICE_TYPE}",
+                    port=1,
+                    properties={"store": "s1", "node": "rogue"},
+                ).text
+            ),
+            "malformed",
+        ),
+        (lambda: b"\x05bad", "malformed"),
+        (lambda: txt("n1", i=9), "duplicate_node_id"),
+    ],
+)
 def test_offenders_are_ignored_counted_and_logged_once(
-        record: Any, reason: str, caplog: pytest.LogCaptureFixture) -> None:
+    record: Any, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
     d = disco()
     caplog.set_level(logging.INFO, "esdb.discovery")
     for _ in range(5):
@@ -120,11 +162,22 @@ def test_goodbye_removes_the_peer() -> None:
 def test_peers_expire_without_fresh_announcements() -> None:
     mono = [100.0]
     me = disco().self_peer
-    table = PeerTable(me, expire_after=10.0, logger=logging.getLogger("t"),
-                      clock=lambda: NOW, monotonic=lambda: mono[0])
-    ann = Announcement(store_id="s1", node_id="n2", protocol_version=1,
-                       raft_addr="10.0.0.2:2114", client_addr="10.0.0.2:2113", http_addr=None,
-                       timestamp_ms=int(NOW * 1000))
+    table = PeerTable(
+        me,
+        expire_after=10.0,
+        logger=logging.getLogger("t"),
+        clock=lambda: NOW,
+        monotonic=lambda: mono[0],
+    )
+    ann = Announcement(
+        store_id="s1",
+        node_id="n2",
+        protocol_version=1,
+        raft_addr="10.0.0.2:2114",
+        client_addr="10.0.0.2:2113",
+        http_addr=None,
+        timestamp_ms=int(NOW * 1000),
+    )
     table.accept("n2", ann)
     mono[0] += 9.0
     assert len(table.peers()) == 2
@@ -168,6 +221,7 @@ def test_decide_and_wait_for_formation_from_mdns_view() -> None:
     assert err.value.exit_code == 3 and "1 of 3 expected" in err.value.message
     assert err.value.hint and "n1@10.0.0.1:2114" in err.value.hint
     from esdb_node.discovery.formation import members_hash
+
     h = members_hash(f"10.0.0.{i}:2114" for i in (1, 2, 3))
     d.ingest_txt("n2", [txt("n2", i=2, proposal=h)])
     d.ingest_txt("n3", [txt("n3", i=3, proposal=h)])
@@ -176,21 +230,30 @@ def test_decide_and_wait_for_formation_from_mdns_view() -> None:
 
 
 def test_static_mode() -> None:
-    d = Discovery(cfg(mode="static", secret=None, peers=("10.0.0.3:2114,10.0.0.2:2114",
-                                                          "10.0.0.1:2114")))
+    d = Discovery(
+        cfg(mode="static", secret=None, peers=("10.0.0.3:2114,10.0.0.2:2114", "10.0.0.1:2114"))
+    )
     with d:
         peers = d.peers()
         assert [(p.raft_addr, p.found_by) for p in peers] == [
-            ("10.0.0.1:2114", "self"), ("10.0.0.2:2114", "static"), ("10.0.0.3:2114", "static")]
-        assert d.decide() == Bootstrap(("10.0.0.1:2114", "10.0.0.2:2114", "10.0.0.3:2114"),
-                                       ("n1", None, None))
+            ("10.0.0.1:2114", "self"),
+            ("10.0.0.2:2114", "static"),
+            ("10.0.0.3:2114", "static"),
+        ]
+        assert d.decide() == Bootstrap(
+            ("10.0.0.1:2114", "10.0.0.2:2114", "10.0.0.3:2114"), ("n1", None, None)
+        )
         assert d.members_view().mode == "static"
 
 
 def test_dns_mode_resolves_refreshes_and_keeps_the_last_good_list(
-        caplog: pytest.LogCaptureFixture) -> None:
-    answers: list[Any] = [["10.0.0.2", "10.0.0.1"], ["10.0.0.3", "10.0.0.1", "10.0.0.2"],
-                          socket.gaierror(-2, "Name or service not known")]
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    answers: list[Any] = [
+        ["10.0.0.2", "10.0.0.1"],
+        ["10.0.0.3", "10.0.0.1", "10.0.0.2"],
+        socket.gaierror(-2, "Name or service not known"),
+    ]
     calls = []
     six_calls = threading.Event()
 
@@ -204,8 +267,10 @@ def test_dns_mode_resolves_refreshes_and_keeps_the_last_good_list(
         return [(family, kind, 6, "", (a, port)) for a in answer]
 
     caplog.set_level(logging.WARNING, "esdb.discovery")
-    d = Discovery(cfg(mode="dns", secret=None, dns="dns:esdb.example:2114", dns_interval=0.05),
-                  resolver=resolver)
+    d = Discovery(
+        cfg(mode="dns", secret=None, dns="dns:esdb.example:2114", dns_interval=0.05),
+        resolver=resolver,
+    )
     with d:
         version = d.table.version
         assert [p.raft_addr for p in d.peers()] == ["10.0.0.1:2114", "10.0.0.2:2114"]
@@ -250,5 +315,9 @@ def test_unavailable_dns_is_an_unavailable_error() -> None:
         raise socket.gaierror(-2, "Name or service not known")
 
     with pytest.raises(Unavailable):
-        resolve_dns(parse_dns_target("dns:nowhere"), store_id="s1",
-                    now=disco().self_peer.last_seen, resolver=failing)
+        resolve_dns(
+            parse_dns_target("dns:nowhere"),
+            store_id="s1",
+            now=disco().self_peer.last_seen,
+            resolver=failing,
+        )
