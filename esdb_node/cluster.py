@@ -61,6 +61,10 @@ class RaftReplicator:
         self._committer = GroupCommitter(
             self._flush, max_in_flight=MAX_IN_FLIGHT, max_batch_bytes=MAX_BATCH_BYTES
         )
+        # Test-only (ESDB_TEST_FLAGS=ack-before-commit): a deliberately broken node that
+        # acknowledges appends before Raft commits them, so drills can be shown to fail.
+        self._ack_early = "ack-before-commit" in cluster.config.test_flags
+        self._background: set[asyncio.Future[Result]] = set()
 
     @property
     def raft(self) -> RaftNode:
@@ -88,7 +92,25 @@ class RaftReplicator:
         raise outcome.error()
 
     async def submit(self, sub: cmd.Subcommand, timeout: float) -> Result:
-        return await with_deadline(self._committer.submit(sub), timeout)
+        future = self._committer.submit(sub)
+        if self._ack_early and sub[0] == cmd.APPEND:
+            return self._predict(sub, future)
+        return await with_deadline(future, timeout)
+
+    def _predict(self, sub: cmd.Subcommand, future: asyncio.Future[Result]) -> Result:
+        """The broken behaviour: guess the result from local state and ack right away."""
+        self._background.add(future)
+        future.add_done_callback(self._background.discard)
+        from esdb_node.errors import StreamNotFound
+        from esdb_node.model import AppendResult
+
+        try:
+            last = self.cluster.store.stream_info(sub[1]).last_version
+        except StreamNotFound:
+            last = -1
+        n = len(sub[3])
+        position = self.cluster.store.last_position + 1
+        return AppendResult(sub[1], last + 1, last + n, position, position + n - 1)
 
     async def read_barrier(self, timeout: float) -> None:
         """A no-op entry committed in the current term proves this node still leads and has
@@ -178,6 +200,8 @@ class ClusterNode:
         fresh = not (self.config.data_dir / "raft").exists()
         if self.config.join and fresh:
             peers = await self._join(self.config.join)
+        if "drop-committed-entries" in self.config.test_flags:
+            _lose_every_nth_entry(self.store, 10)
         self._raft = RaftNode(self._raft_config(peers), self.store)
         log.info(
             "raft member %s (node %s), peers: %s",
@@ -418,6 +442,20 @@ class ClusterNode:
         before = self.identity.raft
         await self._blocking(self.raft.transfer_leadership, target, req.timeout)
         return {"old_leader": before, "new_leader": self.raft.leader()}
+
+
+def _lose_every_nth_entry(store: Store, n: int) -> None:
+    """Test-only (ESDB_TEST_FLAGS=drop-committed-entries): every n-th Raft entry gets its
+    results computed and acknowledged but is not stored - a node that loses committed data."""
+    keep = store.apply
+
+    def apply(batch: bytes, index: int = 0, term: int = 0) -> list[Result] | None:
+        if index and index % n == 0 and index > store.applied[0]:
+            log.warning("test flag drop-committed-entries: discarding raft entry %d", index)
+            return store.dry_run(batch)
+        return keep(batch, index, term)
+
+    store.apply = apply  # type: ignore[method-assign]
 
 
 def _fields(record: MemberRecord) -> tuple[str, str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import tempfile
 from pathlib import Path
@@ -171,6 +172,13 @@ def drill(
         typer.Option(help="Write the operation history here (JSON Lines, docs/history-format.md)."),
     ] = None,
     keep: Annotated[bool, typer.Option(help="Keep the throwaway cluster running.")] = False,
+    test_flag: Annotated[
+        list[str] | None,
+        typer.Option(
+            hidden=True,
+            help="Start the throwaway nodes with deliberately broken behaviour (tests).",
+        ),
+    ] = None,
 ) -> None:
     """Run a drill and check that no acknowledged event was lost (exit 0 clean, 5 if not).
 
@@ -197,6 +205,7 @@ def drill(
             secret=None,
             store_id="drill",
             durability="fsync",
+            test_flags=test_flag or (),
         )
         say(f"starting a throwaway {nodes}-node cluster in {cluster.dir}")
         cluster.start()
@@ -228,6 +237,7 @@ def drill(
     finally:
         if own and not keep:
             cluster.down(purge=True)
+            shutil.rmtree(directory, ignore_errors=True)
         elif own:
             say(f"cluster kept in {cluster.dir}")
     if dirty:

@@ -293,6 +293,20 @@ class Store:
             listener(next_position - 1)
         return results
 
+    def dry_run(self, batch: bytes) -> list[Result]:
+        """Compute the results of `batch` without keeping anything (the transaction aborts).
+
+        Test-only: the `drop-committed-entries` flag uses it to lose committed writes on
+        purpose, proving that chaos drills can fail.
+        """
+        _, created_us, subs = unpack_trusted(batch)
+        txn = self.env.begin(write=True)
+        try:
+            w = _Writer(self, txn, created_us, self._next_position, self._stream_count)
+            return [w.run(sub) for sub in subs]
+        finally:
+            txn.abort()
+
     # --- reads ----------------------------------------------------------------------------------
 
     def _info(self, txn: Any, stream: str, raw: bytes) -> _Info | None:
