@@ -11,11 +11,20 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import shutil
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
 
 from esdb_node.config import NodeConfig, parse_hostport
+from esdb_node.discovery import (
+    Bootstrap,
+    Discovery,
+    DiscoveryConfig,
+    is_dns_target,
+    members_hash,
+)
 from esdb_node.errors import (
     EsdbError,
     InvalidInput,
@@ -35,6 +44,7 @@ from esdb_node.storage.store import Result, Store
 log = logging.getLogger("esdb.cluster")
 
 RAFT_ENTRY_TIMEOUT = 10.0
+LEAVE_MARKER = "leave-requested"
 MAX_IN_FLIGHT = 4
 MAX_BATCH_BYTES = 512 << 10
 
@@ -155,6 +165,8 @@ class ClusterNode:
         self._last_seen: dict[str, float] = {}
         self._found_by: dict[str, str] = {peer: "static" for peer in config.peers}
         self._stopping = False
+        self.discovery: Discovery | None = None
+        self.forming = False
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -194,14 +206,70 @@ class ClusterNode:
         known = {m.raft for m in self.store.members()} | set(self.config.peers)
         return tuple(sorted(known - {self.identity.raft}))
 
+    def _discovery_config(self) -> DiscoveryConfig | None:
+        """mDNS, DNS (`--join dns:NAME`) or static peers with --bootstrap-expect use the
+        discovery package's formation rules; plain static peers need none."""
+        cfg = self.config
+        mode: Literal["mdns", "static", "dns"]
+        if cfg.discovery == "mdns":
+            mode = "mdns"
+        elif cfg.join and is_dns_target(cfg.join):
+            mode = "dns"
+        elif cfg.bootstrap_expect and cfg.peers:
+            mode = "static"
+        else:
+            return None
+        config = DiscoveryConfig(
+            mode=mode,
+            store_id=self.identity.store_id,
+            node_id=self.identity.node_id,
+            raft_addr=self.identity.raft,
+            client_addr=self.url.removeprefix("esdb://"),
+            secret=cfg.secret,
+            bootstrap_expect=cfg.bootstrap_expect,
+            interfaces=cfg.discovery_interface,
+            peers=cfg.peers if mode == "static" else (),
+            dns=cfg.join if mode == "dns" else None,
+        )
+        if "fast-discovery" in cfg.test_flags:
+            # Test-only: announce every second and forget silent peers after four, so tests
+            # of partitions and leaves finish in seconds instead of minutes.
+            config = replace(config, announce_interval=1.0, expire_after=4.0, dns_interval=1.0)
+        return config
+
     async def open(self) -> None:
-        """Join if asked (first start only), then start Raft. Runs in the main thread."""
+        """Find or form the cluster (first start only), then start Raft in the main thread.
+
+        A node with Raft state of its own always rejoins from it, with or without discovery.
+        """
+        loop = asyncio.get_running_loop()
         peers = self.initial_peers()
         fresh = not (self.config.data_dir / "raft").exists()
-        if self.config.join and fresh:
+        discovery_config = self._discovery_config()
+        if discovery_config is not None:
+            self.discovery = Discovery(discovery_config, logger=logging.getLogger("esdb.discovery"))
+            self.discovery.start()
+        if fresh and self.config.join and not is_dns_target(self.config.join):
             peers = await self._join(self.config.join)
-        if "drop-committed-entries" in self.config.test_flags:
-            _lose_every_nth_entry(self.store, 10)
+        elif fresh and self.discovery is not None:
+            self.forming = True
+            log.info(
+                "waiting for cluster formation (bootstrap-expect %d, %s discovery)",
+                self.config.bootstrap_expect,
+                self.discovery.config.mode,
+            )
+            decision = await loop.run_in_executor(
+                None, self.discovery.wait_for_formation, self.config.bootstrap_timeout
+            )
+            self.forming = False
+            if isinstance(decision, Bootstrap):
+                log.info("bootstrapping a new cluster: %s", ", ".join(decision.members))
+                peers = tuple(m for m in decision.members if m != self.identity.raft)
+            else:
+                peers = await self._join(",".join(decision.targets))
+        if self.discovery is not None:
+            for peer in self.discovery.peers():
+                self._found_by.setdefault(peer.raft_addr, peer.found_by)
         self._raft = RaftNode(self._raft_config(peers), self.store)
         log.info(
             "raft member %s (node %s), peers: %s",
@@ -209,6 +277,8 @@ class ClusterNode:
             self.identity.node_id,
             ", ".join(peers) or "none (single-member cluster)",
         )
+        if self.discovery is not None:
+            self.discovery.set_cluster_state(True, None, members_hash(self._raft.members()))
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -221,8 +291,41 @@ class ClusterNode:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._raft is not None and self.leave_requested():
+            await self._leave()
+        if self.discovery is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.discovery.stop)
         if self._raft is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._raft.destroy)
+        if self._left:
+            # Next start is a fresh member: it finds (or is given) the cluster and joins
+            # again. The store stays: its applied index lets it skip what it already has.
+            shutil.rmtree(self.config.data_dir / "raft", ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self._leave_marker.unlink()
+
+    _left = False
+
+    @property
+    def _leave_marker(self) -> Path:
+        return self.config.data_dir / LEAVE_MARKER
+
+    def leave_requested(self) -> bool:
+        return self._leave_marker.exists()
+
+    async def _leave(self) -> None:
+        """`esdb node stop --leave`: take this node out of the membership before exiting."""
+        raft = self.raft
+        try:
+            log.info("leaving the cluster (removing %s from the membership)", self.identity.raft)
+            if self.identity.raft in self.registry():
+                with contextlib.suppress(EsdbError):
+                    await self.replicator.submit(cmd.member_delete(self.identity.raft), 10.0)
+            await self._blocking(raft.remove_member, self.identity.raft, 20.0)
+            self._left = True
+            log.info("left the cluster")
+        except EsdbError as exc:
+            log.error("could not leave the cluster: %s (still a member)", exc)
 
     async def _join(self, target: str) -> tuple[str, ...]:
         """Ask the cluster at `target` to add this node; returns the members to talk to."""
@@ -254,6 +357,7 @@ class ClusterNode:
             "url": self.url,
             "store_id": self.identity.store_id,
             "secret": self.config.secret or "",
+            "found_by": "mdns" if self.config.discovery == "mdns" else "join",
         }
 
     async def _upkeep(self) -> None:
@@ -261,6 +365,7 @@ class ClusterNode:
         while not self._stopping:
             try:
                 self._sample_peers()
+                self._announce()
                 await self._register_self()
             except EsdbError as exc:
                 log.debug("cluster upkeep: %s", exc)
@@ -273,6 +378,12 @@ class ClusterNode:
         for member in self.raft.status().members:
             if member.connected and not member.is_self:
                 self._last_seen[member.address] = now
+
+    def _announce(self) -> None:
+        if self.discovery is not None:
+            self.discovery.set_cluster_state(
+                True, self.raft.leader(), members_hash(self.raft.members())
+            )
 
     async def _register_self(self) -> None:
         mine = MemberRecord(self.identity.raft, self.identity.node_id, self.url)
@@ -318,9 +429,21 @@ class ClusterNode:
 
     def replication_status(self) -> ReplicationStatus:
         if self._raft is None:
-            return ReplicationStatus("cluster", "starting", None, None, 0, 0, 0, False, False)
+            role = "forming" if self.forming else "starting"
+            return ReplicationStatus(
+                "cluster", role, None, None, 0, 0, 0, False, False, raft=self.identity.raft
+            )
         st: RaftStatus = self._raft.status()
         registry = self.registry()
+        seen = dict(self._last_seen)
+        found_by = dict(self._found_by)
+        if self.discovery is not None:
+            for peer in self.discovery.peers():
+                if peer.found_by != "self":
+                    found_by[peer.raft_addr] = peer.found_by
+                    seen[peer.raft_addr] = max(
+                        seen.get(peer.raft_addr, 0.0), peer.last_seen.timestamp()
+                    )
         members = []
         for m in st.members:
             record = registry.get(m.address)
@@ -334,8 +457,8 @@ class ClusterNode:
                     role="leader" if m.address == st.leader else "follower",
                     reachable=m.connected,
                     match_index=m.match_index,
-                    found_by="self" if m.is_self else self._found_by.get(m.address, "join"),
-                    last_seen=time.time() if m.is_self else self._last_seen.get(m.address),
+                    found_by="self" if m.is_self else found_by.get(m.address, "join"),
+                    last_seen=time.time() if m.is_self else seen.get(m.address),
                 )
             )
         leader_record = registry.get(st.leader) if st.leader else None

@@ -152,41 +152,26 @@ def run_node(config: NodeConfig) -> int:
 async def _serve(config: NodeConfig, files: NodeFiles) -> int:
     node_id, store_id = load_identity(files, config)
     host, port = parse_hostport(config.listen, what="--listen")
+    if config.cluster_mode and port == 0:
+        raise InvalidInput("cluster nodes need a fixed --listen port (peers redirect to it)")
     store = Store(files.store, sync=config.durability == "fsync")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    url = f"esdb://{config.advertised_host(host)}:{port}"
 
     replicator: Replicator
-    admin = None
     cluster = None
     if config.cluster_mode:
         from esdb_node.cluster import ClusterNode
 
-        if port == 0:
-            store.close()
-            raise InvalidInput("cluster nodes need a fixed --listen port (peers redirect to it)")
-        cluster = ClusterNode(
-            config,
-            store,
-            node_id=node_id,
-            store_id=store_id,
-            url=f"esdb://{config.advertised_host(host)}:{port}",
-        )
-        try:
-            await cluster.open()  # joins if asked, then starts Raft (in the main thread)
-        except BaseException:
-            store.close()
-            raise
+        cluster = ClusterNode(config, store, node_id=node_id, store_id=store_id, url=url)
         replicator = cluster.replicator
-        admin = cluster.admin
     else:
-        replicator = LocalReplicator(store, node_id=node_id, url="")
+        replicator = LocalReplicator(store, node_id=node_id, url=url)
     service = NodeService(
-        store,
-        replicator,
-        Identity(node_id=node_id, store_id=store_id, url="", durability=config.durability),
+        store, replicator, Identity(node_id, store_id, url, durability=config.durability)
     )
     server = ClientServer(
         service,
@@ -195,45 +180,56 @@ async def _serve(config: NodeConfig, files: NodeFiles) -> int:
         token=config.token,
         max_frame=config.frame_limit,
         max_event_bytes=config.max_event_bytes,
-        admin=admin,
+        admin=cluster.admin if cluster is not None else None,
     )
     try:
         await server.start()
     except OSError as exc:
         store.close()
         raise Unavailable(
-            f"cannot listen on {host}:{server.port}: {exc.strerror}",
-            hint="pick another --listen port",
+            f"cannot listen on {host}:{port}: {exc.strerror}", hint="pick another --listen port"
         ) from None
-    url = f"esdb://{config.advertised_host(host)}:{server.port}"
-    service.identity = Identity(
-        node_id=node_id, store_id=store_id, url=url, durability=config.durability
-    )
-    if isinstance(replicator, LocalReplicator):
-        replicator.url = url
-    await replicator.start()
+    if port == 0:  # standalone on an ephemeral port (tests)
+        url = f"esdb://{config.advertised_host(host)}:{server.port}"
+        service.identity = Identity(node_id, store_id, url, durability=config.durability)
+        if isinstance(replicator, LocalReplicator):
+            replicator.url = url
     files.pid.write_text(f"{os.getpid()}\n")
-    write_json_atomic(
-        files.runtime,
-        {
-            "node_id": node_id,
-            "store_id": store_id,
-            "url": url,
-            "raft": cluster.identity.raft if cluster is not None else None,
-            "pid": os.getpid(),
-            "mode": replicator.mode,
-        },
-    )
-    log.info(
-        "node %s (store %s) serving %s, %s mode, durability %s, data in %s",
-        node_id,
-        store_id,
-        url,
-        replicator.mode,
-        config.durability,
-        files.data_dir,
-    )
+    runtime = {
+        "node_id": node_id,
+        "store_id": store_id,
+        "url": url,
+        "raft": cluster.identity.raft if cluster is not None else None,
+        "pid": os.getpid(),
+        "mode": replicator.mode,
+    }
+    write_json_atomic(files.runtime, runtime)
     try:
+        if cluster is not None:
+            # The client port already answers `status` (role "forming") while the node
+            # finds or forms its cluster; a stop signal interrupts the wait.
+            opening = asyncio.ensure_future(cluster.open())
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({opening, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not opening.done():
+                log.info("stopping before the cluster was formed")
+                if cluster.discovery is not None:
+                    cluster.discovery.stop()
+                with contextlib.suppress(BaseException):
+                    await opening
+                return 0
+            stopping.cancel()
+            opening.result()
+        await replicator.start()
+        log.info(
+            "node %s (store %s) serving %s, %s mode, durability %s, data in %s",
+            node_id,
+            store_id,
+            url,
+            replicator.mode,
+            config.durability,
+            files.data_dir,
+        )
         await stop.wait()
         log.info("stopping")
     finally:

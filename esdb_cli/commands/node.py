@@ -168,10 +168,22 @@ def stop(
     data_dir: DataDirOpt = Path("esdb-data"),
     timeout: Annotated[float, typer.Option(help="Seconds to wait for a clean exit.")] = 30.0,
     force: Annotated[bool, typer.Option(help="SIGKILL if it does not exit in time.")] = False,
+    leave: Annotated[
+        bool,
+        typer.Option(
+            help="Cluster node: remove it from the membership "
+            "before it exits (the cluster shrinks; a later start joins again)."
+        ),
+    ] = False,
 ) -> None:
     """Stop the node running on a data directory (SIGTERM: finishes in-flight writes)."""
+    if leave:
+        from esdb_node.cluster import LEAVE_MARKER
+
+        if local.running_pid(data_dir) is not None:
+            (data_dir / LEAVE_MARKER).write_text("esdb node stop --leave\n")
     pid = local.stop_node(data_dir, timeout=timeout, force=force)
-    say(f"stopped node (pid {pid})")
+    say(f"stopped node (pid {pid})" + (" after leaving the cluster" if leave else ""))
 
 
 def _node_url(data_dir: Path | None) -> str | None:
