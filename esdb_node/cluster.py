@@ -314,14 +314,29 @@ class ClusterNode:
         return self._leave_marker.exists()
 
     async def _leave(self) -> None:
-        """`esdb node stop --leave`: take this node out of the membership before exiting."""
-        raft = self.raft
+        """`esdb node stop --leave`: take this node out of the membership before exiting.
+
+        The leader does the removal and answers once it is committed. Asking our own Raft
+        node would not do: once removed it no longer hears the leader and reports "leader
+        changed", an unknown outcome for a change that in fact happened.
+        """
+        from esdb_node.client import AsyncClient
+
         try:
             log.info("leaving the cluster (removing %s from the membership)", self.identity.raft)
-            if self.identity.raft in self.registry():
-                with contextlib.suppress(EsdbError):
-                    await self.replicator.submit(cmd.member_delete(self.identity.raft), 10.0)
-            await self._blocking(raft.remove_member, self.identity.raft, 20.0)
+            if self.raft.is_leader():
+                await self._blocking(self.raft.transfer_leadership, None, 10.0)
+            others = [
+                r.url for r in self.registry().values() if r.raft != self.identity.raft and r.url
+            ]
+            if not others:
+                raise Unavailable("no other member is known to ask")
+            async with AsyncClient(others, timeout=20) as client:
+                await client.admin(
+                    "remove_member",
+                    {"node": self.identity.raft, "secret": self.config.secret or ""},
+                    timeout=20,
+                )
             self._left = True
             log.info("left the cluster")
         except EsdbError as exc:
