@@ -21,25 +21,43 @@ DEFAULT_MAX_EVENT_BYTES = 4 << 20
 
 
 def parse_hostport(
-    value: str, *, default_port: int | None = None, what: str = "address"
+    value: str,
+    *,
+    default_port: int | None = None,
+    what: str = "address",
+    allow_zero: bool = False,
 ) -> tuple[str, int]:
-    text = value.strip()
-    if text.startswith("esdb://"):
-        text = text[len("esdb://") :].rstrip("/")
-    host, sep, port_text = text.rpartition(":")
-    if not sep:
+    """Parse `host:port`, `[v6]:port`, `esdb://host:port` (or `host` with a default port).
+
+    The one parser for every address esdb reads (flags, URLs, peers, discovery records).
+    """
+    value = value.strip()
+    if value.startswith("esdb://"):
+        value = value[len("esdb://") :].rstrip("/")
+    host, port_text = value, ""
+    if value.startswith("["):
+        close = value.find("]")
+        if close < 0:
+            raise InvalidInput(f"{what} {value!r}: missing ']'")
+        host, rest = value[1:close], value[close + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise InvalidInput(f"{what} {value!r} is not [HOST]:PORT")
+            port_text = rest[1:]
+    elif value.count(":") == 1:
+        host, port_text = value.split(":")
+    elif ":" in value:
+        raise InvalidInput(f"{what} {value!r}: write IPv6 addresses as [ADDR]:PORT")
+    if not port_text:
         if default_port is None:
             raise InvalidInput(f"{what} {value!r} needs a port (HOST:PORT)")
-        host, port_text = text, str(default_port)
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise InvalidInput(f"{what} {value!r} has an invalid port") from None
-    if not host or not 0 <= port <= 65535:
-        raise InvalidInput(f"{what} {value!r} is not HOST:PORT")
-    return host, port
+        port_text = str(default_port)
+    lowest = 0 if allow_zero else 1
+    if not port_text.isdigit() or not lowest <= int(port_text) <= 65535:
+        raise InvalidInput(f"{what} {value!r} has an invalid port")
+    if not host or any(ch.isspace() or ch in "/,[]@" for ch in host):
+        raise InvalidInput(f"{what} {value!r} has an invalid host")
+    return host, int(port_text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +117,7 @@ class NodeConfig:
             raise InvalidInput("max frame size must exceed the max event size")
         if self.bootstrap_expect < 0:
             raise InvalidInput("bootstrap-expect must be >= 0")
-        parse_hostport(self.listen, what="--listen")
+        parse_hostport(self.listen, what="--listen", allow_zero=True)
         parse_hostport(self.raft, what="--raft")
         for peer in self.peers:
             parse_hostport(peer, what="peer")

@@ -57,6 +57,12 @@ class AuthenticationFailed(InvalidInput):
     code = "auth_failed"
 
 
+class DiscoveryConflict(InvalidInput):
+    """Another node announces this node's id (or mDNS name) on the same network."""
+
+    code = "discovery_conflict"
+
+
 # --- exit 3: unavailable -----------------------------------------------------------------------
 
 
@@ -78,6 +84,12 @@ class NotLeader(Unavailable):
 
 class NotReady(Unavailable):
     code = "not_ready"
+
+
+class FormationTimeout(Unavailable):
+    """`--bootstrap-expect` nodes (or a formed cluster) did not become visible in time."""
+
+    code = "formation_timeout"
 
 
 # --- exit 4: conflict --------------------------------------------------------------------------

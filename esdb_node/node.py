@@ -151,7 +151,7 @@ def run_node(config: NodeConfig) -> int:
 
 async def _serve(config: NodeConfig, files: NodeFiles) -> int:
     node_id, store_id = load_identity(files, config)
-    host, port = parse_hostport(config.listen, what="--listen")
+    host, port = parse_hostport(config.listen, what="--listen", allow_zero=True)
     if config.cluster_mode and port == 0:
         raise InvalidInput("cluster nodes need a fixed --listen port (peers redirect to it)")
     store = Store(files.store, sync=config.durability == "fsync")

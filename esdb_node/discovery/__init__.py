@@ -5,7 +5,6 @@ The node uses `Discovery` (see DESIGN.md in this package and docs/discovery.md).
 """
 
 from esdb_node.discovery.announce import REJECT_REASONS, SERVICE_TYPE, RejectReason
-from esdb_node.discovery.errors import DiscoveryConflict, FormationTimeout
 from esdb_node.discovery.formation import (
     Bootstrap,
     Decision,
@@ -24,6 +23,7 @@ from esdb_node.discovery.static import (
     parse_peers,
     resolve_dns,
 )
+from esdb_node.errors import DiscoveryConflict, FormationTimeout
 
 __all__ = [
     "DEFAULT_RAFT_PORT",

@@ -26,7 +26,7 @@ from zeroconf import (
 )
 
 from esdb_node.discovery.announce import SERVICE_TYPE
-from esdb_node.discovery.errors import DiscoveryConflict
+from esdb_node.errors import DiscoveryConflict
 
 _TYPE_TXT = 16  # RFC 1035
 _CLASS_IN = 1

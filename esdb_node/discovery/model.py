@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, TypeAlias
 
+from esdb_node.config import parse_hostport
 from esdb_node.errors import InvalidInput
 
 FoundBy: TypeAlias = Literal["self", "mdns", "static", "dns"]
@@ -55,36 +56,6 @@ def check_id(value: str, what: str) -> str:
     return value
 
 
-def split_hostport(
-    text: str, *, default_port: int | None = None, what: str = "address"
-) -> tuple[str, int]:
-    """Parse "host:port", "[v6]:port" (or "host" when a default port is given)."""
-    value = text.strip()
-    host, port_text = value, ""
-    if value.startswith("["):
-        close = value.find("]")
-        if close < 0:
-            raise InvalidInput(f"{what} {text!r}: missing ']'")
-        host, rest = value[1:close], value[close + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                raise InvalidInput(f"{what} {text!r} is not [HOST]:PORT")
-            port_text = rest[1:]
-    elif value.count(":") == 1:
-        host, port_text = value.split(":")
-    elif ":" in value:
-        raise InvalidInput(f"{what} {text!r}: write IPv6 addresses as [ADDR]:PORT")
-    if not port_text:
-        if default_port is None:
-            raise InvalidInput(f"{what} {text!r} needs a port (HOST:PORT)")
-        port_text = str(default_port)
-    if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
-        raise InvalidInput(f"{what} {text!r} has an invalid port")
-    if not host or any(ch.isspace() or ch in "/,[]@" for ch in host):
-        raise InvalidInput(f"{what} {text!r} has an invalid host")
-    return host, int(port_text)
-
-
 def join_hostport(host: str, port: int) -> str:
     try:
         if ipaddress.ip_address(host).version == 6:
@@ -95,5 +66,5 @@ def join_hostport(host: str, port: int) -> str:
 
 
 def normalize_addr(text: str, *, default_port: int | None = None, what: str = "address") -> str:
-    host, port = split_hostport(text, default_port=default_port, what=what)
+    host, port = parse_hostport(text, default_port=default_port, what=what)
     return join_hostport(host, port)

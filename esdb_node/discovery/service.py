@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
+from esdb_node.config import parse_hostport
 from esdb_node.discovery import formation
 from esdb_node.discovery.announce import (
     Announcement,
@@ -22,9 +23,8 @@ from esdb_node.discovery.announce import (
     sign,
     verify,
 )
-from esdb_node.discovery.errors import FormationTimeout
 from esdb_node.discovery.interfaces import resolve_interfaces
-from esdb_node.discovery.model import Peer, check_id, normalize_addr, split_hostport
+from esdb_node.discovery.model import Peer, check_id, normalize_addr
 from esdb_node.discovery.static import (
     parse_dns_target,
     parse_peers,
@@ -32,7 +32,7 @@ from esdb_node.discovery.static import (
     static_peers,
 )
 from esdb_node.discovery.table import PeerTable
-from esdb_node.errors import EsdbError, InvalidInput
+from esdb_node.errors import EsdbError, FormationTimeout, InvalidInput
 
 if TYPE_CHECKING:
     from esdb_node.discovery.mdns import MdnsEndpoint
@@ -176,8 +176,8 @@ class Discovery:
         from esdb_node.discovery.mdns import MdnsEndpoint
 
         cfg = self.config
-        host, _ = split_hostport(cfg.raft_addr)
-        _, port = split_hostport(cfg.client_addr)
+        host, _ = parse_hostport(cfg.raft_addr)
+        _, port = parse_hostport(cfg.client_addr)
         self._interfaces = resolve_interfaces(cfg.interfaces, host, resolver=self._resolver)
         advertise_ip = host if host in self._interfaces else self._interfaces[0]
         instance, server = service_instance(cfg.store_id, cfg.node_id)

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from esdb_node.config import parse_hostport
 from esdb_node.discovery.model import (
     DEFAULT_RAFT_PORT,
     FoundBy,
     Peer,
     join_hostport,
     normalize_addr,
-    split_hostport,
 )
 from esdb_node.errors import InvalidInput, Unavailable
 
@@ -81,7 +81,7 @@ def parse_dns_target(spec: str, *, default_port: int = DEFAULT_RAFT_PORT) -> Dns
     text = spec.strip()
     if not is_dns_target(text):
         raise InvalidInput(f"--join {spec!r}: expected dns:NAME[:PORT]")
-    host, port = split_hostport(text[4:], default_port=default_port, what="--join dns:")
+    host, port = parse_hostport(text[4:], default_port=default_port, what="--join dns:")
     return DnsTarget(host.rstrip(".").lower() if not _is_ip(host) else host, port)
 
 

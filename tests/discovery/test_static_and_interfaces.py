@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from esdb_node.config import parse_hostport as split_hostport
 from esdb_node.discovery import (
     DEFAULT_RAFT_PORT,
     DnsTarget,
@@ -18,7 +19,7 @@ from esdb_node.discovery import (
     resolve_interfaces,
 )
 from esdb_node.discovery.interfaces import local_ipv4_by_interface
-from esdb_node.discovery.model import normalize_addr, split_hostport
+from esdb_node.discovery.model import normalize_addr
 from esdb_node.discovery.static import static_peers
 from esdb_node.errors import InvalidInput
 
