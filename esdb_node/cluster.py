@@ -44,7 +44,6 @@ from esdb_node.storage.store import Result, Store
 log = logging.getLogger("esdb.cluster")
 
 RAFT_ENTRY_TIMEOUT = 10.0
-LEAVE_MARKER = "leave-requested"
 MAX_IN_FLIGHT = 4
 MAX_BATCH_BYTES = 512 << 10
 
@@ -308,7 +307,9 @@ class ClusterNode:
 
     @property
     def _leave_marker(self) -> Path:
-        return self.config.data_dir / LEAVE_MARKER
+        from esdb_node.node import NodeFiles
+
+        return NodeFiles(self.config.data_dir).leave
 
     def leave_requested(self) -> bool:
         return self._leave_marker.exists()

@@ -5,6 +5,7 @@ SIGTERM/SIGINT. Files in the data directory:
   identity.json   node id and store id          node.json    addresses of the running node
   esdb.pid        pid of the running node       esdb.log     log of a detached node
   esdb.lock       held while a node runs (two nodes can never share a directory)
+  leave-requested written by `esdb node stop --leave` just before SIGTERM
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ class NodeFiles:
     @property
     def lock(self) -> Path:
         return self.data_dir / "esdb.lock"
+
+    @property
+    def leave(self) -> Path:
+        """Written by `esdb node stop --leave`: leave the cluster on the way out."""
+        return self.data_dir / "leave-requested"
 
 
 def write_json_atomic(path: Path, value: Any) -> None:

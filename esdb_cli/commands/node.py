@@ -12,7 +12,7 @@ from esdb_cli.context import client_command, connect, options, output_command, p
 from esdb_cli.output import say, status_row
 from esdb_node.config import NodeConfig
 from esdb_node.errors import EsdbError, Unhealthy
-from esdb_node.node import read_runtime
+from esdb_node.node import NodeFiles, read_runtime
 
 app = typer.Typer(help="Run one node and check on it.", no_args_is_help=True)
 
@@ -177,11 +177,8 @@ def stop(
     ] = False,
 ) -> None:
     """Stop the node running on a data directory (SIGTERM: finishes in-flight writes)."""
-    if leave:
-        from esdb_node.cluster import LEAVE_MARKER
-
-        if local.running_pid(data_dir) is not None:
-            (data_dir / LEAVE_MARKER).write_text("esdb node stop --leave\n")
+    if leave and local.running_pid(data_dir) is not None:
+        NodeFiles(data_dir).leave.write_text("esdb node stop --leave\n")
     pid = local.stop_node(data_dir, timeout=timeout, force=force)
     say(f"stopped node (pid {pid})" + (" after leaving the cluster" if leave else ""))
 
