@@ -9,7 +9,7 @@ import traceback
 import click
 import typer
 
-from esdb_cli.commands import chaos, cluster, node, snapshot, stream
+from esdb_cli.commands import bench, chaos, cluster, node, snapshot, stream
 from esdb_cli.context import (
     ClusterDirOpt,
     JsonOpt,
@@ -59,6 +59,7 @@ def root(
 app.add_typer(node.app, name="node")
 app.add_typer(cluster.app, name="cluster")
 app.add_typer(chaos.app, name="chaos")
+app.add_typer(bench.app, name="bench")
 app.add_typer(snapshot.app, name="snapshot")
 for command in (
     stream.append,

@@ -262,3 +262,14 @@ def test_help_is_actionable_and_lists_exit_codes(esdb) -> None:  # type: ignore[
     assert "Exit codes" in r.out and "unknown outcome" in r.out
     r = esdb("append", "--help")
     assert "--expected-version" in r.out and "Example" in r.out
+
+
+def test_bench_reports_the_documented_keys(esdb, node: NodeProc) -> None:  # type: ignore[no-untyped-def]
+    r = esdb("bench", "append", "--clients", "2", "--duration", "0.5", "--url", node.url, "--json")
+    assert r.code == 0, r.err
+    result = r.json()
+    for key in ("events_per_s", "ops_per_s", "p50_ms", "p99_ms", "max_ms", "errors"):
+        assert key in result  # type: ignore[operator]
+    assert result["ops"] > 0 and result["errors"] == 0  # type: ignore[index]
+    r = esdb("bench", "read", "--url", node.url, "--json")
+    assert r.json()["events"] >= result["events"]  # type: ignore[index]
