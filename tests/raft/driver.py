@@ -150,16 +150,12 @@ def main() -> None:
                 result["replays_skipped"] = node.replays_skipped
                 result["store_applied"] = list(store.applied)
                 result["last_position"] = store.last_position
-            elif op == "append":
-                if req.get("background"):
-                    threading.Thread(
-                        target=lambda r=req: emit(
-                            {"id": r["id"], "ok": True, **append_load(node, r)}
-                        ),
-                        daemon=True,
-                    ).start()
-                    continue
-                result = append_load(node, req)
+            elif op == "append":  # in the background: the node must keep answering status
+                threading.Thread(
+                    target=lambda r=req: emit({"id": r["id"], "ok": True, **append_load(node, r)}),
+                    daemon=True,
+                ).start()
+                continue
             elif op == "read":
                 result = {"ids": read_ids(store, req.get("stream", "s-1"))}
             elif op == "partition":
