@@ -314,6 +314,8 @@ class RaftNode:
             logCompactionMinEntries=config.compaction_min_entries,
             logCompactionMinTime=config.compaction_min_time,
             logCompactionBatchSize=config.snapshot_chunk_bytes,
+            sendBufferSize=config.socket_buffer_bytes,
+            recvBufferSize=config.socket_buffer_bytes,
             logCompactionSplit=False,
             dynamicMembershipChange=True,
             useFork=False,
@@ -442,8 +444,9 @@ class RaftNode:
         self._change_membership("add", addr, timeout)
 
     def remove_member(self, addr: str, timeout: float) -> None:
-        """Remove a member; a member already absent is a no-op. Removing the leader hands
-        leadership to another member first. Stop the removed node afterwards."""
+        """Remove another member; a member already absent is a no-op. To remove the leader,
+        transfer leadership away first and ask the new leader. Stop the removed node
+        afterwards (it is refused by the others, so it cannot disrupt them)."""
         self._change_membership("remove", addr, timeout)
 
     def _change_membership(self, op: str, addr: str, timeout: float) -> None:
@@ -458,8 +461,13 @@ class RaftNode:
             present = addr in self.members()
             if (op == "add") == present:
                 return
-            if op == "remove" and addr == self.config.self_addr and self.is_leader():
-                self.transfer_leadership(None, deadline - time.monotonic())
+            if op == "remove" and addr == self.config.self_addr:
+                # The new leader drops a removed member as soon as it appends the change, so
+                # the removed node itself can never learn the outcome.
+                raise InvalidInput(
+                    "a member cannot remove itself",
+                    hint="ask another member (transfer leadership away first if this one leads)",
+                )
             while True:
                 reason = self._wait_callback(
                     lambda cb: (

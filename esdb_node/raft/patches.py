@@ -246,6 +246,7 @@ class SnapshotKeepaliveFix:
     """
 
     _esdb_last_snapshot_ack = 0.0
+    esdb_snapshot_transfers = 0  # transfers started towards this node (restarts included)
 
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> Any:
         mtype = message.get("type")
@@ -255,6 +256,8 @@ class SnapshotKeepaliveFix:
             return None
         result = super()._SyncObj__onMessageReceived(node, message)  # type: ignore[misc]
         if mtype == "append_entries" and message.get("serialized") is not None:
+            if message["serialized"][1]:
+                self.esdb_snapshot_transfers += 1
             now = monotonic_time()
             if now - self._esdb_last_snapshot_ack >= SNAPSHOT_ACK_INTERVAL:
                 self._esdb_last_snapshot_ack = now
