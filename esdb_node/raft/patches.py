@@ -163,9 +163,37 @@ class SendAppendEntriesFix:
       sized for it).
     * Back-pressure: nothing more is queued for a peer whose socket already holds
       MAX_SEND_BACKLOG unsent bytes (stock queues without limit, e.g. a whole snapshot).
+    * One send per tick: with appendEntriesUseBatch=False stock sends append_entries to every
+      follower after *each* command it appends (syncobj.py:527) and again after applying
+      (line 697). Within a tick these sends are now deferred and done once, after the command
+      queue is drained, so N commands in flight cost one journal sync on the leader and one
+      message (one sync) per follower: group commit.
     """
 
+    _esdb_defer_sends = False
+    _esdb_deferred_send = False
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:
+        self._esdb_defer_sends = True
+        self._esdb_deferred_send = False
+        try:
+            super()._onTick(timeToWait)  # type: ignore[misc]
+        finally:
+            self._esdb_defer_sends = False
+
+    def _checkCommandsToApply(self) -> None:
+        try:
+            super()._checkCommandsToApply()  # type: ignore[misc]
+        finally:
+            self._esdb_defer_sends = False
+            if self._esdb_deferred_send:
+                self._esdb_deferred_send = False
+                self._SyncObj__sendAppendEntries()
+
     def _SyncObj__sendAppendEntries(self) -> None:
+        if self._esdb_defer_sends:
+            self._esdb_deferred_send = True
+            return
         conf = self._SyncObj__conf  # type: ignore[attr-defined]
         self._SyncObj__newAppendEntriesTime = monotonic_time() + conf.appendEntriesPeriod
         start = monotonic_time()
