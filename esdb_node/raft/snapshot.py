@@ -307,7 +307,10 @@ class SnapshotManager:
         members = sorted(str(getattr(n, "id", n)) for n in cluster)
         with self._lock:
             if self._worker is not None and self._worker.is_alive():
+                # pysyncobj would truncate the log to *this* call's position when the running
+                # worker reports: make that report FAILED instead.
                 log.error("raft snapshot: serialize() while a dump is being written")
+                self._generation += 1
                 return
             self._report = None
             gen = self._generation

@@ -161,3 +161,31 @@ def test_transfer_on_a_single_member_times_out(single: RaftNode) -> None:
     with pytest.raises(Timeout):
         single.transfer_leadership(None, timeout=0.5)
     assert single.is_leader()
+
+
+@pytest.mark.parametrize("variant", ["stock", "fixed"])
+def test_single_member_commits_without_waiting_a_tick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variant: str
+) -> None:
+    """A lone leader has nobody to wake its poller after appending, so stock commits each
+    entry one poll timeout (50 ms) later."""
+    from esdb_node.raft.node import _EsdbSyncObj
+
+    if variant == "stock":
+        monkeypatch.setattr(_EsdbSyncObj, "_esdb_wake", lambda self: None)
+    node, store = make_node(tmp_path)
+    try:
+        wait_for("leader", node.is_leader, 15)
+        latencies = []
+        for _ in range(15):
+            started = time.monotonic()
+            assert isinstance(submit_wait(node, batch()), Applied)
+            latencies.append(time.monotonic() - started)
+        median = sorted(latencies)[len(latencies) // 2]
+        if variant == "stock":
+            assert median > 0.03
+        else:
+            assert median < 0.025
+    finally:
+        node.destroy()
+        store.close()
