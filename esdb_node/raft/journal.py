@@ -31,6 +31,7 @@ import lmdb
 from pysyncobj.journal import Journal
 
 from esdb_node.codec import pack, unpack_trusted
+from esdb_node.errors import StorageFailure
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +73,21 @@ class LmdbJournal(Journal):
         # fsync mode: every commit is synced (data pages, then the meta page), so a commit is
         # either entirely on disk or not at all. os mode (NOSYNC): commits reach the page cache
         # only; a kill -9 loses nothing, a power loss can lose the tail of the journal.
-        self._env = lmdb.open(
-            str(self.path),
-            map_size=map_size,
-            max_dbs=2,
-            sync=fsync,
-            metasync=fsync,
-            writemap=False,
-            readahead=False,
-            max_readers=64,
-        )
-        self._log = self._env.open_db(b"log")
-        self._meta = self._env.open_db(b"meta")
+        try:
+            self._env = lmdb.open(
+                str(self.path),
+                map_size=map_size,
+                max_dbs=2,
+                sync=fsync,
+                metasync=fsync,
+                writemap=False,  # a full disk fails the commit instead of SIGBUS (notes F8)
+                readahead=False,
+                max_readers=64,
+            )
+            self._log = self._env.open_db(b"log")
+            self._meta = self._env.open_db(b"meta")
+        except lmdb.Error as exc:
+            raise StorageFailure(f"cannot open the raft journal at {self.path}: {exc}") from None
         self._closed = False
 
         self._cache: deque[Entry] = deque()

@@ -66,6 +66,7 @@ from esdb_node.storage.store import Store
 log = logging.getLogger(__name__)
 
 EXIT_STORAGE_FAILURE = 70
+BIND_TIMEOUT = 3.0
 
 
 def _exit_process(code: int) -> NoReturn:
@@ -319,6 +320,7 @@ class RaftNode:
             logCompactionSplit=False,
             dynamicMembershipChange=True,
             useFork=False,
+            bindRetryTime=0.2,
         )
         try:
             self._obj = _EsdbSyncObj(self, conf)
@@ -328,6 +330,18 @@ class RaftNode:
             raise
         self._obj.addOnTickCallback(self._on_tick)
         self._tick_thread = self._obj._SyncObj__thread
+        # pysyncobj retries a failed bind for ever in the background; a node that cannot
+        # listen must fail loudly instead of looking alive.
+        transport = self._obj._SyncObj__transport
+        deadline = time.monotonic() + BIND_TIMEOUT
+        while not transport.ready and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not transport.ready:
+            self.destroy()
+            raise Unavailable(
+                f"cannot listen for raft on {config.bind_addr}",
+                hint="is another process using the port?",
+            )
 
     # --- the replicated entry point (tick thread) ------------------------------------------------
 
@@ -428,6 +442,10 @@ class RaftNode:
 
     def members(self) -> tuple[str, ...]:
         return tuple(sorted([self.config.self_addr, *(n.id for n in self._obj.otherNodes)]))
+
+    def compact(self) -> None:
+        """Take a snapshot and truncate the log soon (asynchronously), whatever the triggers."""
+        self._obj.forceLogCompaction()
 
     # --- fault injection --------------------------------------------------------------------------
 

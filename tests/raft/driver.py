@@ -184,7 +184,7 @@ def main() -> None:
                 threading.Thread(target=membership, args=(node, req), daemon=True).start()
                 continue
             elif op == "compact":
-                node._obj.forceLogCompaction()
+                node.compact()
                 result = {}
             elif op == "exit":
                 node.destroy()

@@ -189,3 +189,17 @@ def test_single_member_commits_without_waiting_a_tick(
     finally:
         node.destroy()
         store.close()
+
+
+def test_a_port_in_use_fails_loudly(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        store = Store(tmp_path / "store")
+        cfg = RaftConfig(f"127.0.0.1:{port}", (), tmp_path, SECRET)
+        with pytest.raises(Unavailable, match="cannot listen"):
+            RaftNode(cfg, store)
+        store.close()

@@ -77,7 +77,7 @@ def test_crash_between_dump_and_truncation_keeps_the_log(
     monkeypatch.setattr(SnapshotManager, "check", never_done)
     node = single.start()
     assert all(isinstance(o, Applied) for o in single.write(20))
-    node._obj.forceLogCompaction()
+    node.compact()
     wait_for("the dump file", lambda: node.snapshots.dumps == 1, 20)
     assert all(isinstance(o, Applied) for o in single.write(20))
     last_before = node.status().log_length
@@ -103,7 +103,7 @@ def test_stock_dump_loading_loses_the_log_tail(
     )
     node = single.start()
     single.write(20)
-    node._obj.forceLogCompaction()
+    node.compact()
     wait_for("the dump file", lambda: node.snapshots.dumps == 1, 20)
     single.write(20)
     single.stop()
@@ -124,7 +124,7 @@ def test_unreadable_dump_does_not_leave_the_node_stuck(
         monkeypatch.setattr(node_mod._EsdbSyncObj, "_esdb_dump_unreadable", lambda self, exc: None)
     node = single.start()
     single.write(20)
-    node._obj.forceLogCompaction()
+    node.compact()
     wait_for("compaction", lambda: node.status().log_length <= 3, 20)
     single.write(5)
     single.stop()
@@ -140,5 +140,5 @@ def test_unreadable_dump_does_not_leave_the_node_stuck(
     assert all(isinstance(o, Applied) for o in outcomes), outcomes
     assert single.store is not None and single.store.last_position == 27
     assert (single.data / "raft" / "dump.corrupt").exists()
-    node._obj.forceLogCompaction()  # and it can take a fresh dump afterwards
+    node.compact()  # and it can take a fresh dump afterwards
     wait_for("a fresh dump", lambda: node.snapshots.dumps == 1, 20)
