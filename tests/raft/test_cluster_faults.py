@@ -194,3 +194,18 @@ def test_storage_failure_stops_the_node_with_exit_70(make_cluster: type[Cluster]
     log = node.log_path.read_text()
     assert "stopping the node (exit 70)" in log
     assert "injected: No space left on device" in log
+
+
+def test_one_way_partition_old_leader_hears_but_cannot_speak(make_cluster: type[Cluster]) -> None:
+    cluster = make_cluster(3).start()
+    old = cluster.leader()
+    others = [n for n in cluster.nodes if n is not old]
+    old.request("partition", drop_in=[], drop_out=[n.addr for n in others])
+    assert old.status()["partition_out"] == sorted(n.addr for n in others)
+    new = cluster.leader(among=others, timeout=10)
+    # It still receives: it sees the new term and follows the new leader, acking nothing.
+    wait_for("the old leader to follow", lambda: old.status()["leader"] == new.addr, 10)
+    res = new.request("append", count=10, events=1)
+    assert res["applied"] == 10
+    old.request("partition", drop_in=[], drop_out=[])
+    assert_has_all(cluster.nodes, set(res["acked"]))
