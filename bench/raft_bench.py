@@ -220,51 +220,73 @@ class Proc:
         self.log.close()
 
 
-def run_config(
-    kind: str, durability: str, seconds: float, work: Path
-) -> dict[tuple[int, int], Any]:
-    addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
-    procs: list[Proc] = []
-    try:
+class Cluster:
+    """Three node processes of one configuration; the leader runs the load."""
+
+    def __init__(self, kind: str, durability: str, work: Path) -> None:
+        self.label = f"{kind}-{durability}" if kind == "esdb" else f"stock-{kind}"
+        addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
+        self.procs: list[Proc] = []
         for i, addr in enumerate(addrs):
             spec = {
                 "kind": kind,
                 "addr": addr,
                 "peers": [a for a in addrs if a != addr],
-                "data": str(work / f"{kind}-{durability}-{i}"),
+                "data": str(work / f"{self.label}-{i}"),
                 "durability": durability,
             }
-            procs.append(Proc(spec, work / f"{kind}-{durability}-{i}.log"))
-        for p in procs:
+            self.procs.append(Proc(spec, work / f"{self.label}-{i}.log"))
+        self.leader: Proc | None = None
+
+    def ready(self) -> None:
+        for p in self.procs:
             p.read(60)
         deadline = time.monotonic() + 30
-        leader = None
-        while leader is None and time.monotonic() < deadline:
-            for p in procs:
+        while self.leader is None and time.monotonic() < deadline:
+            for p in self.procs:
                 if p.ask({"op": "is_leader"}, 10)["leader"]:
-                    leader = p
+                    self.leader = p
                     break
             time.sleep(0.2)
-        if leader is None:
-            raise RuntimeError(f"{kind}: no leader")
-        leader.ask({"op": "run", "events": 1, "inflight": 1, "seconds": 0.5}, 30)  # warm-up
-        results = {}
+        if self.leader is None:
+            raise RuntimeError(f"{self.label}: no leader")
+        self.run(1, 1, 0.5)  # warm-up
+
+    def run(self, events: int, inflight: int, seconds: float) -> dict[str, Any]:
+        assert self.leader is not None
+        req = {"op": "run", "events": events, "inflight": inflight, "seconds": seconds}
+        return self.leader.ask(req, seconds + 60)
+
+    def kill(self) -> None:
+        for p in self.procs:
+            p.kill()
+
+
+def run_all(seconds: float, work: Path) -> dict[str, dict[tuple[int, int], Any]]:
+    """All configurations are started first and each cell runs for every configuration back
+    to back, so load from elsewhere on a shared machine hits them alike."""
+    configs = [("naive", "os"), ("tuned", "os"), ("esdb", "fsync"), ("esdb", "os")]
+    clusters = []
+    try:
+        for kind, durability in configs:
+            clusters.append(Cluster(kind, durability, work))
+        for c in clusters:
+            c.ready()
+        results: dict[str, dict[tuple[int, int], Any]] = {c.label: {} for c in clusters}
         for events, inflight in CELLS:
-            r = leader.ask(
-                {"op": "run", "events": events, "inflight": inflight, "seconds": seconds},
-                seconds + 60,
-            )
-            results[(events, inflight)] = r
-            print(
-                f"  {kind:5} {durability:5} batch {events:3} x{inflight}: "
-                f"{r['events_per_s']:9.0f} ev/s {r['ops_per_s']:7.0f} batches/s  "
-                f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}",
-                flush=True,
-            )
+            for c in clusters:
+                r = c.run(events, inflight, seconds)
+                results[c.label][(events, inflight)] = r
+                print(
+                    f"  {c.label:12} batch {events:3} x{inflight}: "
+                    f"{r['events_per_s']:9.0f} ev/s {r['ops_per_s']:7.0f} batches/s  "
+                    f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}",
+                    flush=True,
+                )
         return results
     finally:
-        for p in procs:
-            p.kill()
+        for c in clusters:
+            c.kill()
 
 
 def codec_bench() -> list[dict[str, Any]]:
@@ -335,9 +357,9 @@ def main() -> None:
         print("frame codec, encode+decode per message:")
         codec = codec_bench()
         print(f"3-node clusters on 127.0.0.1, {seconds:.0f} s per cell, {os.cpu_count()} CPUs:")
-        base = run_config("stock", "os", seconds, work)
-        tuned = run_config("tuned", "os", seconds, work)
-        esdb = {d: run_config("esdb", d, seconds, work) for d in ("fsync", "os")}
+        results = run_all(seconds, work)
+        base, tuned = results["stock-naive"], results["stock-tuned"]
+        esdb = {"fsync": results["esdb-fsync"], "os": results["esdb-os"]}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("\nevents/s vs the naive stock baseline (same batch size and batches in flight):")
