@@ -105,7 +105,6 @@ class LmdbJournal(Journal):
         self.synced_commits = 0
         self.written_index = 0
         self.written_vote: tuple[int, str | None] = (0, None)
-        self.on_commit: Callable[[LmdbJournal, bool], None] | None = None
 
         with self._env.begin() as txn:
             cur = txn.cursor(db=self._log)
@@ -180,8 +179,6 @@ class LmdbJournal(Journal):
         if vote is not None:
             self.written_vote = vote
         self._trim_cache()
-        if self.on_commit is not None:
-            self.on_commit(self, self.fsync)
 
     def _trim_cache(self) -> None:
         cache = self._cache

@@ -24,7 +24,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any, NoReturn
 
 from pysyncobj import SyncObj, SyncObjConf, replicated
@@ -58,7 +57,7 @@ from esdb_node.raft.outcome import (
     Unknown,
     failure_outcome,
 )
-from esdb_node.raft.snapshot import CorruptDump, SnapshotManager, read_header
+from esdb_node.raft.snapshot import SnapshotManager, read_header
 from esdb_node.raft.status import RaftStatus, RejectedPeers, parse_status
 from esdb_node.raft.transport import EsdbTransport, FrameCipher, PeerGuard
 from esdb_node.storage.store import Store
@@ -128,11 +127,14 @@ class _Deadlines:
         self._thread = threading.Thread(target=self._run, name="esdb-raft-deadlines", daemon=True)
         self._thread.start()
 
-    def add(self, pending: _Pending) -> None:
+    def add(self, pending: _Pending) -> bool:
         with self._cond:
+            if self._stopped:
+                return False
             heapq.heappush(self._heap, (pending.deadline, next(self._seq), pending))
             if self._heap[0][2] is pending:
                 self._cond.notify()
+            return True
 
     def _run(self) -> None:
         while True:
@@ -380,7 +382,9 @@ class RaftNode:
                 )
             )
             return
-        self._deadlines.add(pending)
+        if not self._deadlines.add(pending):  # destroy() ran since the check above
+            pending.resolve(Rejected(Unavailable("raft node is stopped")))
+            return
 
         def done(result: Any, reason: int) -> None:
             pending.resolve(self._outcome(result, reason))
@@ -611,9 +615,4 @@ class RaftNode:
             pending.resolve(Unknown("raft node stopped"))
 
 
-def raft_paths(data_dir: Path) -> tuple[Path, Path]:
-    """(journal directory, dump file) under a data dir; for tools and tests."""
-    return Path(data_dir) / "raft" / "journal", Path(data_dir) / "raft" / "dump"
-
-
-__all__ = ["EXIT_STORAGE_FAILURE", "CorruptDump", "RaftNode", "fatal", "raft_paths"]
+__all__ = ["EXIT_STORAGE_FAILURE", "RaftNode", "fatal"]
