@@ -294,6 +294,8 @@ class LmdbJournal(Journal):
             return
         try:
             self.flush()
+            if self._commit_dirty:
+                self._commit()
             if not self.fsync:
                 self._env.sync(True)  # clean shutdown: leave nothing only in the page cache
         finally:

@@ -205,6 +205,28 @@ class _EsdbSyncObj(
         if self._SyncObj__needLoadDumpFile:
             self._esdb_check_missing_dump()
         super()._onTick(timeToWait)
+        if not self._esdb_membership_restored and not self._SyncObj__needLoadDumpFile:
+            self._esdb_membership_restored = True
+            self._esdb_restore_membership()
+
+    _esdb_membership_restored = False
+
+    def _esdb_restore_membership(self) -> None:
+        """Raft uses the latest configuration in the log, committed or not; pysyncobj only
+        re-applies a membership entry at restart once it is committed again, and the commit
+        index is persisted lazily. Without this, a node restarted right after a change would
+        run with the previous membership (e.g. a grown cluster's first member would elect
+        itself alone). A follower does the same on append (syncobj.py:1008-1013), and the
+        stock truncation path undoes it if the entry is later overwritten."""
+        log_ = self._SyncObj__raftLog
+        start = max(self.raftCommitIndex, self.raftLastApplied) + 1
+        end = log_[-1][1]
+        if start > end or start < log_[0][1]:
+            return
+        for command, idx, _term in log_[start - log_[0][1] : end - log_[0][1] + 1]:
+            request = self._SyncObj__parseChangeClusterRequest(command)
+            if request is not None and self._SyncObj__doChangeCluster(request):
+                log.info("raft: membership change at index %d restored from the log", idx)
 
     def _checkCommandsToApply(self) -> None:
         before = self._esdb_journal.last_index

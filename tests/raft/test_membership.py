@@ -93,3 +93,27 @@ def test_transfer_leadership_and_remove_members(make_cluster: type[Cluster]) -> 
     assert third.status()["members_list"] == [third.addr]
     assert third.status()["role"] == "leader"
     assert third.request("append", count=5, events=1)["applied"] == 5
+
+
+def test_restart_right_after_growing_keeps_the_new_membership(make_cluster: type[Cluster]) -> None:
+    """A one-member cluster grows to two; its first member is killed right after the change
+    commits and restarted with its original (empty) peer list. It must not lead alone."""
+    cluster = make_cluster(1)
+    first = cluster.nodes[0].start()
+    wait_for("single node leads", lambda: first.status()["role"] == "leader", 15)
+    first.request("append", count=5, events=1)
+    joiner = cluster.new_node(peers=[first.addr])
+    pending = first.send("add_member", addr=joiner.addr, timeout=30)
+    joiner.start()
+    first.wait_reply(pending, 40)
+    first.kill()  # at once: the commit index on disk may still predate the change
+    first.start()
+    wait_for(
+        "the restarted member to know both members",
+        lambda: sorted(first.status()["members_list"]) == sorted([first.addr, joiner.addr]),
+        5,
+    )
+    leader = cluster.leader(among=[first, joiner], timeout=15)
+    assert leader.request("append", count=5, events=1)["applied"] == 5
+    for node in (first, joiner):
+        wait_for("both members agree", lambda n=node: n.status()["last_position"] == 9, 15)

@@ -4,6 +4,7 @@ Single-member clusters in the test process, restarted on the same data directory
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from inproc import batch, submit_wait
 from raft_harness import SECRET, free_ports, wait_for
 
+from esdb_node.errors import Timeout
 from esdb_node.raft import Applied, RaftConfig, RaftNode, Unknown, patches
 from esdb_node.raft import node as node_mod
 from esdb_node.raft.snapshot import SnapshotManager
@@ -142,3 +144,31 @@ def test_unreadable_dump_does_not_leave_the_node_stuck(
     assert (single.data / "raft" / "dump.corrupt").exists()
     node.compact()  # and it can take a fresh dump afterwards
     wait_for("a fresh dump", lambda: node.snapshots.dumps == 1, 20)
+
+
+@pytest.mark.parametrize("variant", ["stock", "fixed"])
+def test_restart_uses_the_latest_membership_in_the_log(
+    single: Single, monkeypatch: pytest.MonkeyPatch, variant: str
+) -> None:
+    """A membership entry that is in the log but not (known to be) committed must count at
+    restart. Stock only re-applies it once committed again, so a lone first member restarted
+    with its original peer list elects itself and commits alone."""
+    if variant == "stock":
+        monkeypatch.setattr(node_mod._EsdbSyncObj, "_esdb_restore_membership", lambda self: None)
+    node = single.start()
+    single.write(3)
+    (ghost_port,) = free_ports(1)
+    ghost = f"127.0.0.1:{ghost_port}"
+    with pytest.raises(Timeout):  # appended, never committed: the ghost never acks
+        node.add_member(ghost, timeout=0.5)
+    single.stop()
+    store = Store(single.data / "store", sync=False)
+    node = RaftNode(single.config, store)  # peers=() as configured originally
+    single.node, single.store = node, store
+    led_alone = False
+    end = time.monotonic() + 2.5  # several election timeouts (0.4-0.8 s)
+    while time.monotonic() < end:
+        led_alone = led_alone or node.is_leader()
+        time.sleep(0.01)
+    assert ghost in node.members() or variant == "stock"
+    assert led_alone == (variant == "stock")
