@@ -277,6 +277,15 @@ class LmdbJournal(Journal):
     def __getitem__(self, item: slice) -> LogSlice: ...
 
     def __getitem__(self, item: int | slice) -> Entry | LogSlice:
+        # pysyncobj reads log[-1] and log[0] many times per message: keep that path short.
+        if item.__class__ is int and self._last:
+            idx = self._last + 1 + item if item < 0 else self._first + item
+            cache = self._cache
+            offset = idx - self._last + len(cache) - 1
+            if offset >= 0 and idx <= self._last:
+                return cache[offset]
+            if self._first <= idx < self._last:
+                return self.entry(idx)
         n = len(self)
         if isinstance(item, slice):
             start, stop, step = item.indices(n)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
 from pysyncobj import SyncObj, SyncObjConf, replicated
-from pysyncobj.node import TCPNode
+from pysyncobj.node import Node, TCPNode
 
 from esdb_node.errors import (
     EsdbError,
@@ -85,6 +85,29 @@ def fatal(message: str) -> NoReturn:
             handler.flush()
     sys.stderr.flush()
     exit_process(EXIT_STORAGE_FAILURE)
+
+
+class EsdbNode(TCPNode):
+    """pysyncobj keys its per-member dicts by node objects; stock TCPNode hashes and compares
+    through a property on every lookup (a hot spot in profiles). Same identity: the address."""
+
+    def __init__(self, address: str, **kwargs: Any) -> None:
+        super().__init__(address, **kwargs)
+        self._hash = hash(address)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Membership commands carry a pickled node; str hashes differ between processes.
+        self.__dict__.update(state)
+        self.__dict__["_hash"] = hash(self._id)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Node) and self._id == other._id
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
 
 
 class _ApplyFailed:
@@ -179,7 +202,13 @@ class _EsdbSyncObj(
         self._esdb_tick_calls: deque[Callable[[], None]] = deque()
         self._esdb_next_housekeeping = 0.0
         config = owner.config
-        super().__init__(config.self_addr, list(config.peers), conf, transportClass=EsdbTransport)
+        super().__init__(
+            config.self_addr,
+            list(config.peers),
+            conf,
+            nodeClass=EsdbNode,
+            transportClass=EsdbTransport,
+        )
 
     # The transport asks the SyncObj for its cipher; esdb's replaces pysyncobj's Fernet one.
     @property
@@ -316,7 +345,7 @@ class RaftNode:
         )
         self.guard_cipher = FrameCipher(config.secret, config.cluster_id)
         self._guard = PeerGuard(self.guard_cipher, config.preauth_frame_bytes, config.frame_cap)
-        self.snapshots = SnapshotManager(store, raft_dir / "dump", TCPNode)
+        self.snapshots = SnapshotManager(store, raft_dir / "dump", EsdbNode)
         self._deadlines = _Deadlines()
         conf = SyncObjConf(
             journalFile=self._journal,  # an object: see patches._create_journal
@@ -345,6 +374,7 @@ class RaftNode:
             dynamicMembershipChange=True,
             useFork=False,
             bindRetryTime=0.2,
+            onStateChanged=self._on_state_changed,
         )
         try:
             self._obj = _EsdbSyncObj(self, conf)
@@ -384,6 +414,11 @@ class RaftNode:
         except Exception as exc:
             log.exception("raft: applying a committed entry raised; the entry changed nothing")
             return _ApplyFailed(f"{type(exc).__name__}: {exc}")
+
+    def _on_state_changed(self, old: int, new: int) -> None:
+        # Called before pysyncobj updates the term of a new election, so none is logged here.
+        names = ("follower", "candidate", "leader")
+        log.info("raft: %s -> %s", names[old], names[new])
 
     # --- submit -----------------------------------------------------------------------------------
 
@@ -551,7 +586,7 @@ class RaftNode:
         returns once another member leads (`to`, if given)."""
         self._not_on_tick_thread()
         deadline = time.monotonic() + timeout
-        target = None if to is None else TCPNode(to)
+        target = None if to is None else EsdbNode(to)
         while True:
             if not self.is_leader():
                 leader = self.leader()
