@@ -210,7 +210,9 @@ class Proc:
         t.start()
         t.join(timeout)
         if not box or not box[0]:
-            raise RuntimeError(f"node did not answer (see {self.log.name})")
+            self.log.flush()
+            tail = Path(self.log.name).read_text()[-3000:]
+            raise RuntimeError(f"node did not answer; its log ends with:\n{tail}")
         return json.loads(box[0])  # type: ignore[no-any-return]
 
     def kill(self) -> None:
@@ -223,9 +225,9 @@ class Proc:
 class Cluster:
     """Three node processes of one configuration; the leader runs the load."""
 
-    def __init__(self, kind: str, durability: str, work: Path) -> None:
+    def __init__(self, kind: str, durability: str, work: Path, ports: list[int]) -> None:
         self.label = f"{kind}-{durability}" if kind == "esdb" else f"stock-{kind}"
-        addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
+        addrs = [f"127.0.0.1:{p}" for p in ports]
         self.procs: list[Proc] = []
         for i, addr in enumerate(addrs):
             spec = {
@@ -267,9 +269,10 @@ def run_all(seconds: float, work: Path) -> dict[str, dict[tuple[int, int], Any]]
     to back, so load from elsewhere on a shared machine hits them alike."""
     configs = [("naive", "os"), ("tuned", "os"), ("esdb", "fsync"), ("esdb", "os")]
     clusters = []
+    ports = free_ports(3 * len(configs))  # all at once: no port handed out twice
     try:
-        for kind, durability in configs:
-            clusters.append(Cluster(kind, durability, work))
+        for i, (kind, durability) in enumerate(configs):
+            clusters.append(Cluster(kind, durability, work, ports[3 * i : 3 * i + 3]))
         for c in clusters:
             c.ready()
         results: dict[str, dict[tuple[int, int], Any]] = {c.label: {} for c in clusters}
