@@ -61,6 +61,7 @@ class RaftConfig:
     max_frame_bytes: int = 0  # 0: derived from max_entry_bytes
     preauth_frame_bytes: int = 16 << 10
     append_batch_bytes: int = 1 << 20
+    socket_buffer_bytes: int = 1 << 20
     queue_size: int = 100_000
     journal_map_size: int = 64 << 30
 

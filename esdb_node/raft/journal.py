@@ -31,6 +31,7 @@ import lmdb
 from pysyncobj.journal import Journal
 
 from esdb_node.codec import pack, unpack_trusted
+from esdb_node.errors import StorageFailure
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +73,21 @@ class LmdbJournal(Journal):
         # fsync mode: every commit is synced (data pages, then the meta page), so a commit is
         # either entirely on disk or not at all. os mode (NOSYNC): commits reach the page cache
         # only; a kill -9 loses nothing, a power loss can lose the tail of the journal.
-        self._env = lmdb.open(
-            str(self.path),
-            map_size=map_size,
-            max_dbs=2,
-            sync=fsync,
-            metasync=fsync,
-            writemap=False,
-            readahead=False,
-            max_readers=64,
-        )
-        self._log = self._env.open_db(b"log")
-        self._meta = self._env.open_db(b"meta")
+        try:
+            self._env = lmdb.open(
+                str(self.path),
+                map_size=map_size,
+                max_dbs=2,
+                sync=fsync,
+                metasync=fsync,
+                writemap=False,  # a full disk fails the commit instead of SIGBUS (notes F8)
+                readahead=False,
+                max_readers=64,
+            )
+            self._log = self._env.open_db(b"log")
+            self._meta = self._env.open_db(b"meta")
+        except lmdb.Error as exc:
+            raise StorageFailure(f"cannot open the raft journal at {self.path}: {exc}") from None
         self._closed = False
 
         self._cache: deque[Entry] = deque()
@@ -101,7 +105,6 @@ class LmdbJournal(Journal):
         self.synced_commits = 0
         self.written_index = 0
         self.written_vote: tuple[int, str | None] = (0, None)
-        self.on_commit: Callable[[LmdbJournal, bool], None] | None = None
 
         with self._env.begin() as txn:
             cur = txn.cursor(db=self._log)
@@ -176,8 +179,6 @@ class LmdbJournal(Journal):
         if vote is not None:
             self.written_vote = vote
         self._trim_cache()
-        if self.on_commit is not None:
-            self.on_commit(self, self.fsync)
 
     def _trim_cache(self) -> None:
         cache = self._cache
@@ -276,6 +277,15 @@ class LmdbJournal(Journal):
     def __getitem__(self, item: slice) -> LogSlice: ...
 
     def __getitem__(self, item: int | slice) -> Entry | LogSlice:
+        # pysyncobj reads log[-1] and log[0] many times per message: keep that path short.
+        if item.__class__ is int and self._last:
+            idx = self._last + 1 + item if item < 0 else self._first + item
+            cache = self._cache
+            offset = idx - self._last + len(cache) - 1
+            if offset >= 0 and idx <= self._last:
+                return cache[offset]
+            if self._first <= idx < self._last:
+                return self.entry(idx)
         n = len(self)
         if isinstance(item, slice):
             start, stop, step = item.indices(n)
@@ -293,6 +303,8 @@ class LmdbJournal(Journal):
             return
         try:
             self.flush()
+            if self._commit_dirty:
+                self._commit()
             if not self.fsync:
                 self._env.sync(True)  # clean shutdown: leave nothing only in the page cache
         finally:

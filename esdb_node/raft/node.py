@@ -24,11 +24,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any, NoReturn
 
 from pysyncobj import SyncObj, SyncObjConf, replicated
-from pysyncobj.node import TCPNode
+from pysyncobj.node import Node, TCPNode
 
 from esdb_node.errors import (
     EsdbError,
@@ -58,7 +57,7 @@ from esdb_node.raft.outcome import (
     Unknown,
     failure_outcome,
 )
-from esdb_node.raft.snapshot import CorruptDump, SnapshotManager, read_header
+from esdb_node.raft.snapshot import SnapshotManager, read_header
 from esdb_node.raft.status import RaftStatus, RejectedPeers, parse_status
 from esdb_node.raft.transport import EsdbTransport, FrameCipher, PeerGuard
 from esdb_node.storage.store import Store
@@ -66,6 +65,7 @@ from esdb_node.storage.store import Store
 log = logging.getLogger(__name__)
 
 EXIT_STORAGE_FAILURE = 70
+BIND_TIMEOUT = 3.0
 
 
 def _exit_process(code: int) -> NoReturn:
@@ -85,6 +85,29 @@ def fatal(message: str) -> NoReturn:
             handler.flush()
     sys.stderr.flush()
     exit_process(EXIT_STORAGE_FAILURE)
+
+
+class EsdbNode(TCPNode):
+    """pysyncobj keys its per-member dicts by node objects; stock TCPNode hashes and compares
+    through a property on every lookup (a hot spot in profiles). Same identity: the address."""
+
+    def __init__(self, address: str, **kwargs: Any) -> None:
+        super().__init__(address, **kwargs)
+        self._hash = hash(address)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Membership commands carry a pickled node; str hashes differ between processes.
+        self.__dict__.update(state)
+        self.__dict__["_hash"] = hash(self._id)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Node) and self._id == other._id
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
 
 
 class _ApplyFailed:
@@ -127,11 +150,14 @@ class _Deadlines:
         self._thread = threading.Thread(target=self._run, name="esdb-raft-deadlines", daemon=True)
         self._thread.start()
 
-    def add(self, pending: _Pending) -> None:
+    def add(self, pending: _Pending) -> bool:
         with self._cond:
+            if self._stopped:
+                return False
             heapq.heappush(self._heap, (pending.deadline, next(self._seq), pending))
             if self._heap[0][2] is pending:
                 self._cond.notify()
+            return True
 
     def _run(self) -> None:
         while True:
@@ -176,7 +202,13 @@ class _EsdbSyncObj(
         self._esdb_tick_calls: deque[Callable[[], None]] = deque()
         self._esdb_next_housekeeping = 0.0
         config = owner.config
-        super().__init__(config.self_addr, list(config.peers), conf, transportClass=EsdbTransport)
+        super().__init__(
+            config.self_addr,
+            list(config.peers),
+            conf,
+            nodeClass=EsdbNode,
+            transportClass=EsdbTransport,
+        )
 
     # The transport asks the SyncObj for its cipher; esdb's replaces pysyncobj's Fernet one.
     @property
@@ -202,6 +234,28 @@ class _EsdbSyncObj(
         if self._SyncObj__needLoadDumpFile:
             self._esdb_check_missing_dump()
         super()._onTick(timeToWait)
+        if not self._esdb_membership_restored and not self._SyncObj__needLoadDumpFile:
+            self._esdb_membership_restored = True
+            self._esdb_restore_membership()
+
+    _esdb_membership_restored = False
+
+    def _esdb_restore_membership(self) -> None:
+        """Raft uses the latest configuration in the log, committed or not; pysyncobj only
+        re-applies a membership entry at restart once it is committed again, and the commit
+        index is persisted lazily. Without this, a node restarted right after a change would
+        run with the previous membership (e.g. a grown cluster's first member would elect
+        itself alone). A follower does the same on append (syncobj.py:1008-1013), and the
+        stock truncation path undoes it if the entry is later overwritten."""
+        log_ = self._SyncObj__raftLog
+        start = max(self.raftCommitIndex, self.raftLastApplied) + 1
+        end = log_[-1][1]
+        if start > end or start < log_[0][1]:
+            return
+        for command, idx, _term in log_[start - log_[0][1] : end - log_[0][1] + 1]:
+            request = self._SyncObj__parseChangeClusterRequest(command)
+            if request is not None and self._SyncObj__doChangeCluster(request):
+                log.info("raft: membership change at index %d restored from the log", idx)
 
     def _checkCommandsToApply(self) -> None:
         before = self._esdb_journal.last_index
@@ -291,7 +345,7 @@ class RaftNode:
         )
         self.guard_cipher = FrameCipher(config.secret, config.cluster_id)
         self._guard = PeerGuard(self.guard_cipher, config.preauth_frame_bytes, config.frame_cap)
-        self.snapshots = SnapshotManager(store, raft_dir / "dump", TCPNode)
+        self.snapshots = SnapshotManager(store, raft_dir / "dump", EsdbNode)
         self._deadlines = _Deadlines()
         conf = SyncObjConf(
             journalFile=self._journal,  # an object: see patches._create_journal
@@ -314,9 +368,13 @@ class RaftNode:
             logCompactionMinEntries=config.compaction_min_entries,
             logCompactionMinTime=config.compaction_min_time,
             logCompactionBatchSize=config.snapshot_chunk_bytes,
+            sendBufferSize=config.socket_buffer_bytes,
+            recvBufferSize=config.socket_buffer_bytes,
             logCompactionSplit=False,
             dynamicMembershipChange=True,
             useFork=False,
+            bindRetryTime=0.2,
+            onStateChanged=self._on_state_changed,
         )
         try:
             self._obj = _EsdbSyncObj(self, conf)
@@ -326,6 +384,18 @@ class RaftNode:
             raise
         self._obj.addOnTickCallback(self._on_tick)
         self._tick_thread = self._obj._SyncObj__thread
+        # pysyncobj retries a failed bind for ever in the background; a node that cannot
+        # listen must fail loudly instead of looking alive.
+        transport = self._obj._SyncObj__transport
+        deadline = time.monotonic() + BIND_TIMEOUT
+        while not transport.ready and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not transport.ready:
+            self.destroy()
+            raise Unavailable(
+                f"cannot listen for raft on {config.bind_addr}",
+                hint="is another process using the port?",
+            )
 
     # --- the replicated entry point (tick thread) ------------------------------------------------
 
@@ -344,6 +414,11 @@ class RaftNode:
         except Exception as exc:
             log.exception("raft: applying a committed entry raised; the entry changed nothing")
             return _ApplyFailed(f"{type(exc).__name__}: {exc}")
+
+    def _on_state_changed(self, old: int, new: int) -> None:
+        # Called before pysyncobj updates the term of a new election, so none is logged here.
+        names = ("follower", "candidate", "leader")
+        log.info("raft: %s -> %s", names[old], names[new])
 
     # --- submit -----------------------------------------------------------------------------------
 
@@ -364,7 +439,9 @@ class RaftNode:
                 )
             )
             return
-        self._deadlines.add(pending)
+        if not self._deadlines.add(pending):  # destroy() ran since the check above
+            pending.resolve(Rejected(Unavailable("raft node is stopped")))
+            return
 
         def done(result: Any, reason: int) -> None:
             pending.resolve(self._outcome(result, reason))
@@ -427,6 +504,10 @@ class RaftNode:
     def members(self) -> tuple[str, ...]:
         return tuple(sorted([self.config.self_addr, *(n.id for n in self._obj.otherNodes)]))
 
+    def compact(self) -> None:
+        """Take a snapshot and truncate the log soon (asynchronously), whatever the triggers."""
+        self._obj.forceLogCompaction()
+
     # --- fault injection --------------------------------------------------------------------------
 
     def set_partition(self, drop_in: Iterable[str], drop_out: Iterable[str]) -> None:
@@ -442,8 +523,9 @@ class RaftNode:
         self._change_membership("add", addr, timeout)
 
     def remove_member(self, addr: str, timeout: float) -> None:
-        """Remove a member; a member already absent is a no-op. Removing the leader hands
-        leadership to another member first. Stop the removed node afterwards."""
+        """Remove another member; a member already absent is a no-op. To remove the leader,
+        transfer leadership away first and ask the new leader. Stop the removed node
+        afterwards (it is refused by the others, so it cannot disrupt them)."""
         self._change_membership("remove", addr, timeout)
 
     def _change_membership(self, op: str, addr: str, timeout: float) -> None:
@@ -458,8 +540,13 @@ class RaftNode:
             present = addr in self.members()
             if (op == "add") == present:
                 return
-            if op == "remove" and addr == self.config.self_addr and self.is_leader():
-                self.transfer_leadership(None, deadline - time.monotonic())
+            if op == "remove" and addr == self.config.self_addr:
+                # The new leader drops a removed member as soon as it appends the change, so
+                # the removed node itself can never learn the outcome.
+                raise InvalidInput(
+                    "a member cannot remove itself",
+                    hint="ask another member (transfer leadership away first if this one leads)",
+                )
             while True:
                 reason = self._wait_callback(
                     lambda cb: (
@@ -499,7 +586,7 @@ class RaftNode:
         returns once another member leads (`to`, if given)."""
         self._not_on_tick_thread()
         deadline = time.monotonic() + timeout
-        target = None if to is None else TCPNode(to)
+        target = None if to is None else EsdbNode(to)
         while True:
             if not self.is_leader():
                 leader = self.leader()
@@ -585,9 +672,4 @@ class RaftNode:
             pending.resolve(Unknown("raft node stopped"))
 
 
-def raft_paths(data_dir: Path) -> tuple[Path, Path]:
-    """(journal directory, dump file) under a data dir; for tools and tests."""
-    return Path(data_dir) / "raft" / "journal", Path(data_dir) / "raft" / "dump"
-
-
-__all__ = ["EXIT_STORAGE_FAILURE", "CorruptDump", "RaftNode", "fatal", "raft_paths"]
+__all__ = ["EXIT_STORAGE_FAILURE", "RaftNode", "fatal"]

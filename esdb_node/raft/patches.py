@@ -163,9 +163,37 @@ class SendAppendEntriesFix:
       sized for it).
     * Back-pressure: nothing more is queued for a peer whose socket already holds
       MAX_SEND_BACKLOG unsent bytes (stock queues without limit, e.g. a whole snapshot).
+    * One send per tick: with appendEntriesUseBatch=False stock sends append_entries to every
+      follower after *each* command it appends (syncobj.py:527) and again after applying
+      (line 697). Within a tick these sends are now deferred and done once, after the command
+      queue is drained, so N commands in flight cost one journal sync on the leader and one
+      message (one sync) per follower: group commit.
     """
 
+    _esdb_defer_sends = False
+    _esdb_deferred_send = False
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:
+        self._esdb_defer_sends = True
+        self._esdb_deferred_send = False
+        try:
+            super()._onTick(timeToWait)  # type: ignore[misc]
+        finally:
+            self._esdb_defer_sends = False
+
+    def _checkCommandsToApply(self) -> None:
+        try:
+            super()._checkCommandsToApply()  # type: ignore[misc]
+        finally:
+            self._esdb_defer_sends = False
+            if self._esdb_deferred_send:
+                self._esdb_deferred_send = False
+                self._SyncObj__sendAppendEntries()
+
     def _SyncObj__sendAppendEntries(self) -> None:
+        if self._esdb_defer_sends:
+            self._esdb_deferred_send = True
+            return
         conf = self._SyncObj__conf  # type: ignore[attr-defined]
         self._SyncObj__newAppendEntriesTime = monotonic_time() + conf.appendEntriesPeriod
         start = monotonic_time()
@@ -246,6 +274,7 @@ class SnapshotKeepaliveFix:
     """
 
     _esdb_last_snapshot_ack = 0.0
+    esdb_snapshot_transfers = 0  # transfers started towards this node (restarts included)
 
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> Any:
         mtype = message.get("type")
@@ -255,6 +284,8 @@ class SnapshotKeepaliveFix:
             return None
         result = super()._SyncObj__onMessageReceived(node, message)  # type: ignore[misc]
         if mtype == "append_entries" and message.get("serialized") is not None:
+            if message["serialized"][1]:
+                self.esdb_snapshot_transfers += 1
             now = monotonic_time()
             if now - self._esdb_last_snapshot_ack >= SNAPSHOT_ACK_INTERVAL:
                 self._esdb_last_snapshot_ack = now

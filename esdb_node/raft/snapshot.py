@@ -39,10 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pysyncobj.serializer as _pso_serializer
 from pysyncobj.config import SERIALIZER_STATE
 
-from esdb_node.codec import pack, unpack_untrusted
+from esdb_node.codec import pack
 from esdb_node.errors import CorruptRecord
 from esdb_node.storage.store import Store
 
@@ -132,7 +133,16 @@ def read_header(path: str | Path) -> DumpHeader:
     if zlib.crc32(raw) != header_crc:
         raise CorruptDump(f"snapshot {path}: header checksum mismatch")
     try:
-        value = unpack_untrusted(raw, max_bytes=len(raw) + 1)
+        value = msgpack.unpackb(
+            raw,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=len(raw),
+            max_bin_len=len(raw),
+            max_array_len=100_000,
+            max_map_len=16,
+            max_ext_len=0,
+        )
         if not isinstance(value, dict) or value.get("v") != 1:
             raise CorruptDump(f"snapshot {path}: unknown header version")
         cluster = value["cluster"]
@@ -174,7 +184,7 @@ def write_dump(
     path: Path, store: Store, last: Entry, prev: Entry, cluster: list[str]
 ) -> DumpHeader:
     """Write a complete, fsynced dump to `path` (a temporary name; the caller renames it)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)  # read back for the CRC
     try:
         _write_all(fd, MAGIC_HEAD)
         applied = store.copy_to_fd(fd)
@@ -297,7 +307,10 @@ class SnapshotManager:
         members = sorted(str(getattr(n, "id", n)) for n in cluster)
         with self._lock:
             if self._worker is not None and self._worker.is_alive():
+                # pysyncobj would truncate the log to *this* call's position when the running
+                # worker reports: make that report FAILED instead.
                 log.error("raft snapshot: serialize() while a dump is being written")
+                self._generation += 1
                 return
             self._report = None
             gen = self._generation

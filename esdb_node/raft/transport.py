@@ -222,6 +222,15 @@ class HardenedConnection(TcpConnection):
         buf.append(_LEN.pack(len(payload)))
         buf.append(payload)
         self._TcpConnection__trySendBuffer()
+        if buf and self.state == CONNECTION_STATE.CONNECTED:
+            # Stock only retries a partial send on the next send() (or a read event that
+            # happens to carry WRITE): a peer that is skipped for back-pressure, or a large
+            # snapshot chunk, would sit in the buffer for ever. Ask the poller to tell us.
+            self._TcpConnection__poller.subscribe(
+                self._TcpConnection__fileno,
+                self._TcpConnection__processConnection,
+                POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.WRITE | POLL_EVENT_TYPE.ERROR,
+            )
 
     def _TcpConnection__processSend(self) -> bool:
         buf = self._wbuf()
@@ -260,8 +269,11 @@ class HardenedConnection(TcpConnection):
         if len(buf) >= _LEN.size and len(buf) >= _LEN.size + _LEN.unpack_from(buf)[0]:
             return False  # a whole frame is buffered: parse it before reading more
         sock = self._TcpConnection__socket
+        want = self._TcpConnection__recvBufferSize
+        if not self._authed:  # never read far beyond the (small) first frame
+            want = min(want, self._guard.preauth_cap + _LEN.size)
         try:
-            incoming = sock.recv(self._TcpConnection__recvBufferSize)
+            incoming = sock.recv(want)
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
                 self.disconnect()

@@ -119,6 +119,20 @@ def read_ids(store: Store, stream: str) -> list[str]:
         version += len(payloads)
 
 
+def membership(node: RaftNode, req: dict[str, Any]) -> None:
+    try:
+        op, timeout = req["op"], req.get("timeout", 10.0)
+        if op == "add_member":
+            node.add_member(req["addr"], timeout)
+        elif op == "remove_member":
+            node.remove_member(req["addr"], timeout)
+        else:
+            node.transfer_leadership(req.get("to"), timeout)
+        emit({"id": req["id"], "ok": True})
+    except Exception as exc:
+        emit({"id": req["id"], "ok": False, "error": f"{type(exc).__name__}: {exc}"})
+
+
 def main() -> None:
     spec = json.loads(sys.argv[1])
     logging.basicConfig(
@@ -150,32 +164,27 @@ def main() -> None:
                 result["replays_skipped"] = node.replays_skipped
                 result["store_applied"] = list(store.applied)
                 result["last_position"] = store.last_position
-            elif op == "append":
-                if req.get("background"):
-                    threading.Thread(
-                        target=lambda r=req: emit(
-                            {"id": r["id"], "ok": True, **append_load(node, r)}
-                        ),
-                        daemon=True,
-                    ).start()
-                    continue
-                result = append_load(node, req)
+                result["snapshot_installs"] = node.snapshots.installs
+                result["snapshot_dumps"] = node.snapshots.dumps
+                result["snapshot_transfers"] = node._obj.esdb_snapshot_transfers
+                result["members_list"] = list(node.members())
+            elif op == "append":  # in the background: the node must keep answering status
+                threading.Thread(
+                    target=lambda r=req: emit({"id": r["id"], "ok": True, **append_load(node, r)}),
+                    daemon=True,
+                ).start()
+                continue
             elif op == "read":
                 result = {"ids": read_ids(store, req.get("stream", "s-1"))}
             elif op == "partition":
                 node.set_partition(req.get("drop_in", ()), req.get("drop_out", ()))
                 result = {}
-            elif op == "add_member":
-                node.add_member(req["addr"], req.get("timeout", 10.0))
-                result = {}
-            elif op == "remove_member":
-                node.remove_member(req["addr"], req.get("timeout", 10.0))
-                result = {}
-            elif op == "transfer":
-                node.transfer_leadership(req.get("to"), req.get("timeout", 10.0))
-                result = {}
+            elif op in ("add_member", "remove_member", "transfer"):
+                # Blocking calls run beside the command loop, which keeps answering status.
+                threading.Thread(target=membership, args=(node, req), daemon=True).start()
+                continue
             elif op == "compact":
-                node._obj.forceLogCompaction()
+                node.compact()
                 result = {}
             elif op == "exit":
                 node.destroy()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +121,64 @@ def test_heartbeat_from_old_term_is_ignored_by_the_fix() -> None:
     obj._SyncObj__raftCurrentTerm = 5
     deliver(obj, append_entries(1, 0, [], term=3))
     assert not transport(obj).of_type("next_node_idx")
+
+
+@pytest.mark.parametrize("variant", ["stock", "fixed"])
+def test_commands_queued_together_go_out_in_one_append_entries(variant: str) -> None:
+    """Stock (appendEntriesUseBatch=False) sends append_entries to every follower after each
+    appended command; each such message costs the follower a journal sync. Fixed: one per
+    tick, carrying all the commands."""
+    leader = make(FixedObj if variant == "fixed" else StockObj)
+    leader._SyncObj__onNodeConnected(node())
+    leader._SyncObj__raftCurrentTerm = 1
+    leader._SyncObj__onBecomeLeader()
+    transport(leader).sent.clear()
+    for i in range(4):
+        leader.apply(b"cmd-%d" % i, callback=lambda _r, _e: None)
+    leader.doTick(0)
+    with_entries = [m for m in transport(leader).of_type("append_entries") if m.get("entries")]
+    assert sum(len(m["entries"]) for m in with_entries) == 4
+    assert len(with_entries) == (4 if variant == "stock" else 1)
+
+
+@pytest.mark.parametrize("variant", ["stock", "fixed"])
+def test_no_more_appends_queued_for_a_backlogged_peer(variant: str) -> None:
+    leader = make(FixedObj if variant == "fixed" else StockObj)
+    leader._SyncObj__onNodeConnected(node())
+    leader._SyncObj__raftCurrentTerm = 1
+    leader._SyncObj__onBecomeLeader()
+    fake = transport(leader)
+    fake.send_backlog = lambda _node: 64 << 20  # type: ignore[attr-defined]
+    fake.sent.clear()
+    leader._SyncObj__sendAppendEntries()
+    assert len(fake.of_type("append_entries")) == (1 if variant == "stock" else 0)
+
+
+class _DumpFixed(patches.DumpLoadFix, StockObj):
+    def _esdb_dump_positions(self) -> tuple[patches.Entry, patches.Entry]:
+        return self._dump[1], self._dump[0]
+
+    def _esdb_dump_unreadable(self, exc: BaseException) -> None:
+        raise AssertionError(exc)
+
+
+@pytest.mark.parametrize("variant", ["stock", "fixed"])
+def test_loading_a_dump_restarts_the_election_timer(variant: str, tmp_path: Path) -> None:
+    """Installing a snapshot can take seconds on the tick thread; stock then finds its
+    election deadline long past and starts an election against a healthy leader."""
+    last, prev = (b"\x01", 9, 1), (b"\x01", 8, 1)
+    dump = tmp_path / "dump"
+    dump.write_bytes(b"x")
+    cls = _DumpFixed if variant == "fixed" else StockObj
+    obj = make(
+        cls,
+        fullDumpFile=str(dump),
+        serializer=lambda _f, _d: None,
+        deserializer=lambda _f: (last, prev, {node("127.0.0.1:1"), node()}),
+    )
+    obj._dump = (last, prev)
+    obj._SyncObj__raftElectionDeadline = 0.0
+    obj._SyncObj__loadDumpFile(clearJournal=True)
+    assert obj.raftLastApplied == 9
+    expired = obj._SyncObj__raftElectionDeadline < time.monotonic()
+    assert expired == (variant == "stock")
