@@ -248,8 +248,9 @@ class ClusterNode:
         if discovery_config is not None:
             self.discovery = Discovery(discovery_config, logger=logging.getLogger("esdb.discovery"))
             self.discovery.start()
+        join_via: str | None = None
         if fresh and self.config.join and not is_dns_target(self.config.join):
-            peers = await self._join(self.config.join)
+            join_via = self.config.join
         elif fresh and self.discovery is not None:
             self.forming = True
             log.info(
@@ -265,7 +266,9 @@ class ClusterNode:
                 log.info("bootstrapping a new cluster: %s", ", ".join(decision.members))
                 peers = tuple(m for m in decision.members if m != self.identity.raft)
             else:
-                peers = await self._join(",".join(decision.targets))
+                join_via = ",".join(decision.targets)
+        if join_via is not None:
+            peers = await self._current_members(join_via)
         if self.discovery is not None:
             for peer in self.discovery.peers():
                 self._found_by.setdefault(peer.raft_addr, peer.found_by)
@@ -276,6 +279,10 @@ class ClusterNode:
             self.identity.node_id,
             ", ".join(peers) or "none (single-member cluster)",
         )
+        if join_via is not None:
+            # Raft runs before the change is proposed: growing a one-node cluster needs our
+            # acknowledgement to commit it. Until then the members refuse our traffic.
+            await self._join(join_via)
         if self.discovery is not None:
             self.discovery.set_cluster_state(True, None, members_hash(self._raft.members()))
 
@@ -343,8 +350,27 @@ class ClusterNode:
         except EsdbError as exc:
             log.error("could not leave the cluster: %s (still a member)", exc)
 
-    async def _join(self, target: str) -> tuple[str, ...]:
-        """Ask the cluster at `target` to add this node; returns the members to talk to."""
+    async def _current_members(self, target: str) -> tuple[str, ...]:
+        """The Raft members of the cluster at `target` (any node answers)."""
+        from esdb_node.client import AsyncClient
+
+        deadline = time.monotonic() + max(self.config.bootstrap_timeout, 10.0)
+        last: EsdbError | None = None
+        async with AsyncClient(target, timeout=5) as client:
+            while time.monotonic() < deadline:
+                try:
+                    reply = await client.admin("members", {}, leader=False, timeout=5)
+                    return tuple(str(m["raft"]) for m in reply["members"])
+                except (Unavailable, UnknownOutcome) as exc:
+                    last = exc
+                    await asyncio.sleep(0.5)
+        raise Unavailable(
+            f"no member of the cluster at {target} answered: {last}",
+            hint="is the cluster up? check the URL given to --join",
+        )
+
+    async def _join(self, target: str) -> None:
+        """Ask the leader (through any member at `target`) to add this node."""
         from esdb_node.client import AsyncClient
 
         deadline = time.monotonic() + max(self.config.bootstrap_timeout, 10.0)
@@ -353,12 +379,15 @@ class ClusterNode:
             while time.monotonic() < deadline:
                 try:
                     reply = await client.admin("add_member", self.join_request(), timeout=15)
-                    members = tuple(str(m) for m in reply["members"])
                     log.info(
-                        "joined the cluster through %s; members: %s", target, ", ".join(members)
+                        "joined the cluster through %s; members: %s",
+                        target,
+                        ", ".join(str(m) for m in reply["members"]),
                     )
-                    return members
+                    return
                 except (Unavailable, UnknownOutcome) as exc:
+                    # an election, or an unknown outcome: adding an existing member is a
+                    # no-op, so asking again is safe
                     last = exc
                     await asyncio.sleep(0.5)
         raise Unavailable(
@@ -564,7 +593,11 @@ class ClusterNode:
     async def _remove_member(self, req: p.RemoveMember) -> Any:
         self._check_secret(req.secret)
         raft_addr = self.resolve_member(req.node)
-        if not self.raft.is_leader():
+        self.replicator.check_writable()
+        if raft_addr == self.identity.raft:
+            # A leader cannot remove itself (it would never learn the outcome): hand over,
+            # then let the client retry on the new leader.
+            await self._blocking(self.raft.transfer_leadership, None, req.timeout)
             self.replicator.check_writable()
         async with self._membership:
             await self._blocking(self.raft.remove_member, raft_addr, req.timeout)

@@ -160,7 +160,11 @@ async def _serve(config: NodeConfig, files: NodeFiles) -> int:
     host, port = parse_hostport(config.listen, what="--listen", allow_zero=True)
     if config.cluster_mode and port == 0:
         raise InvalidInput("cluster nodes need a fixed --listen port (peers redirect to it)")
-    store = Store(files.store, sync=config.durability == "fsync")
+    # In a cluster the synced Raft journal is the recovery log: a store that lost its last
+    # commits in a crash replays them from it. So the store syncs once per commit without the
+    # meta-page sync (LMDB stays consistent, it may only lose the newest transactions).
+    fsync = config.durability == "fsync"
+    store = Store(files.store, sync=fsync, metasync=fsync and not config.cluster_mode)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -147,10 +147,12 @@ class Store:
         path: str | os.PathLike[str],
         *,
         sync: bool = True,
+        metasync: bool | None = None,
         map_size: int = DEFAULT_MAP_SIZE,
     ) -> None:
         self.path = Path(path)
         self.sync = sync
+        self.metasync = sync if metasync is None else metasync
         self.map_size = map_size
         self._swap_lock = _RWLock()
         self._listeners: list[Callable[[int], None]] = []
@@ -166,7 +168,7 @@ class Store:
                 map_size=self.map_size,
                 max_dbs=8,
                 sync=self.sync,
-                metasync=self.sync,
+                metasync=self.metasync,
                 writemap=False,  # a full disk must fail the commit, not SIGBUS the process
                 readahead=False,
                 max_readers=512,
