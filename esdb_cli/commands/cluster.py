@@ -249,7 +249,7 @@ def members() -> None:
     with connect() as client:
         reply = client.admin("members", {}, leader=False)
     printer().rows(
-        (member_row(m) for m in reply["members"]),
+        (member_row(m) for m in sorted(reply["members"], key=lambda m: str(m["id"]))),
         ["id", "url", "raft", "role", "reachable", "found_by", "last_seen"],
         key="members",
     )
