@@ -357,6 +357,9 @@ class AsyncClient:
                 last_error = exc
                 if self._note_redirect(exc):
                     continue
+                # A node that knows no leader (e.g. cut off from the majority) would be asked
+                # first again on every retry; try the next address instead.
+                self._preferred = (self._preferred + 1) % len(self.addresses)
             except (NotReady, Unavailable) as exc:
                 # Definitely not applied: the node refused, or nothing was reachable.
                 last_error = exc
