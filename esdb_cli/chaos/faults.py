@@ -14,6 +14,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from esdb_cli import local
@@ -214,7 +215,7 @@ class Restart:
         node = env.node(target)
         pid = env.cluster.running_pid(node)
         if pid is not None:
-            if target in env.paused:
+            if target in env.paused or _stopped(pid):
                 os.kill(pid, signal.SIGCONT)
                 env.paused.discard(target)
             env.cluster.stop_node(node, timeout=20.0 if self.graceful else 0.0, force=True)
@@ -280,11 +281,13 @@ class Heal:
 
     def inject(self, env: ChaosEnv, target: str) -> str:
         done = []
-        for node_id in sorted(env.paused):
-            pid = env.cluster.running_pid(env.node(node_id))
-            if pid is not None:
+        for node in env.cluster.nodes:
+            pid = env.cluster.running_pid(node)
+            # `env.paused` only knows this process's own pauses; `esdb chaos pause` ran in
+            # another one, so ask the kernel which nodes are stopped.
+            if pid is not None and (node.id in env.paused or _stopped(pid)):
                 os.kill(pid, signal.SIGCONT)
-                done.append(f"resumed {node_id}")
+                done.append(f"resumed {node.id}")
         env.paused.clear()
         if self.restart_killed:
             for node in env.cluster.nodes:
@@ -323,6 +326,15 @@ def run_fault(
         health_after=after.summary,
         detail=detail,
     )
+
+
+def _stopped(pid: int) -> bool:
+    """True if `pid` is stopped by a signal (SIGSTOP): state T in /proc/PID/stat."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state == "T"
 
 
 def _wait_gone(pid: int, timeout: float = 10.0) -> None:
