@@ -382,6 +382,10 @@ class AsyncClient:
                 self._leader = None
                 self._preferred = (self._preferred + 1) % len(self.addresses)
             except TimeoutError:
+                # The node took the whole budget (paused, or a leader cut off from its
+                # majority): do not send the caller's next request to it first again.
+                self._leader = None
+                self._preferred = (self._preferred + 1) % len(self.addresses)
                 break
             await asyncio.sleep(min(backoff, max(deadline - time.monotonic(), 0)))
             backoff = min(backoff * 2, 0.5)
