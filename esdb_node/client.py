@@ -316,6 +316,12 @@ class AsyncClient:
             hint="is the node running? check --url / ESDB_URL or `esdb node status`",
         )
 
+    def _start_after(self, address: Address) -> None:
+        """Make the address after `address` the first one tried (stepping the start by one
+        could land on the very node that just failed, when it was not the start)."""
+        if address in self.addresses:
+            self._preferred = (self.addresses.index(address) + 1) % len(self.addresses)
+
     def _note_redirect(self, exc: NotLeader) -> bool:
         if exc.leader_url:
             try:
@@ -350,6 +356,7 @@ class AsyncClient:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
+            conn: _Connection | None = None
             try:
                 conn = await self._any_connection(leader)
                 return await conn.call(op, fields, remaining)
@@ -359,7 +366,8 @@ class AsyncClient:
                     continue
                 # A node that knows no leader (e.g. cut off from the majority) would be asked
                 # first again on every retry; try the next address instead.
-                self._preferred = (self._preferred + 1) % len(self.addresses)
+                if conn is not None:
+                    self._start_after(conn.address)
             except (NotReady, Unavailable) as exc:
                 # Definitely not applied: the node refused, or nothing was reachable.
                 last_error = exc
@@ -382,10 +390,11 @@ class AsyncClient:
                 self._leader = None
                 self._preferred = (self._preferred + 1) % len(self.addresses)
             except TimeoutError:
-                # The node took the whole budget (paused, or a leader cut off from its
-                # majority): do not send the caller's next request to it first again.
+                # The node took the whole budget (paused, unplugged, or a leader cut off from
+                # its majority): do not send the caller's next request to it first again.
                 self._leader = None
-                self._preferred = (self._preferred + 1) % len(self.addresses)
+                if conn is not None:
+                    self._start_after(conn.address)
                 break
             await asyncio.sleep(min(backoff, max(deadline - time.monotonic(), 0)))
             backoff = min(backoff * 2, 0.5)
