@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,6 +65,15 @@ class FaultReport:
         }
 
 
+class Network(Protocol):
+    """Cuts links outside the nodes (e.g. `netns.SwitchPorts`); without one, partitions go
+    through each node's Raft transport hook."""
+
+    def partition(self, sides: Sequence[Sequence[str]], one_way: bool) -> str: ...
+
+    def heal(self) -> str: ...
+
+
 class Fault(Protocol):
     action: str
 
@@ -82,6 +92,7 @@ class ChaosEnv:
     rng: random.Random = field(default_factory=random.Random)
     paused: set[str] = field(default_factory=set)
     killed: set[str] = field(default_factory=set)
+    network: Network | None = None
 
     def client(self, timeout: float = 2.0) -> Client:
         return Client(self.cluster.urls, timeout=timeout, connect_timeout=0.5)
@@ -247,6 +258,8 @@ class Partition:
         return " | ".join(",".join(side) for side in resolved)
 
     def inject(self, env: ChaosEnv, target: str) -> str:
+        if env.network is not None:
+            return env.network.partition(self.sides, self.one_way)
         side_of = {n: i for i, side in enumerate(self.sides) for n in side}
         failed = []
         for node in env.cluster.nodes:
@@ -295,10 +308,15 @@ class Heal:
                     env.cluster.start_node(node)
                     done.append(f"started {node.id}")
             env.killed.clear()
-        for node in env.cluster.nodes:
-            # an unreachable node has no partition state worth clearing
-            with contextlib.suppress(EsdbError):
-                env.admin_fault(node, set(), set())
+        if env.network is not None:
+            plugged = env.network.heal()
+            if plugged:
+                done.append(plugged)
+        else:
+            for node in env.cluster.nodes:
+                # an unreachable node has no partition state worth clearing
+                with contextlib.suppress(EsdbError):
+                    env.admin_fault(node, set(), set())
         return "; ".join(done) or "partitions cleared"
 
 
