@@ -154,6 +154,10 @@ class _Remember:
     def inject(self, env: ChaosEnv, target: str) -> str:
         return self.fault.inject(env, target)
 
+    @property
+    def in_force_ns(self) -> int | None:
+        return getattr(self.fault, "in_force_ns", None)
+
 
 @dataclass
 class _Deferred:
@@ -176,6 +180,10 @@ class _Deferred:
 
     def inject(self, env: ChaosEnv, target: str) -> str:
         return self._get().inject(env, target)
+
+    @property
+    def in_force_ns(self) -> int | None:
+        return getattr(self._get(), "in_force_ns", None)
 
 
 # --- the workload ------------------------------------------------------------------------------
@@ -404,11 +412,13 @@ def _finals(env: ChaosEnv, opts: DrillOptions) -> list[h.Final]:
 
 
 def _failover(records: list[h.Record], reports: list[FaultReport]) -> list[h.Fault]:
-    """Recovery of each fault = first acknowledged append invoked after it."""
+    """Recovery of each fault: from the start of its injection to the first acknowledged
+    append invoked once it was in force (an append that slipped in while a partition was
+    still being set up proves nothing)."""
     acks = sorted((r.t0, r.t1) for r in records if isinstance(r, h.Append) and r.type == "ok")
     out = []
     for rep in reports:
-        after = [t1 for t0, t1 in acks if t0 >= rep.t_ns]
+        after = [t1 for t0, t1 in acks if t0 >= (rep.in_force_ns or rep.t_ns)]
         recovery = round((min(after) - rep.t_ns) / 1e9, 3) if after else None
         out.append(
             h.Fault(

@@ -43,13 +43,16 @@ class FaultReport:
     action: str
     target: str
     at: str  # ISO-8601 UTC
-    t_ns: int  # time.monotonic_ns() of the injection (for histories)
+    t_ns: int  # time.monotonic_ns() when the injection started (for histories)
     leader_before: str | None
     leader_after: str | None
     recovery_s: float | None  # until an append invoked after the fault was acknowledged
     health_before: str
     health_after: str
     detail: str = ""
+    # When the fault was fully in effect (every node partitioned, the process gone): an
+    # append invoked before this may succeed without proving anything about recovery.
+    in_force_ns: int = 0
 
     def row(self) -> dict[str, object]:
         return {
@@ -218,6 +221,7 @@ class Restart:
     spec: str
     graceful: bool = True
     action: str = "restart"
+    in_force_ns: int | None = None
 
     def target(self, env: ChaosEnv) -> str:
         return env.pick(self.spec).id if self.spec != "random" else env.pick("random").id
@@ -230,6 +234,7 @@ class Restart:
                 os.kill(pid, signal.SIGCONT)
                 env.paused.discard(target)
             env.cluster.stop_node(node, timeout=20.0 if self.graceful else 0.0, force=True)
+        self.in_force_ns = time.monotonic_ns()  # down now; writes must not wait for the start
         env.cluster.start_node(node)
         env.killed.discard(target)
         return f"{'SIGTERM' if self.graceful else 'SIGKILL'} + start" if pid else "start"
@@ -329,6 +334,9 @@ def run_fault(
     t_ns = time.monotonic_ns()
     at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     detail = fault.inject(env, target)
+    # A fault may say it was in effect before inject returned (a restart: from the stop);
+    # otherwise it is from now on.
+    in_force = getattr(fault, "in_force_ns", None) or time.monotonic_ns()
     since = t_ns / 1e9
     recovery = env.wait_recovered(recovery_timeout, since) if measure else None
     after = env.health()
@@ -343,6 +351,7 @@ def run_fault(
         health_before=before.summary,
         health_after=after.summary,
         detail=detail,
+        in_force_ns=in_force,
     )
 
 

@@ -217,3 +217,31 @@ def _stop_leftover_nodes(work: Path) -> None:
             if local.is_node_process(pid):
                 local.stop_pid(pid, timeout=10, force=True)
     assert not list(work.glob("esdb-drill-*")), "the drill left its throwaway cluster behind"
+
+
+def test_recovery_counts_only_appends_invoked_once_the_fault_was_in_force() -> None:
+    """An append that slipped through while a partition was still being set up is no
+    evidence that the cluster recovered."""
+    from esdb_cli.chaos import history as h
+    from esdb_cli.chaos.drill import _failover
+    from esdb_cli.chaos.faults import FaultReport
+
+    def ok(op: int, t0: int, t1: int) -> h.Append:
+        return h.Append(op, 0, "s", "any", t0, t1, "any", (f"e{op}",), "ok", op, op)
+
+    fault = FaultReport(
+        action="partition",
+        target="n1 | n2,n3",
+        at="2026-12-01T00:00:00.000Z",
+        t_ns=1_000_000_000,
+        leader_before="n1",
+        leader_after=None,
+        recovery_s=None,
+        health_before="",
+        health_after="",
+        in_force_ns=1_050_000_000,
+    )
+    early = ok(1, 1_010_000_000, 1_020_000_000)  # invoked mid-injection
+    late = ok(2, 1_060_000_000, 3_500_000_000)  # invoked after, acked by the new leader
+    (record,) = _failover([early, late], [fault])
+    assert record.t == 1_000_000_000 and record.recovery_s == 2.5
