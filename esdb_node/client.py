@@ -228,7 +228,11 @@ class _Connection:
             if timer is not None:
                 timer.cancel()
 
-    async def stream(self, op: str, fields: dict[str, Any]) -> AsyncIterator[Any]:
+    async def stream(
+        self, op: str, fields: dict[str, Any], idle_timeout: float | None = None
+    ) -> AsyncIterator[Any]:
+        """Chunks of one streamed answer; TimeoutError if the node sends nothing for
+        `idle_timeout` seconds (None: wait forever, as a live tail must)."""
         rid = next(self.ids)
         queue: asyncio.Queue[Any] = asyncio.Queue()
         self.streams[rid] = queue
@@ -236,7 +240,7 @@ class _Connection:
         finished = False
         try:
             while True:
-                item = await queue.get()
+                item = await asyncio.wait_for(queue.get(), idle_timeout)
                 if item is None:
                     finished = True
                     return
@@ -410,15 +414,23 @@ class AsyncClient:
         raise Timeout(f"{op} timed out after {budget:g}s")
 
     async def _stream(
-        self, op: str, fields: dict[str, Any], *, leader: bool
+        self, op: str, fields: dict[str, Any], *, leader: bool, idle_timeout: float | None = None
     ) -> AsyncGenerator[Any, None]:
         redirects = 0
         while True:
             conn = await self._any_connection(leader)
             try:
-                async for chunk in conn.stream(op, fields):
+                async for chunk in conn.stream(op, fields, idle_timeout):
                     yield chunk
                 return
+            except TimeoutError:
+                # A node that went silent (paused, unplugged) would otherwise hold a finite
+                # read forever: TCP keeps retransmitting for many minutes.
+                self._leader = None
+                self._start_after(conn.address)
+                raise Timeout(
+                    f"{op}: {format_url(conn.address)} sent nothing for {idle_timeout:g}s"
+                ) from None
             except NotLeader as exc:
                 redirects += 1
                 if redirects > 5 or not self._note_redirect(exc):
@@ -538,7 +550,10 @@ class AsyncClient:
             "limit": p.MAX_READ_LIMIT if limit is None else limit,
             "consistency": level,
         }
-        async for chunk in self._stream("read_stream", fields, leader=level == "leader"):
+        reads = self._stream(
+            "read_stream", fields, leader=level == "leader", idle_timeout=self.timeout
+        )
+        async for chunk in reads:
             for payload in chunk:
                 yield codec.decode_record(payload)
 
@@ -562,7 +577,10 @@ class AsyncClient:
             "filter": (filter or AllFilter()).to_wire(),
             "consistency": level,
         }
-        async for chunk in self._stream("read_all", fields, leader=level == "leader"):
+        reads = self._stream(
+            "read_all", fields, leader=level == "leader", idle_timeout=self.timeout
+        )
+        async for chunk in reads:
             for payload in chunk:
                 yield codec.decode_record(payload)
 
