@@ -4,6 +4,8 @@ command reports what it did between two health checks, with the documented exit 
 
 from __future__ import annotations
 
+import signal
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -14,10 +16,10 @@ from esdb_cli import local
 from esdb_cli.chaos.faults import ChaosEnv, Heal, Partition, run_fault
 from esdb_cli.localcluster import LocalCluster
 from esdb_node.client import Client
-from esdb_node.errors import EsdbError, NotLeader, StreamNotFound, UnknownOutcome
+from esdb_node.errors import EsdbError, NotLeader, StreamNotFound, Timeout, UnknownOutcome
 from esdb_node.model import EventData
 from tests.chaos.conftest import Run, status_of, wait_converged
-from tests.harness import wait_for
+from tests.harness import NodeProc, wait_for
 
 REPORT_KEYS = {
     "action",
@@ -343,3 +345,19 @@ def test_cli_fault_needs_a_cluster_dir(esdb: Callable[..., Run], tmp_path: Path)
     assert r.code == 2 and "hint: pass --cluster-dir" in r.err
     r = esdb("--cluster-dir", str(tmp_path / "nothing"), "chaos", "heal")
     assert r.code == 7 and "missing cluster.json" in r.err
+
+
+def test_a_read_from_a_node_gone_silent_times_out(node: NodeProc) -> None:
+    """A paused or unplugged node keeps its TCP connections open and says nothing: a
+    finite read must give up after the client's timeout instead of waiting for TCP."""
+    with Client(node.url, timeout=1.5, consistency="local") as client:
+        client.append("silent", _event(0))
+        assert len(client.read_stream("silent")) == 1  # the connection is open now
+        node.signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(Timeout, match=r"sent nothing for 1\.5s"):
+                client.read_stream("silent")
+            assert time.monotonic() - started < 10
+        finally:
+            node.signal(signal.SIGCONT)
