@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -71,7 +72,8 @@ def test_netns_without_root_is_refused(
     assert r.code == 2, r.err
     assert "error: --netns needs root" in r.err
     assert "hint: run it as root, or drop --netns" in r.err
-    assert _ours(os.getpid()) == []
+    if shutil.which("ip"):  # refused before creating anything
+        assert _ours(os.getpid()) == []
 
 
 @pytest.mark.parametrize("extra", [["--cluster-dir", "somewhere"], ["--keep"]])
