@@ -214,10 +214,9 @@ def drill(
         nx.require()
         # Re-run this drill inside the switch namespace, where the workload reaches the nodes.
         argv = ["--output", printer().fmt, "chaos", "drill", "--scenario", scenario]
-        argv += ["--duration", str(duration), "--clients", str(clients), "--seed", str(seed)]
-        argv += ["--nodes", str(nodes)]
-        argv += ["--history", str(history.resolve())] if history is not None else []
-        argv += [f"--test-flag={flag}" for flag in test_flag or ()]
+        argv += [f"--duration={duration}", f"--clients={clients}", f"--seed={seed}"]
+        argv += [f"--nodes={nodes}", *(f"--test-flag={flag}" for flag in test_flag or ())]
+        argv += [f"--history={history.resolve()}"] if history is not None else []
         return nx.run_in_namespaces(nodes, argv)
     network = None
     hosts: list[tuple[str, str]] = []

@@ -4,6 +4,8 @@ command reports what it did between two health checks, with the documented exit 
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -13,7 +15,17 @@ from pathlib import Path
 import pytest
 
 from esdb_cli import local
-from esdb_cli.chaos.faults import ChaosEnv, Heal, Partition, run_fault
+from esdb_cli.chaos.faults import (
+    ChaosEnv,
+    FaultReport,
+    Heal,
+    Kill,
+    Partition,
+    Pause,
+    Restart,
+    Resume,
+    run_fault,
+)
 from esdb_cli.localcluster import LocalCluster
 from esdb_node.client import Client
 from esdb_node.errors import EsdbError, NotLeader, StreamNotFound, Timeout, UnknownOutcome
@@ -361,3 +373,67 @@ def test_a_read_from_a_node_gone_silent_times_out(node: NodeProc) -> None:
             assert time.monotonic() - started < 10
         finally:
             node.signal(signal.SIGCONT)
+
+
+# --- each fault command: the fault it builds, its report in table and JSON (golden) ----------
+
+GOLDEN = Path(__file__).parent / "golden"
+FIXED = FaultReport(
+    action="partition",
+    target="n2 | n1,n3",
+    at="2026-12-01T15:01:10.988Z",
+    t_ns=1,
+    leader_before="n2",
+    leader_after="n3",
+    recovery_s=2.168,
+    health_before="leader n2, reachable n1,n2,n3",
+    health_after="leader n3, reachable n1,n2,n3",
+    detail="two-way raft partition",
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["kill", "--leader"], Kill("leader")),
+        (["kill", "n1", "--signal", "TERM"], Kill("n1", signal.SIGTERM)),
+        (["kill", "--random"], Kill("random")),
+        (["pause", "n2"], Pause("n2")),
+        (["resume", "n2"], Resume("n2")),
+        (["restart", "n3"], Restart("n3")),
+        (["partition", "--isolate", "leader"], Partition([["leader"]])),
+        (["partition", "n1,n2", "n3"], Partition([["n1", "n2"], ["n3"]])),
+        (["partition", "--one-way", "n1", "n2"], Partition([["n1"], ["n2"]], one_way=True)),
+        (["heal"], Heal()),
+    ],
+)
+def test_fault_commands_build_the_fault_and_print_one_report(
+    stopped_cluster: LocalCluster,
+    esdb: Callable[..., Run],
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    expected: object,
+) -> None:
+    """Every fault command goes through run_fault (health, inject, health) and prints its
+    report the same way: pinned on fixed data, in table and JSON."""
+    seen: list[object] = []
+
+    def fake_run_fault(env: ChaosEnv, fault: object, **_kw: object) -> FaultReport:
+        seen.append(fault)
+        return FIXED
+
+    monkeypatch.setattr("esdb_cli.chaos.faults.run_fault", fake_run_fault)
+    outputs = {}
+    for fmt in ("table", "json"):
+        r = esdb("--cluster-dir", str(stopped_cluster.dir), "--output", fmt, "chaos", *args)
+        assert r.code == 0, r.err
+        assert r.err == "partition n2 | n1,n3: two-way raft partition; recovered in 2.17s\n"
+        outputs[fmt] = r.out
+    assert seen == [expected, expected]
+    for fmt, text in outputs.items():
+        golden = GOLDEN / f"fault_report.{fmt}"
+        if os.environ.get("ESDB_UPDATE_GOLDEN") == "1":
+            golden.parent.mkdir(exist_ok=True)
+            golden.write_text(text)
+        assert text == golden.read_text(), f"{fmt} output changed (ESDB_UPDATE_GOLDEN=1 to accept)"
+    assert json.loads(outputs["json"]) == FIXED.row()
