@@ -237,13 +237,14 @@ def drill(
         )
         where = f" in network namespaces {netns_inside}-n*" if hosts else ""
         say(f"starting a throwaway {nodes}-node cluster{where} in {cluster.dir}")
-        cluster.start()
     else:
         assert directory is not None
         cluster = LocalCluster.load(directory)
     out = printer()
     dirty = []
     try:
+        if own:  # inside the try: nodes started before a failed start are stopped too
+            cluster.start()
         for name in names:
             opts = DrillOptions(scenario=name, duration=duration, clients=clients, seed=seed)
             say(f"drill {name}: {duration:g}s, {clients} clients, seed {seed}")
