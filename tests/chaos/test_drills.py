@@ -17,6 +17,7 @@ import pytest
 
 from esdb_cli import local
 from esdb_cli.chaos.drill import SCENARIOS
+from esdb_cli.localcluster import LocalCluster
 from tests.chaos.conftest import Run
 
 # Seconds of load per scenario: long enough for each schedule to inject its faults (rolling
@@ -245,3 +246,21 @@ def test_recovery_counts_only_appends_invoked_once_the_fault_was_in_force() -> N
     late = ok(2, 1_060_000_000, 3_500_000_000)  # invoked after, acked by the new leader
     (record,) = _failover([early, late], [fault])
     assert record.t == 1_000_000_000 and record.recovery_s == 2.5
+
+
+@pytest.mark.cluster
+def test_drills_one_after_another_on_a_cluster_dir(
+    cluster: LocalCluster, esdb: Callable[..., Run]
+) -> None:
+    """Each drill on an existing cluster uses streams and event ids of its own: a second run
+    with the same seed must not count the first run's events as anomalies (`--scenario all`
+    runs every scenario on its one throwaway cluster the same way)."""
+    args = ["--cluster-dir", str(cluster.dir), "--json", "chaos", "drill"]
+    args += ["--scenario", "follower-kill", "--duration", "5"]
+    first, second = esdb(*args), esdb(*args)
+    for r in (first, second):
+        assert r.code == 0, r.err[-3000:]
+        report = r.json()
+        assert report["clean"] and report["acknowledged"] >= 50 and report["faults"]
+        # only this run's events are in this run's streams
+        assert report["final_events"] - report["acknowledged"] <= 3 * report["ops"]["unknown"]
