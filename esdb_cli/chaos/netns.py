@@ -276,7 +276,8 @@ def run_in_namespaces(nodes: int, argv: Sequence[str]) -> int:
         runner = [sys.executable, "-m", "esdb_cli", *argv, "--netns-inside", topo.prefix]
         child = subprocess.Popen(["ip", "netns", "exec", topo.switch, *runner])
         try:
-            return child.wait()
+            code = child.wait()
+            return code if code >= 0 else 128 - code  # killed by a signal: as a shell says
         except KeyboardInterrupt:
             # The child got the same SIGINT (one process group) and is stopping its nodes.
             try:
