@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
@@ -65,8 +66,13 @@ def running_pid(data_dir: Path) -> int | None:
 
 
 def spawn_node(
-    config: NodeConfig, *, extra_env: dict[str, str] | None = None
+    config: NodeConfig,
+    *,
+    extra_env: dict[str, str] | None = None,
+    launcher: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
+    """Start a detached node. `launcher` prefixes the command (e.g. `ip netns exec NS`,
+    which execs the node: the pid stays the node's)."""
     files = NodeFiles(config.data_dir)
     files.data_dir.mkdir(parents=True, exist_ok=True)
     existing = running_pid(config.data_dir)
@@ -79,7 +85,7 @@ def spawn_node(
     env.update(extra_env or {})
     with files.log.open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "esdb_node.node"],
+            [*launcher, sys.executable, "-m", "esdb_node.node"],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

@@ -11,14 +11,14 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from esdb_cli import local
 from esdb_node.client import Client
-from esdb_node.config import NodeConfig
+from esdb_node.config import DEFAULT_CLIENT_PORT, DEFAULT_RAFT_PORT, NodeConfig
 from esdb_node.errors import EsdbError, InvalidInput, NotFound, Timeout, Unavailable
 from esdb_node.model import NodeStatus
 
@@ -30,10 +30,15 @@ class LocalNode:
     raft: str
     data_dir: str
     pid: int | None = None
+    netns: str | None = None  # the network namespace it runs in (`esdb chaos drill --netns`)
 
     @property
     def listen(self) -> str:
         return self.url.removeprefix("esdb://")
+
+    @property
+    def launcher(self) -> tuple[str, ...]:
+        return ("ip", "netns", "exec", self.netns) if self.netns else ()
 
 
 @dataclass
@@ -116,7 +121,10 @@ class LocalCluster:
         store_id: str,
         durability: str,
         test_flags: Iterable[str] = (),
+        hosts: Sequence[tuple[str, str]] = (),
     ) -> LocalCluster:
+        """`hosts`: (network namespace, address) per node; each node then listens on that
+        address with the standard ports, in its own namespace."""
         if nodes < 1:
             raise InvalidInput("a cluster needs at least 1 node")
         if (directory / "cluster.json").exists():
@@ -125,7 +133,7 @@ class LocalCluster:
                 hint="use `esdb cluster up --dir` on it again to restart it, "
                 "or `esdb cluster down --purge` first",
             )
-        ports = _ports(nodes * 2, base_port)
+        ports = [] if hosts else _ports(nodes * 2, base_port)
         cluster = cls(
             dir=directory,
             store_id=store_id,
@@ -134,13 +142,22 @@ class LocalCluster:
             test_flags=tuple(test_flags),
             created=datetime.now(UTC).isoformat(timespec="seconds"),
         )
+        if hosts and len(hosts) != nodes:
+            raise InvalidInput(f"{nodes} nodes need {nodes} hosts, got {len(hosts)}")
         for i in range(nodes):
+            if hosts:
+                netns, addr = hosts[i]
+                url, raft = f"esdb://{addr}:{DEFAULT_CLIENT_PORT}", f"{addr}:{DEFAULT_RAFT_PORT}"
+            else:
+                netns = None
+                url, raft = f"esdb://127.0.0.1:{ports[2 * i]}", f"127.0.0.1:{ports[2 * i + 1]}"
             cluster.nodes.append(
                 LocalNode(
                     id=f"n{i + 1}",
-                    url=f"esdb://127.0.0.1:{ports[2 * i]}",
-                    raft=f"127.0.0.1:{ports[2 * i + 1]}",
+                    url=url,
+                    raft=raft,
                     data_dir=str((directory / f"n{i + 1}").resolve()),
+                    netns=netns,
                 )
             )
         cluster.save()
@@ -170,7 +187,7 @@ class LocalCluster:
         self, node: LocalNode, *, join: str | None = None, wait: float = 60.0
     ) -> LocalNode:
         cfg = self.config_for(node, join=join)
-        proc = local.spawn_node(cfg)
+        proc = local.spawn_node(cfg, launcher=node.launcher)
         local.wait_serving(cfg, proc, wait)
         updated = replace(node, pid=proc.pid)
         self.nodes = [updated if n.id == node.id else n for n in self.nodes]
@@ -183,7 +200,7 @@ class LocalCluster:
         for node in list(self.nodes):
             if self.running_pid(node) is None:
                 cfg = self.config_for(node)
-                proc = local.spawn_node(cfg)
+                proc = local.spawn_node(cfg, launcher=node.launcher)
                 self.nodes = [
                     replace(n, pid=proc.pid) if n.id == node.id else n for n in self.nodes
                 ]

@@ -228,7 +228,11 @@ class _Connection:
             if timer is not None:
                 timer.cancel()
 
-    async def stream(self, op: str, fields: dict[str, Any]) -> AsyncIterator[Any]:
+    async def stream(
+        self, op: str, fields: dict[str, Any], idle_timeout: float | None = None
+    ) -> AsyncIterator[Any]:
+        """Chunks of one streamed answer; TimeoutError if the node sends nothing for
+        `idle_timeout` seconds (None: wait forever, as a live tail must)."""
         rid = next(self.ids)
         queue: asyncio.Queue[Any] = asyncio.Queue()
         self.streams[rid] = queue
@@ -236,7 +240,7 @@ class _Connection:
         finished = False
         try:
             while True:
-                item = await queue.get()
+                item = await asyncio.wait_for(queue.get(), idle_timeout)
                 if item is None:
                     finished = True
                     return
@@ -316,6 +320,12 @@ class AsyncClient:
             hint="is the node running? check --url / ESDB_URL or `esdb node status`",
         )
 
+    def _start_after(self, address: Address) -> None:
+        """Make the address after `address` the first one tried (stepping the start by one
+        could land on the very node that just failed, when it was not the start)."""
+        if address in self.addresses:
+            self._preferred = (self.addresses.index(address) + 1) % len(self.addresses)
+
     def _note_redirect(self, exc: NotLeader) -> bool:
         if exc.leader_url:
             try:
@@ -350,6 +360,7 @@ class AsyncClient:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
+            conn: _Connection | None = None
             try:
                 conn = await self._any_connection(leader)
                 return await conn.call(op, fields, remaining)
@@ -357,6 +368,10 @@ class AsyncClient:
                 last_error = exc
                 if self._note_redirect(exc):
                     continue
+                # A node that knows no leader (e.g. cut off from the majority) would be asked
+                # first again on every retry; try the next address instead.
+                if conn is not None:
+                    self._start_after(conn.address)
             except (NotReady, Unavailable) as exc:
                 # Definitely not applied: the node refused, or nothing was reachable.
                 last_error = exc
@@ -379,6 +394,11 @@ class AsyncClient:
                 self._leader = None
                 self._preferred = (self._preferred + 1) % len(self.addresses)
             except TimeoutError:
+                # The node took the whole budget (paused, unplugged, or a leader cut off from
+                # its majority): do not send the caller's next request to it first again.
+                self._leader = None
+                if conn is not None:
+                    self._start_after(conn.address)
                 break
             await asyncio.sleep(min(backoff, max(deadline - time.monotonic(), 0)))
             backoff = min(backoff * 2, 0.5)
@@ -394,15 +414,23 @@ class AsyncClient:
         raise Timeout(f"{op} timed out after {budget:g}s")
 
     async def _stream(
-        self, op: str, fields: dict[str, Any], *, leader: bool
+        self, op: str, fields: dict[str, Any], *, leader: bool, idle_timeout: float | None = None
     ) -> AsyncGenerator[Any, None]:
         redirects = 0
         while True:
             conn = await self._any_connection(leader)
             try:
-                async for chunk in conn.stream(op, fields):
+                async for chunk in conn.stream(op, fields, idle_timeout):
                     yield chunk
                 return
+            except TimeoutError:
+                # A node that went silent (paused, unplugged) would otherwise hold a finite
+                # read forever: TCP keeps retransmitting for many minutes.
+                self._leader = None
+                self._start_after(conn.address)
+                raise Timeout(
+                    f"{op}: {format_url(conn.address)} sent nothing for {idle_timeout:g}s"
+                ) from None
             except NotLeader as exc:
                 redirects += 1
                 if redirects > 5 or not self._note_redirect(exc):
@@ -522,7 +550,10 @@ class AsyncClient:
             "limit": p.MAX_READ_LIMIT if limit is None else limit,
             "consistency": level,
         }
-        async for chunk in self._stream("read_stream", fields, leader=level == "leader"):
+        reads = self._stream(
+            "read_stream", fields, leader=level == "leader", idle_timeout=self.timeout
+        )
+        async for chunk in reads:
             for payload in chunk:
                 yield codec.decode_record(payload)
 
@@ -546,7 +577,10 @@ class AsyncClient:
             "filter": (filter or AllFilter()).to_wire(),
             "consistency": level,
         }
-        async for chunk in self._stream("read_all", fields, leader=level == "leader"):
+        reads = self._stream(
+            "read_all", fields, leader=level == "leader", idle_timeout=self.timeout
+        )
+        async for chunk in reads:
             for payload in chunk:
                 yield codec.decode_record(payload)
 

@@ -272,6 +272,8 @@ class ClusterNode:
         if self.discovery is not None:
             for peer in self.discovery.peers():
                 self._found_by.setdefault(peer.raft_addr, peer.found_by)
+        if "drop-committed-entries" in self.config.test_flags:
+            _lose_every_nth_entry(self.store, 10)
         self._raft = RaftNode(self._raft_config(peers), self.store)
         log.info(
             "raft member %s (node %s), peers: %s",

@@ -10,11 +10,13 @@ read with leader (linearizable) or local consistency. Every operation is recorde
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,18 @@ class DrillOptions:
     read_ratio: float = 0.3
     max_batch: int = 3
     warmup: float = 2.0
+    # Names this run's streams and salts its event ids. Every drill on a cluster needs its
+    # own: the checker flags events it did not see appended (`unexpected`) and, with the
+    # same seed, ids of an earlier run would collide with this one's.
+    run: str = ""
+
+    @property
+    def stream_names(self) -> list[str]:
+        return [f"drill-{self.run}-{i}" if self.run else f"drill-{i}" for i in range(self.streams)]
+
+    @property
+    def id_salt(self) -> int:
+        return int.from_bytes(hashlib.sha256(self.run.encode()).digest()[:16], "big")
 
 
 @dataclass
@@ -154,6 +168,10 @@ class _Remember:
     def inject(self, env: ChaosEnv, target: str) -> str:
         return self.fault.inject(env, target)
 
+    @property
+    def in_force_ns(self) -> int | None:
+        return getattr(self.fault, "in_force_ns", None)
+
 
 @dataclass
 class _Deferred:
@@ -177,19 +195,23 @@ class _Deferred:
     def inject(self, env: ChaosEnv, target: str) -> str:
         return self._get().inject(env, target)
 
+    @property
+    def in_force_ns(self) -> int | None:
+        return getattr(self._get(), "in_force_ns", None)
+
 
 # --- the workload ------------------------------------------------------------------------------
 
 
-def _event_id(rng: random.Random) -> uuid.UUID:
-    return uuid.UUID(int=rng.getrandbits(128), version=4)
+def _event_id(rng: random.Random, salt: int) -> uuid.UUID:
+    return uuid.UUID(int=rng.getrandbits(128) ^ salt, version=4)
 
 
 async def _client(
     k: int, opts: DrillOptions, env: ChaosEnv, rec: _Recorder, stop_at: float
 ) -> None:
     rng = random.Random(opts.seed * 7919 + k)
-    streams = [f"drill-{i}" for i in range(opts.streams)]
+    streams = opts.stream_names
     known = dict.fromkeys(streams, -1)
     urls = env.cluster.urls
     leader_client = AsyncClient(urls, timeout=OP_TIMEOUT, connect_timeout=0.5)
@@ -222,7 +244,7 @@ async def _append(
     known: dict[str, int],
     rec: _Recorder,
 ) -> None:
-    ids = [_event_id(rng) for _ in range(rng.randint(1, opts.max_batch))]
+    ids = [_event_id(rng, opts.id_salt) for _ in range(rng.randint(1, opts.max_batch))]
     roll = rng.random()
     expected: Any
     if roll < 0.4:
@@ -352,7 +374,7 @@ async def _faults(
         await asyncio.sleep(min(hold, max(stop_at - time.monotonic(), 0)))
 
 
-def _converge(env: ChaosEnv, timeout: float = 60.0) -> float:
+def _converge(env: ChaosEnv, stream: str, timeout: float = 60.0) -> float:
     """Heal everything, then wait until every node is up, agrees on the leader and has
     applied the same log. Returns the seconds it took."""
     start = time.monotonic()
@@ -361,7 +383,7 @@ def _converge(env: ChaosEnv, timeout: float = 60.0) -> float:
     deadline = start + timeout
     with env.client(timeout=5.0) as client:
         # a leader barrier: everything acknowledged is committed before we compare nodes
-        client.read_stream("drill-0", consistency="leader") if _exists(client) else None
+        client.read_stream(stream, consistency="leader") if _exists(client, stream) else None
     while time.monotonic() < deadline:
         statuses = env.cluster.statuses(timeout=2.0)
         ok = [s for s in statuses if isinstance(s, NodeStatus)]
@@ -373,9 +395,9 @@ def _converge(env: ChaosEnv, timeout: float = 60.0) -> float:
     raise EsdbError(f"the cluster did not converge within {timeout:g}s after healing")
 
 
-def _exists(client: Any) -> bool:
+def _exists(client: Any, stream: str) -> bool:
     try:
-        client.stream_info("drill-0")
+        client.stream_info(stream)
         return True
     except EsdbError:
         return False
@@ -387,8 +409,7 @@ def _finals(env: ChaosEnv, opts: DrillOptions) -> list[h.Final]:
     out: list[h.Final] = []
     for node in env.cluster.nodes:
         with Client(node.url, timeout=10.0, consistency="local") as client:
-            for i in range(opts.streams):
-                stream = f"drill-{i}"
+            for stream in opts.stream_names:
                 try:
                     events = client.read_stream(stream, consistency="local")
                 except StreamNotFound:
@@ -404,11 +425,13 @@ def _finals(env: ChaosEnv, opts: DrillOptions) -> list[h.Final]:
 
 
 def _failover(records: list[h.Record], reports: list[FaultReport]) -> list[h.Fault]:
-    """Recovery of each fault = first acknowledged append invoked after it."""
+    """Recovery of each fault: from the start of its injection to the first acknowledged
+    append invoked once it was in force (an append that slipped in while a partition was
+    still being set up proves nothing)."""
     acks = sorted((r.t0, r.t1) for r in records if isinstance(r, h.Append) and r.type == "ok")
     out = []
     for rep in reports:
-        after = [t1 for t0, t1 in acks if t0 >= rep.t_ns]
+        after = [t1 for t0, t1 in acks if t0 >= (rep.in_force_ns or rep.t_ns)]
         recovery = round((min(after) - rep.t_ns) / 1e9, 3) if after else None
         out.append(
             h.Fault(
@@ -428,6 +451,8 @@ def run_drill(
 ) -> DrillResult:
     if opts.scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {opts.scenario!r}")
+    if not opts.run:
+        opts = replace(opts, run=secrets.token_hex(3))
     rec = _Recorder()
     reports: list[FaultReport] = []
     env.cluster.wait_leader(60)
@@ -441,7 +466,7 @@ def run_drill(
 
     asyncio.run(main())
     log("healing and waiting for the nodes to converge")
-    converge_s = _converge(env)
+    converge_s = _converge(env, opts.stream_names[0])
     finals = _finals(env, opts)
     meta = h.Meta(
         scenario=opts.scenario,
@@ -452,6 +477,7 @@ def run_drill(
             "clients": opts.clients,
             "duration_s": opts.duration,
             "streams": opts.streams,
+            "run": opts.run,
             "converge_s": converge_s,
         },
     )

@@ -12,8 +12,10 @@ import os
 import random
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from esdb_cli import local
@@ -41,13 +43,16 @@ class FaultReport:
     action: str
     target: str
     at: str  # ISO-8601 UTC
-    t_ns: int  # time.monotonic_ns() of the injection (for histories)
+    t_ns: int  # time.monotonic_ns() when the injection started (for histories)
     leader_before: str | None
     leader_after: str | None
     recovery_s: float | None  # until an append invoked after the fault was acknowledged
     health_before: str
     health_after: str
     detail: str = ""
+    # When the fault was fully in effect (every node partitioned, the process gone): an
+    # append invoked before this may succeed without proving anything about recovery.
+    in_force_ns: int = 0
 
     def row(self) -> dict[str, object]:
         return {
@@ -61,6 +66,15 @@ class FaultReport:
             "health_after": self.health_after,
             "detail": self.detail,
         }
+
+
+class Network(Protocol):
+    """Cuts links outside the nodes (e.g. `netns.SwitchPorts`); without one, partitions go
+    through each node's Raft transport hook."""
+
+    def partition(self, sides: Sequence[Sequence[str]], one_way: bool) -> str: ...
+
+    def heal(self) -> str: ...
 
 
 class Fault(Protocol):
@@ -81,6 +95,7 @@ class ChaosEnv:
     rng: random.Random = field(default_factory=random.Random)
     paused: set[str] = field(default_factory=set)
     killed: set[str] = field(default_factory=set)
+    network: Network | None = None
 
     def client(self, timeout: float = 2.0) -> Client:
         return Client(self.cluster.urls, timeout=timeout, connect_timeout=0.5)
@@ -206,6 +221,7 @@ class Restart:
     spec: str
     graceful: bool = True
     action: str = "restart"
+    in_force_ns: int | None = None
 
     def target(self, env: ChaosEnv) -> str:
         return env.pick(self.spec).id if self.spec != "random" else env.pick("random").id
@@ -214,10 +230,11 @@ class Restart:
         node = env.node(target)
         pid = env.cluster.running_pid(node)
         if pid is not None:
-            if target in env.paused:
+            if target in env.paused or _stopped(pid):
                 os.kill(pid, signal.SIGCONT)
                 env.paused.discard(target)
             env.cluster.stop_node(node, timeout=20.0 if self.graceful else 0.0, force=True)
+        self.in_force_ns = time.monotonic_ns()  # down now; writes must not wait for the start
         env.cluster.start_node(node)
         env.killed.discard(target)
         return f"{'SIGTERM' if self.graceful else 'SIGKILL'} + start" if pid else "start"
@@ -246,6 +263,8 @@ class Partition:
         return " | ".join(",".join(side) for side in resolved)
 
     def inject(self, env: ChaosEnv, target: str) -> str:
+        if env.network is not None:
+            return env.network.partition(self.sides, self.one_way)
         side_of = {n: i for i, side in enumerate(self.sides) for n in side}
         failed = []
         for node in env.cluster.nodes:
@@ -280,11 +299,13 @@ class Heal:
 
     def inject(self, env: ChaosEnv, target: str) -> str:
         done = []
-        for node_id in sorted(env.paused):
-            pid = env.cluster.running_pid(env.node(node_id))
-            if pid is not None:
+        for node in env.cluster.nodes:
+            pid = env.cluster.running_pid(node)
+            # `env.paused` only knows this process's own pauses; `esdb chaos pause` ran in
+            # another one, so ask the kernel which nodes are stopped.
+            if pid is not None and (node.id in env.paused or _stopped(pid)):
                 os.kill(pid, signal.SIGCONT)
-                done.append(f"resumed {node_id}")
+                done.append(f"resumed {node.id}")
         env.paused.clear()
         if self.restart_killed:
             for node in env.cluster.nodes:
@@ -292,10 +313,15 @@ class Heal:
                     env.cluster.start_node(node)
                     done.append(f"started {node.id}")
             env.killed.clear()
-        for node in env.cluster.nodes:
-            # an unreachable node has no partition state worth clearing
-            with contextlib.suppress(EsdbError):
-                env.admin_fault(node, set(), set())
+        if env.network is not None:
+            plugged = env.network.heal()
+            if plugged:
+                done.append(plugged)
+        else:
+            for node in env.cluster.nodes:
+                # an unreachable node has no partition state worth clearing
+                with contextlib.suppress(EsdbError):
+                    env.admin_fault(node, set(), set())
         return "; ".join(done) or "partitions cleared"
 
 
@@ -308,6 +334,9 @@ def run_fault(
     t_ns = time.monotonic_ns()
     at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     detail = fault.inject(env, target)
+    # A fault may say it was in effect before inject returned (a restart: from the stop);
+    # otherwise it is from now on.
+    in_force = getattr(fault, "in_force_ns", None) or time.monotonic_ns()
     since = t_ns / 1e9
     recovery = env.wait_recovered(recovery_timeout, since) if measure else None
     after = env.health()
@@ -322,7 +351,17 @@ def run_fault(
         health_before=before.summary,
         health_after=after.summary,
         detail=detail,
+        in_force_ns=in_force,
     )
+
+
+def _stopped(pid: int) -> bool:
+    """True if `pid` is stopped by a signal (SIGSTOP): state T in /proc/PID/stat."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state == "T"
 
 
 def _wait_gone(pid: int, timeout: float = 10.0) -> None:

@@ -179,11 +179,21 @@ def drill(
             help="Start the throwaway nodes with deliberately broken behaviour (tests).",
         ),
     ] = None,
-) -> None:
+    netns: Annotated[
+        bool,
+        typer.Option(
+            "--netns",
+            help="Run the nodes in network namespaces of their own (root) and partition them "
+            "by unplugging them at a virtual switch instead of in their Raft transport.",
+        ),
+    ] = False,
+    netns_inside: Annotated[str | None, typer.Option(hidden=True)] = None,
+) -> int:
     """Run a drill and check that no acknowledged event was lost (exit 0 clean, 5 if not).
 
     Without --cluster-dir it starts a throwaway local cluster and removes it afterwards.
     """
+    from esdb_cli.chaos import netns as nx
     from esdb_cli.chaos.checker import render_text, report_to_json
     from esdb_cli.chaos.drill import SCENARIOS, DrillOptions, run_drill, write_history
     from esdb_cli.chaos.faults import ChaosEnv
@@ -195,6 +205,23 @@ def drill(
             f"unknown scenario {scenario!r}", hint="one of " + ", ".join((*SCENARIOS, "all"))
         )
     directory = cluster_dir()
+    if netns and not netns_inside:
+        if directory is not None or keep:
+            raise InvalidInput(
+                "--netns starts (and removes) its own cluster in namespaces",
+                hint="drop --cluster-dir and --keep",
+            )
+        nx.require()
+        # Re-run this drill inside the switch namespace, where the workload reaches the nodes.
+        argv = ["--output", printer().fmt, "chaos", "drill", "--scenario", scenario]
+        argv += [f"--duration={duration}", f"--clients={clients}", f"--seed={seed}"]
+        argv += [f"--nodes={nodes}", *(f"--test-flag={flag}" for flag in test_flag or ())]
+        argv += [f"--history={history.resolve()}"] if history is not None else []
+        return nx.run_in_namespaces(nodes, argv)
+    network = None
+    hosts: list[tuple[str, str]] = []
+    if netns_inside:
+        hosts, network = nx.enter(netns_inside, nodes)
     own = directory is None
     if own:
         directory = Path(tempfile.mkdtemp(prefix="esdb-drill-"))
@@ -206,19 +233,22 @@ def drill(
             store_id="drill",
             durability="fsync",
             test_flags=test_flag or (),
+            hosts=hosts,
         )
-        say(f"starting a throwaway {nodes}-node cluster in {cluster.dir}")
-        cluster.start()
+        where = f" in network namespaces {netns_inside}-n*" if hosts else ""
+        say(f"starting a throwaway {nodes}-node cluster{where} in {cluster.dir}")
     else:
         assert directory is not None
         cluster = LocalCluster.load(directory)
     out = printer()
     dirty = []
     try:
+        if own:  # inside the try: nodes started before a failed start are stopped too
+            cluster.start()
         for name in names:
             opts = DrillOptions(scenario=name, duration=duration, clients=clients, seed=seed)
             say(f"drill {name}: {duration:g}s, {clients} clients, seed {seed}")
-            result = run_drill(ChaosEnv(cluster), opts, log=say)
+            result = run_drill(ChaosEnv(cluster, network=network), opts, log=say)
             if history is not None:
                 path = (
                     history
@@ -242,3 +272,4 @@ def drill(
             say(f"cluster kept in {cluster.dir}")
     if dirty:
         raise Unhealthy(f"drill found anomalies: {', '.join(dirty)}")
+    return 0
