@@ -171,15 +171,20 @@ class PsoCluster:
                         stdin=subprocess.DEVNULL,
                     )
                 )
+        self.find_leader(timeout)
+
+    def find_leader(self, timeout: float = 60.0) -> int:
+        """The RPC port of the current leader (stock pysyncobj re-elects now and then under
+        load: ask before every cell)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for port in self.rpc_ports:
-                with contextlib.suppress(OSError, ValueError):
+                with contextlib.suppress(OSError, ValueError, TimeoutError):
                     if asyncio.run(_pso_call(port, {"op": "status"})).get("leader"):
                         self.leader_port = port
-                        return
+                        return port
             time.sleep(0.2)
-        raise RuntimeError(f"pysyncobj elected no leader within {timeout}s")
+        raise RuntimeError(f"pysyncobj has no leader after {timeout}s")
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -221,6 +226,7 @@ async def pso_append(
                 reply = await asyncio.wait_for(_read_frame(reader), PSO_TIMEOUT + 5)
                 if "ok" not in reply:
                     counts[1] += 1
+                    await asyncio.sleep(0.05)  # e.g. not the leader any more: no busy loop
                 elif record:
                     samples.append(time.perf_counter() - t0)
                     counts[0] += batch
@@ -377,6 +383,11 @@ def failovers(workdir: Path, trials: int) -> list[float]:
 # --- the run -----------------------------------------------------------------------------------
 
 
+def rate(cell: Cell) -> str:
+    """Events/s, with the count of failed appends when there were any."""
+    return f"{cell.events_per_s:,.0f}" + (f" ({cell.errors} failed)" if cell.errors else "")
+
+
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "-"
 
@@ -450,17 +461,18 @@ def main() -> int:
                         one = measure("esdb", single.url, c, batch, args.duration, args.loaders)
                         key = (batch, c)
                         if pso is not None and key not in pso_cells:
+                            port = str(pso.find_leader())
                             pso_cells[key] = measure(
-                                "pso", str(pso.leader_port), c, batch, args.duration, args.loaders
+                                "pso", port, c, batch, args.duration, args.loaders
                             )
                         base = pso_cells.get(key)
                         cpu = "/".join(f"{x:.0f}" for x in esdb3.loader_cpu)
                         print(
-                            f"| {batch} | {c} | {esdb3.events_per_s:,.0f} | {esdb3.p50_ms:.2f} "
-                            f"| {esdb3.p99_ms:.2f} | {one.events_per_s:,.0f} | {one.p50_ms:.2f} "
+                            f"| {batch} | {c} | {rate(esdb3)} | {esdb3.p50_ms:.2f} "
+                            f"| {esdb3.p99_ms:.2f} | {rate(one)} | {one.p50_ms:.2f} "
                             f"| {one.p99_ms:.2f} | {ratio(esdb3.events_per_s, one.events_per_s)} "
                             + (
-                                f"| {base.events_per_s:,.0f} | {base.p50_ms:.1f} "
+                                f"| {rate(base)} | {base.p50_ms:.1f} "
                                 f"| {base.p99_ms:.1f} "
                                 f"| {ratio(esdb3.events_per_s, base.events_per_s)} "
                                 if base
