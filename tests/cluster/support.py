@@ -128,6 +128,7 @@ class Cluster:
     def pid(self, node_id: str) -> int:
         pid = self.local.running_pid(self.node(node_id))
         assert pid is not None, f"{node_id} is not running"
+        assert our_child(pid), f"pid {pid} in {node_id}'s pid file is not a process we started"
         return pid
 
     def kill(self, *node_ids: str) -> float:
@@ -144,7 +145,7 @@ class Cluster:
     def close(self) -> None:
         self.track()
         for pid in self.pids:
-            if local.is_node_process(pid):
+            if local.is_node_process(pid) and our_child(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         for pid in self.pids:
@@ -244,13 +245,26 @@ class Cluster:
         return wait_for(same, timeout=timeout, what=f"{names} to converge", interval=0.2)[0]
 
 
+def our_child(pid: int) -> bool:
+    """Nodes started by this test process (directly, or by `esdb` run in-process) are its
+    children. pid_max is 32768 here and other engineers start nodes too: a pid from a pid
+    file may already belong to someone else's node, which must never be signalled."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    ppid = next((line.split()[1] for line in status.splitlines() if line.startswith("PPid:")), "")
+    return ppid == str(os.getpid())
+
+
 def wait_gone(pid: int, timeout: float = 15.0) -> None:
+    """Until `pid` (our child) has exited, reaping it."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and local.is_node_process(pid):
+    while time.monotonic() < deadline and local.is_node_process(pid) and our_child(pid):
         local.reap(pid)
         time.sleep(0.02)
     local.reap(pid)
-    assert not local.is_node_process(pid), f"pid {pid} still running after {timeout}s"
+    assert not (local.is_node_process(pid) and our_child(pid)), f"{pid} alive after {timeout}s"
 
 
 # --- writers with expected versions, and the acknowledged-event check --------------------------
