@@ -374,10 +374,23 @@ def failovers(workdir: Path, trials: int) -> list[float]:
             cluster.start_node(cluster.node(report.target))
             env.killed.clear()
             cluster.wait_leader(60)
-            time.sleep(1.0)  # let the restarted node catch up before the next kill
+            _wait_caught_up(cluster, 60)  # the next kill must not find a lagging majority
     finally:
         cluster.down(purge=True)
     return out
+
+
+def _wait_caught_up(cluster: LocalCluster, timeout: float) -> None:
+    from esdb_node.model import NodeStatus
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        statuses = [s for s in cluster.statuses() if isinstance(s, NodeStatus)]
+        applied = {s.applied_index for s in statuses}
+        if len(statuses) == len(cluster.nodes) and len(applied) == 1:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"the cluster did not catch up within {timeout}s")
 
 
 # --- the run -----------------------------------------------------------------------------------
