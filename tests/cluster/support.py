@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import signal
 import threading
 import time
@@ -153,8 +154,6 @@ class Cluster:
 
     def purge_data(self) -> None:
         """Drop stores and raft logs (big in the snapshot test); logs stay for post-mortems."""
-        import shutil
-
         for d in self.data_dirs:
             for sub in ("store", "raft"):
                 shutil.rmtree(d / sub, ignore_errors=True)
