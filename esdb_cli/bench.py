@@ -85,9 +85,13 @@ async def run_append(
     max_ops: int = 1_000_000,
     token: str | None = None,
     warmup: float = 0.3,
+    samples: list[float] | None = None,
 ) -> BenchResult:
     """`clients` connections, each appending batches of `batch` events of `size` bytes to its
-    own stream, back to back, for `duration` seconds (and at most `max_ops` appends in all)."""
+    own stream, back to back, for `duration` seconds (and at most `max_ops` appends in all).
+
+    `samples`, if given, receives every measured latency (seconds), so runs split over several
+    load processes can be merged into exact percentiles."""
     payload = os.urandom(size // 2).hex().encode()[:size].ljust(size, b"x")
     run_id = uuid.uuid4().hex[:8]
     latencies: list[float] = []
@@ -117,6 +121,8 @@ async def run_append(
     budget[0] = max_ops
     start = time.perf_counter()
     await asyncio.gather(*(worker(k, start + duration, True) for k in range(clients)))
+    if samples is not None:
+        samples.extend(latencies)
     return _summary("append", clients, batch, size, time.perf_counter() - start, latencies, errors)
 
 

@@ -331,3 +331,6 @@ class NodeStatus:
     uptime_s: float = 0.0
     durability: str = "fsync"
     pid: int = 0
+    # Connections refused on the raft port (wrong secret, oversized or garbage frames,
+    # non-members) since the node started; the log shows only the first per host a minute.
+    rejected_peers: int = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -278,7 +279,13 @@ def add(
         )
     from esdb_cli.localcluster import LocalNode, free_ports
 
-    new_id = node_id or f"n{len(cluster.nodes) + 1}"
+    # Not n{len+1}: after a `cluster remove` that id may be in use, or name the removed
+    # node's data dir, whose old raft state would make the new node skip the join.
+    new_id = node_id or next(
+        f"n{i}"
+        for i in itertools.count(1)
+        if all(n.id != f"n{i}" for n in cluster.nodes) and not (cluster.dir / f"n{i}").exists()
+    )
     if any(n.id == new_id for n in cluster.nodes):
         raise InvalidInput(f"{new_id} is already in {cluster.dir}")
     client_port, raft_port = free_ports(2)

@@ -253,4 +253,5 @@ class NodeService:
             uptime_s=round(time.monotonic() - self.started, 3),
             durability=self.identity.durability,
             pid=os.getpid(),
+            rejected_peers=rs.rejected_peers,
         )

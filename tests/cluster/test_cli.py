@@ -1,0 +1,154 @@
+"""`esdb cluster ...` end to end against real clusters: JSON shapes of DESIGN.md §4, exit
+codes, and membership changes (remove, add, stepdown)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from esdb_cli import local
+from tests.cluster.conftest import Esdb
+from tests.cluster.support import Cluster, wait_gone
+from tests.harness import wait_for
+
+pytestmark = pytest.mark.cluster
+
+STATUS_KEYS = {"id", "role", "url", "pid", "term", "commit_index", "applied_index", "reachable"}
+MEMBER_KEYS = {"id", "url", "raft", "found_by", "last_seen"}
+
+
+def _recent(stamp: str, within_s: float = 60.0) -> bool:
+    seen = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return abs((datetime.now(UTC) - seen).total_seconds()) < within_s
+
+
+def test_cluster_up_status_health_leader_members_down(
+    tmp_path: Path, esdb: Esdb, adopt: Callable[[Path], Cluster]
+) -> None:
+    d = tmp_path / "cli-cluster"
+    try:
+        up = esdb("cluster", "up", "--dir", d, "--nodes", "3", "--test-flag", "fast-elections")
+    finally:
+        if (d / "cluster.json").exists():
+            cluster = adopt(d)  # reaped by PID at teardown, whatever happens below
+    assert up.code == 0, up.err
+    assert f"use --cluster-dir {d}" in up.err and "n1" in up.out  # talk on stderr, rows on stdout
+
+    r = esdb("--cluster-dir", d, "cluster", "status", "--json")
+    assert r.code == 0, r.err
+    status = r.json()
+    assert {"leader", "term", "nodes"} <= status.keys()
+    assert [n["id"] for n in status["nodes"]] == ["n1", "n2", "n3"]
+    for row in status["nodes"]:
+        assert row.keys() >= STATUS_KEYS, row
+        assert row["reachable"] is True and row["url"] == cluster.url(row["id"])
+        assert row["pid"] == cluster.pid(row["id"])
+        assert row["applied_index"] <= row["commit_index"]
+    roles = sorted(n["role"] for n in status["nodes"])
+    assert roles == ["follower", "follower", "leader"]
+    leader = status["leader"]
+    assert next(n for n in status["nodes"] if n["role"] == "leader")["id"] == leader
+    assert status["term"] >= 1
+
+    r = esdb("--cluster-dir", d, "cluster", "health")
+    assert r.code == 0, r.err
+    assert r.out.count("is healthy") == 3, r.out
+
+    r = esdb("--cluster-dir", d, "cluster", "leader", "--json")
+    assert r.code == 0 and r.json()["id"] == leader and r.json()["url"] == cluster.url(leader)
+
+    r = esdb("--cluster-dir", d, "cluster", "members", "--json")
+    assert r.code == 0, r.err
+    members = r.json()["members"]
+    assert sorted(m["id"] for m in members) == ["n1", "n2", "n3"]
+    for m in members:
+        assert m.keys() >= MEMBER_KEYS, m
+        assert m["raft"] == cluster.node(m["id"]).raft and m["url"] == cluster.url(m["id"])
+        assert m["found_by"] in ("self", "static") and _recent(m["last_seen"]), m
+
+    # One node down: health prints every row, then fails with exit 5.
+    down = next(n for n in cluster.ids if n != leader)
+    cluster.kill(down)
+    r = esdb("--cluster-dir", d, "cluster", "health")
+    assert r.code == 5, (r.code, r.out, r.err)
+    lines = r.out.strip().splitlines()
+    assert len(lines) == 3, r.out
+    assert sum("is healthy" in line for line in lines) == 2
+    assert f"({down}) is unhealthy" in r.out
+    assert "1 of 3 nodes unhealthy" in r.err
+    r = esdb("--cluster-dir", d, "cluster", "status", "--json")
+    assert r.code == 0, r.err
+    row = next(n for n in r.json()["nodes"] if n["id"] == down)
+    assert row["reachable"] is False and row["role"] == "unreachable"
+
+    pids = [cluster.pid(n) for n in cluster.ids if n != down]
+    r = esdb("cluster", "down", "--dir", d, "--purge")
+    assert r.code == 0, r.err
+    assert not d.exists()
+    for pid in pids:
+        wait_gone(pid, timeout=5)
+        assert not local.is_node_process(pid)
+
+
+def test_remove_add_and_stepdown_through_the_cli(cluster: Cluster, esdb: Esdb) -> None:
+    d = str(cluster.local.dir)
+    old_leader = cluster.wait_leader()
+
+    gone = cluster.followers(old_leader)[0]
+    gone_pid = cluster.pid(gone)
+    r = esdb("--cluster-dir", d, "cluster", "remove", gone)
+    assert r.code == 0, r.err
+    cluster.track()
+    assert gone not in cluster.ids and not local.is_node_process(gone_pid)
+    r = esdb("--cluster-dir", d, "cluster", "members", "--json")
+    assert sorted(m["id"] for m in r.json()["members"]) == sorted(cluster.ids)
+    assert len(cluster.ids) == 2
+    # Two members: both are needed for a majority, and they have it.
+    r = esdb("--cluster-dir", d, "append", "members-2", "--type", "T", "--data", '{"n": 2}')
+    assert r.code == 0, r.err
+    cluster.wait_converged()
+    for n in cluster.ids:
+        assert len(cluster.read_local(n, "members-2")) == 1, n
+
+    r = esdb("--cluster-dir", d, "--json", "cluster", "add")
+    assert r.code == 0, r.err
+    cluster.track()
+    added = r.json()["id"]
+    assert added in cluster.ids and len(cluster.ids) == 3
+    cluster.wait_registered()
+    cluster.wait_converged()
+    assert len(cluster.read_local(added, "members-2")) == 1
+
+    def members_seen() -> dict[str, dict[str, object]] | None:
+        r = esdb("--cluster-dir", d, "cluster", "members", "--json")
+        members = {m["id"]: m for m in r.json()["members"]}
+        # A member just added is "last seen" once the answering node samples it (each second).
+        return members if all(m["last_seen"] for m in members.values()) else None
+
+    members = wait_for(members_seen, timeout=15, what="every member to have been seen")
+    assert sorted(members) == sorted(cluster.ids)
+    assert all(_recent(str(m["last_seen"])) for m in members.values()), members
+    assert members[added]["found_by"] == "join", members[added]
+    r = esdb("--cluster-dir", d, "append", "members-3", "--type", "T", "--data", '{"n": 3}')
+    assert r.code == 0, r.err
+
+    leader = cluster.wait_leader()
+    t0 = time.monotonic()
+    r = esdb("--cluster-dir", d, "--json", "cluster", "stepdown")
+    assert r.code == 0, r.err
+    assert r.json()["new_leader"] != cluster.node(leader).raft
+    new_leader = cluster.wait_leader(timeout=15)
+    assert new_leader != leader
+    r = esdb("--cluster-dir", d, "cluster", "leader", "--json")
+    assert r.code == 0 and r.json()["id"] == new_leader
+    append = ("--cluster-dir", d, "append", "after-stepdown", "--type", "T", "--data", "{}")
+    wait_for(
+        lambda: esdb(*append).code == 0,
+        timeout=15,
+        what="an append after the stepdown",
+    )
+    print(f"\nstepdown to {new_leader} took {time.monotonic() - t0:.2f}s")
