@@ -113,6 +113,15 @@ def _statuses() -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return rows, summary
 
 
+def _print_statuses() -> None:
+    rows, summary = _statuses()
+    out = printer()
+    if out.fmt == "table":
+        out.rows(rows, STATUS_COLUMNS)
+    else:
+        out.record(summary)
+
+
 STATUS_COLUMNS = ["id", "role", "url", "pid", "term", "commit_index", "applied_index", "reachable"]
 
 
@@ -162,12 +171,7 @@ def up(
     )
     options().cluster_dir = directory
     options().url = None
-    rows, summary = _statuses()
-    out = printer()
-    if out.fmt == "table":
-        out.rows(rows, STATUS_COLUMNS)
-    else:
-        out.record(summary)
+    _print_statuses()
 
 
 @app.command()
@@ -188,12 +192,7 @@ def down(
 @client_command
 def status() -> None:
     """One row per node: role, term, commit and applied index, reachable."""
-    rows, summary = _statuses()
-    out = printer()
-    if out.fmt == "table":
-        out.rows(rows, STATUS_COLUMNS)
-    else:
-        out.record(summary)
+    _print_statuses()
 
 
 @app.command()
