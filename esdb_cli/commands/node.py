@@ -156,11 +156,21 @@ def start(
         return
     proc = local.spawn_node(cfg)
     status = local.wait_serving(cfg, proc, wait)
+    where = "" if cfg.data_dir == Path("esdb-data") else f" -D {cfg.data_dir}"
     say(
         f"node {status.node_id} running in the background (pid {proc.pid}); "
-        f"log: {cfg.data_dir / 'esdb.log'}"
+        f"stop it with `esdb node stop{where}`"
     )
-    printer().record(status_row(status))
+    printer().record(
+        {
+            "node_id": status.node_id,
+            "url": status.url,
+            "mode": status.mode,
+            "pid": proc.pid,
+            "data_dir": str(cfg.data_dir),
+            "log": str(cfg.data_dir / "esdb.log"),
+        }
+    )
 
 
 @app.command()
