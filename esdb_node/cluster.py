@@ -505,7 +505,7 @@ class ClusterNode:
                     reachable=m.connected,
                     match_index=m.match_index,
                     found_by="self" if m.is_self else found_by.get(m.address, "join"),
-                    last_seen=time.time() if m.is_self else seen.get(m.address),
+                    last_seen=time.time() if m.is_self or m.connected else seen.get(m.address),
                 )
             )
         leader_record = registry.get(st.leader) if st.leader else None
