@@ -5,17 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from esdb_node.config import parse_hostport
 from esdb_node.errors import InvalidInput
 
 DURABILITIES = ("fsync", "os")
 
 
 def split_addr(addr: str) -> tuple[str, int]:
-    """`host:port` -> (host, port); raises InvalidInput on anything else."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise InvalidInput(f"raft address {addr!r} is not host:port")
-    return host, int(port)
+    """`host:port` of a raft member; the one address parser, with its raft wording."""
+    return parse_hostport(addr, what="raft address")
 
 
 @dataclass(frozen=True, slots=True)
