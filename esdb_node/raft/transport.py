@@ -184,6 +184,14 @@ class HardenedConnection(TcpConnection):
     def authenticated(self) -> bool:
         return self._authed
 
+    @property
+    def ready(self) -> bool:
+        """Connected and past the nonce exchange. Stock pysyncobj sends raft messages as soon
+        as TCP connects: one sent before the peer's nonce arrives goes out unwrapped, the peer
+        refuses it as malformed and drops the connection; a busy leader lost one follower's
+        connection again and again this way (20 s without a commit in CI)."""
+        return self.state == CONNECTION_STATE.CONNECTED and self.sendRandKey is not None
+
     def _reset(self) -> None:
         self._authed = False
         self._send_seq = 0
@@ -441,7 +449,7 @@ class EsdbTransport(TCPTransport):
     # --- messages --------------------------------------------------------------------------------
 
     def send(self, node: Any, message: Any) -> bool:
-        if node.id in self.drop_out:
+        if node.id in self.drop_out or not self.connected(node):
             return False
         if message.get("type") in DURABLE_TYPES:
             self._syncObj._esdb_durability_point(message)
@@ -465,4 +473,4 @@ class EsdbTransport(TCPTransport):
 
     def connected(self, node: Any) -> bool:
         conn = self._connections.get(node)
-        return conn is not None and conn.state == CONNECTION_STATE.CONNECTED
+        return conn is not None and conn.ready
