@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 
+from esdb_cli.main import main
 from tests import harness
+from tests.cli_runner import CLI_ENV, Esdb, Run
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -31,3 +33,21 @@ def _reap_nodes() -> Iterator[None]:
 def node(tmp_path: Path) -> harness.NodeProc:
     """A standalone node process on a free loopback port."""
     return harness.NodeProc(tmp_path / "node").start()
+
+
+@pytest.fixture
+def esdb(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Esdb:
+    """Run the `esdb` command in this process: the same entry point and exit codes as the
+    installed script, and the nodes it starts are our children (teardown reaps them by PID)."""
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "120")
+    for var in CLI_ENV:
+        monkeypatch.delenv(var, raising=False)
+
+    def run(*args: object) -> Run:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return Run(code, captured.out, captured.err)
+
+    return run

@@ -3,9 +3,7 @@ in-process (same entry point and exit codes as the installed script)."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +11,6 @@ import pytest
 
 from esdb_cli import local
 from esdb_cli.localcluster import LocalCluster
-from esdb_cli.main import main
 from esdb_node.client import Client
 from esdb_node.model import NodeStatus
 from tests.harness import wait_for
@@ -102,29 +99,3 @@ def wait_converged(c: LocalCluster, timeout: float = 60) -> list[NodeStatus]:
         return statuses
 
     return wait_for(converged, timeout=timeout, what="the nodes to converge", interval=0.2)
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-@pytest.fixture
-def esdb(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Run]:
-    monkeypatch.setenv("NO_COLOR", "1")
-    monkeypatch.setenv("COLUMNS", "120")
-    for var in ("ESDB_URL", "ESDB_CLUSTER_DIR", "ESDB_TOKEN", "ESDB_DATA_DIR", "ESDB_SECRET"):
-        monkeypatch.delenv(var, raising=False)
-
-    def run(*args: str) -> Run:
-        capsys.readouterr()
-        code = main(list(args))
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err)
-
-    return run

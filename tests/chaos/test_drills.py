@@ -18,7 +18,7 @@ import pytest
 from esdb_cli import local
 from esdb_cli.chaos.drill import SCENARIOS
 from esdb_cli.localcluster import LocalCluster
-from tests.chaos.conftest import Run
+from tests.cli_runner import Run
 
 # Seconds of load per scenario: long enough for each schedule to inject its faults (rolling
 # restart needs three restarts), short enough for the whole tier to stay near two minutes.

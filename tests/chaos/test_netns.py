@@ -16,7 +16,7 @@ import pytest
 from esdb_cli import local
 from esdb_cli.chaos import netns as nx
 from esdb_node.errors import InvalidInput
-from tests.chaos.conftest import Run
+from tests.cli_runner import Run
 
 
 @pytest.fixture

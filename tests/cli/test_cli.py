@@ -7,39 +7,9 @@ import os
 import subprocess
 import sys
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
-from esdb_cli.main import main
 from tests.harness import NodeProc, free_port, wait_for
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> object:
-        return json.loads(self.out)
-
-
-@pytest.fixture
-def esdb(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("NO_COLOR", "1")
-    monkeypatch.setenv("COLUMNS", "120")
-    for var in ("ESDB_URL", "ESDB_CLUSTER_DIR", "ESDB_TOKEN", "ESDB_DATA_DIR"):
-        monkeypatch.delenv(var, raising=False)
-
-    def run(*args: str) -> Run:
-        capsys.readouterr()
-        code = main(list(args))
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err)
-
-    return run
 
 
 def test_append_and_read_json(esdb, node: NodeProc) -> None:  # type: ignore[no-untyped-def]

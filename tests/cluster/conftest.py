@@ -6,15 +6,12 @@ node's esdb.log is attached to the report ("cluster node logs").
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from esdb_cli.main import main
 from tests.cluster.support import FAST, Cluster
 
 _LIVE: list[Cluster] = []
@@ -91,33 +88,3 @@ def adopt(request: pytest.FixtureRequest) -> Iterator[Callable[[Path], Cluster]]
         for cluster in adopted:
             cluster.close()
             _LIVE.remove(cluster)
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-Esdb = Callable[..., Run]
-
-
-@pytest.fixture
-def esdb(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Esdb:
-    """Run the `esdb` command in this process (so the nodes it starts are our children)."""
-    monkeypatch.setenv("NO_COLOR", "1")
-    monkeypatch.setenv("COLUMNS", "200")
-    for var in ("ESDB_URL", "ESDB_CLUSTER_DIR", "ESDB_TOKEN", "ESDB_DATA_DIR", "ESDB_SECRET"):
-        monkeypatch.delenv(var, raising=False)
-
-    def run(*args: str) -> Run:
-        capsys.readouterr()
-        code = main([str(a) for a in args])
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err)
-
-    return run

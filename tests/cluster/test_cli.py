@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from esdb_cli import local
-from tests.cluster.conftest import Esdb
+from tests.cli_runner import Esdb
 from tests.cluster.support import Cluster, wait_gone
 from tests.harness import wait_for
 

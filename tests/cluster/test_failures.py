@@ -14,7 +14,7 @@ from esdb_cli.chaos.faults import ChaosEnv, Heal, Partition, run_fault
 from esdb_node.client import Client
 from esdb_node.errors import EsdbError, Unavailable, UnknownOutcome
 from esdb_node.model import EventData
-from tests.cluster.conftest import Esdb
+from tests.cli_runner import Esdb
 from tests.cluster.support import Cluster, check_everywhere, wait_acks, writers
 from tests.harness import wait_for
 
