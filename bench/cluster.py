@@ -349,17 +349,17 @@ def measure(
 # --- failover ----------------------------------------------------------------------------------
 
 
+def esdb_cluster(directory: Path, durability: str) -> LocalCluster:
+    """A 3-node cluster as `esdb cluster up` makes it, on free ports."""
+    return LocalCluster.create(
+        directory, nodes=3, base_port=None, secret=None, store_id="bench", durability=durability
+    )
+
+
 def failovers(workdir: Path, trials: int) -> list[float]:
     from esdb_cli.chaos.faults import ChaosEnv, Kill, run_fault
 
-    cluster = LocalCluster.create(
-        workdir / "failover",
-        nodes=3,
-        base_port=None,
-        secret=None,
-        store_id="bench",
-        durability="fsync",
-    )
+    cluster = esdb_cluster(workdir / "failover", "fsync")
     out: list[float] = []
     try:
         cluster.start(60)
@@ -446,14 +446,7 @@ def main() -> int:
             pso = PsoCluster(tmp / "pysyncobj")
             pso.start()
         for durability in durabilities:
-            cluster = LocalCluster.create(
-                tmp / f"cluster-{durability}",
-                nodes=3,
-                base_port=None,
-                secret=None,
-                store_id="bench",
-                durability=durability,
-            )
+            cluster = esdb_cluster(tmp / f"cluster-{durability}", durability)
             single = NodeProc(tmp / f"single-{durability}", NodeConfig(durability=durability))
             rows = []
             try:

@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,18 +29,17 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from esdb_cli.bench import percentile  # noqa: E402
+from esdb_cli.localcluster import free_ports  # noqa: E402
+
 SECRET = "bench-secret"
 EVENT = 100
 CELLS = [(b, f) for b in (1, 10, 100) for f in (1, 4)]
 
 
 # --- node process ------------------------------------------------------------------------------
-
-
-def _percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
 def _run_load(submit_batch: Any, events: int, inflight: int, seconds: float) -> dict[str, Any]:
@@ -76,8 +74,8 @@ def _run_load(submit_batch: Any, events: int, inflight: int, seconds: float) -> 
         "errors": errors,
         "events_per_s": len(lat) * events / elapsed,
         "ops_per_s": len(lat) / elapsed,
-        "p50_ms": _percentile(lat, 0.5) * 1000,
-        "p99_ms": _percentile(lat, 0.99) * 1000,
+        "p50_ms": percentile(lat, 0.5) * 1000,
+        "p99_ms": percentile(lat, 0.99) * 1000,
     }
 
 
@@ -154,7 +152,6 @@ def stock_node(addr: str, peers: list[str], data: Path, tuned: bool = False) -> 
 
 
 def node_main(spec: dict[str, Any]) -> None:
-    sys.path.insert(0, str(REPO))
     data = Path(spec["data"])
     if spec["kind"] == "esdb":
         is_leader, submit_batch = esdb_node(spec["addr"], spec["peers"], data, spec["durability"])
@@ -173,16 +170,6 @@ def node_main(spec: dict[str, Any]) -> None:
 
 
 # --- orchestrator --------------------------------------------------------------------------------
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class Proc:
@@ -298,7 +285,6 @@ def codec_bench() -> list[dict[str, Any]]:
 
     from cryptography.fernet import Fernet
 
-    sys.path.insert(0, str(REPO))
     from esdb_node.raft.transport import FrameCipher
 
     fernet = Fernet(Fernet.generate_key())

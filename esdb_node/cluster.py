@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from esdb_node.client import AsyncClient
 from esdb_node.config import NodeConfig, parse_hostport
 from esdb_node.discovery import (
     Bootstrap,
@@ -26,15 +27,17 @@ from esdb_node.discovery import (
     members_hash,
 )
 from esdb_node.errors import (
+    AuthenticationFailed,
     EsdbError,
     InvalidInput,
     NotFound,
     NotLeader,
     NotReady,
+    StreamNotFound,
     Unavailable,
     UnknownOutcome,
 )
-from esdb_node.model import MemberRecord
+from esdb_node.model import AppendResult, MemberRecord
 from esdb_node.raft import Applied, Outcome, RaftConfig, RaftNode, RaftStatus, Rejected
 from esdb_node.replication import GroupCommitter, MemberView, ReplicationStatus, with_deadline
 from esdb_node.server import protocol as p
@@ -110,9 +113,6 @@ class RaftReplicator:
         """The broken behaviour: guess the result from local state and ack right away."""
         self._background.add(future)
         future.add_done_callback(self._background.discard)
-        from esdb_node.errors import StreamNotFound
-        from esdb_node.model import AppendResult
-
         try:
             last = self.cluster.store.stream_info(sub[1]).last_version
         except StreamNotFound:
@@ -330,8 +330,6 @@ class ClusterNode:
         node would not do: once removed it no longer hears the leader and reports "leader
         changed", an unknown outcome for a change that in fact happened.
         """
-        from esdb_node.client import AsyncClient
-
         try:
             log.info("leaving the cluster (removing %s from the membership)", self.identity.raft)
             if self.raft.is_leader():
@@ -354,48 +352,58 @@ class ClusterNode:
 
     async def _current_members(self, target: str) -> tuple[str, ...]:
         """The Raft members of the cluster at `target` (any node answers)."""
-        from esdb_node.client import AsyncClient
-
-        deadline = time.monotonic() + max(self.config.bootstrap_timeout, 10.0)
-        last: EsdbError | None = None
-        async with AsyncClient(target, timeout=5) as client:
-            while time.monotonic() < deadline:
-                try:
-                    reply = await client.admin("members", {}, leader=False, timeout=5)
-                    return tuple(str(m["raft"]) for m in reply["members"])
-                except (Unavailable, UnknownOutcome) as exc:
-                    last = exc
-                    await asyncio.sleep(0.5)
-        raise Unavailable(
-            f"no member of the cluster at {target} answered: {last}",
+        reply = await self._ask_until_answered(
+            target,
+            "members",
+            {},
+            leader=False,
+            timeout=5,
+            failure=f"no member of the cluster at {target} answered",
             hint="is the cluster up? check the URL given to --join",
         )
+        return tuple(str(m["raft"]) for m in reply["members"])
 
     async def _join(self, target: str) -> None:
         """Ask the leader (through any member at `target`) to add this node."""
-        from esdb_node.client import AsyncClient
-
-        deadline = time.monotonic() + max(self.config.bootstrap_timeout, 10.0)
-        last: EsdbError | None = None
-        async with AsyncClient(target, timeout=15) as client:
-            while time.monotonic() < deadline:
-                try:
-                    reply = await client.admin("add_member", self.join_request(), timeout=15)
-                    log.info(
-                        "joined the cluster through %s; members: %s",
-                        target,
-                        ", ".join(str(m) for m in reply["members"]),
-                    )
-                    return
-                except (Unavailable, UnknownOutcome) as exc:
-                    # an election, or an unknown outcome: adding an existing member is a
-                    # no-op, so asking again is safe
-                    last = exc
-                    await asyncio.sleep(0.5)
-        raise Unavailable(
-            f"could not join the cluster at {target}: {last}",
+        reply = await self._ask_until_answered(
+            target,
+            "add_member",
+            self.join_request(),
+            leader=True,
+            timeout=15,
+            failure=f"could not join the cluster at {target}",
             hint="is the cluster up, and is --secret the same?",
         )
+        log.info(
+            "joined the cluster through %s; members: %s",
+            target,
+            ", ".join(str(m) for m in reply["members"]),
+        )
+
+    async def _ask_until_answered(
+        self,
+        target: str,
+        op: str,
+        fields: dict[str, Any],
+        *,
+        leader: bool,
+        timeout: float,
+        failure: str,
+        hint: str,
+    ) -> Any:
+        """An admin request to the cluster at `target`, asked again while it is unavailable
+        or its outcome unknown (an election), until the bootstrap timeout. Only for requests
+        that are safe to repeat: reading the members, or adding one (a no-op if present)."""
+        deadline = time.monotonic() + max(self.config.bootstrap_timeout, 10.0)
+        last: EsdbError | None = None
+        async with AsyncClient(target, timeout=timeout) as client:
+            while time.monotonic() < deadline:
+                try:
+                    return await client.admin(op, fields, leader=leader, timeout=timeout)
+                except (Unavailable, UnknownOutcome) as exc:
+                    last = exc
+                    await asyncio.sleep(0.5)
+        raise Unavailable(f"{failure}: {last}", hint=hint)
 
     def join_request(self) -> dict[str, Any]:
         return {
@@ -534,8 +542,6 @@ class ClusterNode:
     # --- admin requests (client protocol) -------------------------------------------------------
 
     def _check_secret(self, secret: str) -> None:
-        from esdb_node.errors import AuthenticationFailed
-
         if not hmac.compare_digest(secret.encode(), (self.config.secret or "").encode()):
             raise AuthenticationFailed("wrong cluster secret for an admin request")
 

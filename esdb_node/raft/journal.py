@@ -140,10 +140,6 @@ class LmdbJournal(Journal):
         if self._pending or self._clear_pending or self._first_dirty:
             self._commit()
 
-    @property
-    def dirty(self) -> bool:
-        return bool(self._pending or self._clear_pending)
-
     def _commit(self, vote: tuple[int, str | None] | None = None) -> None:
         if self._closed:
             self._on_failure("raft journal used after close")
@@ -402,14 +398,6 @@ class LmdbJournal(Journal):
                         break
                     total += len(raw) - 8
         return total
-
-    def size_bytes(self) -> int:
-        """Disk pages used by the log (cheap: read from the B-tree header)."""
-        if self._closed:
-            return 0
-        with self._env.begin() as txn:
-            st = txn.stat(self._log)
-        return int(st["psize"] * (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]))
 
     # --- housekeeping ----------------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ from esdb_node.errors import (
     UnknownOutcome,
 )
 from esdb_node.raft import patches
-from esdb_node.raft.config import RaftConfig
+from esdb_node.raft.config import RaftConfig, split_addr
 from esdb_node.raft.journal import LmdbJournal
 from esdb_node.raft.outcome import (
     DISCARDED,
@@ -529,8 +529,6 @@ class RaftNode:
         self._change_membership("remove", addr, timeout)
 
     def _change_membership(self, op: str, addr: str, timeout: float) -> None:
-        from esdb_node.raft.config import split_addr
-
         self._not_on_tick_thread()
         split_addr(addr)
         deadline = time.monotonic() + timeout

@@ -16,6 +16,8 @@ import pysyncobj.syncobj as _pso_syncobj
 from pysyncobj.journal import Journal
 from pysyncobj.monotonic import monotonic as monotonic_time
 
+from esdb_node.raft.journal import Entry
+
 log = logging.getLogger(__name__)
 
 PICKLE_PROTOCOL = 4
@@ -26,8 +28,6 @@ NO_OP_COMMAND = b"\x01"  # _bchr(_COMMAND_TYPE.NO_OP)
 
 _installed = False
 _stock_create_journal = _pso_syncobj.createJournal
-
-Entry = tuple[bytes, int, int]
 
 
 def _create_journal(journalFile: Any = None) -> Any:

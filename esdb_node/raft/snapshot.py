@@ -45,6 +45,7 @@ from pysyncobj.config import SERIALIZER_STATE
 
 from esdb_node.codec import pack
 from esdb_node.errors import CorruptRecord
+from esdb_node.raft.journal import Entry
 from esdb_node.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,6 @@ MAGIC_HEAD = b"ESDBSNP1"
 MAGIC_TAIL = b"ESDBSNPE"
 _TRAILER = struct.Struct(">QQII8s")
 _COPY_CHUNK = 8 << 20
-
-Entry = tuple[bytes, int, int]
 
 
 class CorruptDump(CorruptRecord):
@@ -77,7 +76,8 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_path(path: str | Path) -> None:
+    """fsync a file or a directory (a rename is durable once its directory is synced)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -237,7 +237,7 @@ def install_image(path: str | Path, header: DumpHeader, store: Store) -> None:
         os.close(src)
     with store.exclusive():
         os.rename(incoming, store.path / "data.mdb")
-        fsync_dir(store.path)
+        fsync_path(store.path)
         store.reopen()
     if store.applied != header.applied:
         log.critical(
@@ -360,15 +360,11 @@ class SnapshotManager:
         # A snapshot received from the leader: check it before it replaces ours.
         header = read_header(src)
         verify_image(src, header)
-        fd = os.open(src, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(src)
         with self._lock:
             self._generation += 1
             os.rename(src, dst)
-            fsync_dir(self.dump_path.parent)
+            fsync_path(self.dump_path.parent)
             self._verified = _file_id(dst)
 
     # --- worker ----------------------------------------------------------------------------------
@@ -381,7 +377,7 @@ class SnapshotManager:
             with self._lock:
                 if gen == self._generation:
                     os.rename(tmp, self.dump_path)
-                    fsync_dir(self.dump_path.parent)
+                    fsync_path(self.dump_path.parent)
                     self.last_index = last[1]
                     self.dumps += 1
                     result = int(SERIALIZER_STATE.SUCCESS)

@@ -45,6 +45,7 @@ from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 from pysyncobj.tcp_server import TcpServer
 from pysyncobj.transport import TCPTransport
 
+from esdb_node.raft.patches import PICKLE_PROTOCOL
 from esdb_node.raft.status import RejectedPeers
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,6 @@ _NONCE = 12
 _TAG = 16
 _MIN_FRAME = _SEQ.size + _NONCE + _TAG
 _AAD = b"esdb-raft-frame-v1"
-_PICKLE_PROTOCOL = 4
 
 # Messages that acknowledge or announce log contents, term or vote: the journal is made durable
 # before any of them leaves the node.
@@ -224,7 +224,7 @@ class HardenedConnection(TcpConnection):
     def send(self, message: Any) -> None:
         if self.sendRandKey:
             message = (self.sendRandKey, message)
-        payload = self._guard.cipher.seal(self._send_seq, pickle.dumps(message, _PICKLE_PROTOCOL))
+        payload = self._guard.cipher.seal(self._send_seq, pickle.dumps(message, PICKLE_PROTOCOL))
         self._send_seq += 1
         buf = self._wbuf()
         buf.append(_LEN.pack(len(payload)))

@@ -336,22 +336,15 @@ class Writer(threading.Thread):
                     self.out.failed.append(ids)
                     head = exc.actual
                     continue
-                except UnknownOutcome:
-                    self.out.spans.append((t0, time.monotonic()))
-                    self.out.unknown.append(ids)
-                    synced = self._resync(client, deadline)
-                    if synced is None:
-                        return
-                    head = synced
-                    continue
                 except Unavailable:  # no leader or no node reachable: definitely not applied
                     self.out.spans.append((t0, time.monotonic()))
                     self.out.failed.append(ids)
                     self.stop_event.wait(0.05)
                     continue
-                except EsdbError as exc:  # not expected: reported, and counted as unknown
+                except EsdbError as exc:  # UnknownOutcome, or anything else counted as unknown
                     self.out.spans.append((t0, time.monotonic()))
-                    self.out.errors.append(f"{type(exc).__name__}: {exc}")
+                    if not isinstance(exc, UnknownOutcome):  # not expected: reported too
+                        self.out.errors.append(f"{type(exc).__name__}: {exc}")
                     self.out.unknown.append(ids)
                     synced = self._resync(client, deadline)
                     if synced is None:

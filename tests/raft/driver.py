@@ -1,6 +1,7 @@
 """A Store + RaftNode in one process, driven by JSON lines on stdin (tests only).
 
-Stand-in for `esdb node start` until the real node exists. Usage:
+The raft layer without the client server, so tests reach RaftNode's own API (outcomes,
+partitions, membership, compaction) in a real process. Usage:
     python driver.py '{"self_addr": "127.0.0.1:7001", "peers": [...], "data_dir": "...",
                        "secret": "...", ...RaftConfig overrides}'
 Requests: {"id": 1, "op": "status" | "append" | "read" | "partition" | "add_member" |
@@ -22,6 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from esdb_node.codec import record_header
 from esdb_node.errors import EsdbError, StorageFailure
 from esdb_node.raft import Applied, RaftConfig, RaftNode, Rejected
 from esdb_node.storage import commands as cmd
@@ -113,8 +115,6 @@ def read_ids(store: Store, stream: str) -> list[str]:
             return ids
         if not payloads:
             return ids
-        from esdb_node.codec import record_header
-
         ids.extend(record_header(p)[4].hex() for p in payloads)
         version += len(payloads)
 

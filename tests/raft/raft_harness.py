@@ -8,7 +8,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from esdb_cli.localcluster import free_ports
 
 DRIVER = Path(__file__).with_name("driver.py")
 REPO = Path(__file__).resolve().parents[2]
@@ -29,19 +30,6 @@ FAST = {
     "connection_timeout": 4.0,
     "connection_retry": 0.5,
 }
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def wait_for(what: str, cond: Callable[[], Any], timeout: float, step: float = 0.05) -> Any:

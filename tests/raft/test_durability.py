@@ -92,7 +92,6 @@ class _Stock(SyncObj):  # type: ignore[misc]
         return value
 
 
-@pytest.mark.cluster
 def test_stock_pysyncobj_never_syncs_its_journal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
