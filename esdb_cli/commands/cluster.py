@@ -58,10 +58,8 @@ def _status_rows(
 ) -> list[dict[str, Any]]:
     rows = []
     for url, st in zip(urls, statuses, strict=True):
-        pid = None
-        if local is not None:
-            node = next((n for n in local.nodes if n.url == url), None)
-            pid = local.running_pid(node) if node else None
+        node = next((n for n in local.nodes if n.url == url), None) if local else None
+        pid = local.running_pid(node) if local and node else None
         if isinstance(st, NodeStatus):
             rows.append(
                 {
@@ -77,10 +75,9 @@ def _status_rows(
                 }
             )
         else:
-            name = next((n.id for n in local.nodes if n.url == url), url) if local else url
             rows.append(
                 {
-                    "id": name,
+                    "id": node.id if node else url,
                     "role": "unreachable",
                     "url": url,
                     "pid": pid,
