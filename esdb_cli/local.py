@@ -57,7 +57,7 @@ def is_node_process(pid: int) -> bool:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         state = "?"
-    return state != "Z" and (b"esdb_node" in cmdline or b"esdb" in cmdline)
+    return state != "Z" and b"esdb" in cmdline  # esdb_node.node or the esdb CLI
 
 
 def running_pid(data_dir: Path) -> int | None:

@@ -5,6 +5,7 @@ Used by `esdb cluster up/down/add/remove`, the chaos faults and drills, and test
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import secrets
@@ -193,6 +194,32 @@ class LocalCluster:
         self.nodes = [updated if n.id == node.id else n for n in self.nodes]
         self.save()
         return updated
+
+    def add_node(
+        self, node_id: str | None = None, *, join: str | None = None, wait: float = 60.0
+    ) -> LocalNode:
+        """One more node on free loopback ports, joined through `join` (default: every
+        current URL) and started."""
+        # Not n{len+1}: after a `cluster remove` that id may be in use, or name the removed
+        # node's data dir, whose old raft state would make the new node skip the join.
+        new_id = node_id or next(
+            f"n{i}"
+            for i in itertools.count(1)
+            if all(n.id != f"n{i}" for n in self.nodes) and not (self.dir / f"n{i}").exists()
+        )
+        if any(n.id == new_id for n in self.nodes):
+            raise InvalidInput(f"{new_id} is already in {self.dir}")
+        client_port, raft_port = free_ports(2)
+        node = LocalNode(
+            id=new_id,
+            url=f"esdb://127.0.0.1:{client_port}",
+            raft=f"127.0.0.1:{raft_port}",
+            data_dir=str((self.dir / new_id).resolve()),
+        )
+        join = join or self.urls
+        self.nodes.append(node)
+        self.save()
+        return self.start_node(node, join=join, wait=wait)
 
     def start(self, wait: float = 60.0) -> list[str]:
         """Start every node that is not running; returns the ids started."""

@@ -226,7 +226,7 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def print_error(exc: EsdbError, *, debug: bool = False) -> None:
+def print_error(exc: EsdbError) -> None:
     print(f"error: {exc.message}", file=sys.stderr)
     if exc.hint:
         print(f"hint: {exc.hint}", file=sys.stderr)

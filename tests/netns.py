@@ -38,6 +38,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from esdb_cli.chaos.netns import list_namespaces, namespace_pids
+
 PREFIX = "esdbt-"
 _counter = itertools.count(1)
 _CMD_TIMEOUT = 10.0
@@ -327,28 +329,18 @@ class _Namespaces:
             raise RuntimeError(f"netns teardown incomplete: {errors} still present: {left}")
 
 
-def _netns_pids(ns: str) -> list[int]:
-    out = _ip("netns", "pids", ns, check=False).stdout
-    return [int(p) for p in out.split()]
-
-
 def _empty_namespace(ns: str, timeout: float = 5.0) -> None:
     """Kill (by PID) whatever still runs in our namespace; fail if it will not go."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         deadline = time.monotonic() + timeout / 2  # each phase gets its own half
-        for pid in _netns_pids(ns):
+        for pid in namespace_pids(ns):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-        while _netns_pids(ns) and time.monotonic() < deadline:
+        while namespace_pids(ns) and time.monotonic() < deadline:
             time.sleep(0.05)  # polling the kernel for process exit; bounded by deadline
-        if not _netns_pids(ns):
+        if not namespace_pids(ns):
             return
-    raise RuntimeError(f"processes still in {ns}: {_netns_pids(ns)}")
-
-
-def list_namespaces() -> list[str]:
-    out = _ip("netns", "list", check=False).stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
+    raise RuntimeError(f"processes still in {ns}: {namespace_pids(ns)}")
 
 
 def cleanup_stale(prefix: str = PREFIX) -> list[str]:
@@ -361,7 +353,7 @@ def cleanup_stale(prefix: str = PREFIX) -> list[str]:
         pid_text = ns[len(prefix) :].split("-", 1)[0]
         if not pid_text.isdigit() or Path(f"/proc/{pid_text}").exists():
             continue
-        if not _netns_pids(ns):
+        if not namespace_pids(ns):
             _ip("netns", "del", ns, check=False)
             removed.append(ns)
     return removed

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -58,10 +57,8 @@ def _status_rows(
 ) -> list[dict[str, Any]]:
     rows = []
     for url, st in zip(urls, statuses, strict=True):
-        pid = None
-        if local is not None:
-            node = next((n for n in local.nodes if n.url == url), None)
-            pid = local.running_pid(node) if node else None
+        node = next((n for n in local.nodes if n.url == url), None) if local else None
+        pid = local.running_pid(node) if local and node else None
         if isinstance(st, NodeStatus):
             rows.append(
                 {
@@ -77,10 +74,9 @@ def _status_rows(
                 }
             )
         else:
-            name = next((n.id for n in local.nodes if n.url == url), url) if local else url
             rows.append(
                 {
-                    "id": name,
+                    "id": node.id if node else url,
                     "role": "unreachable",
                     "url": url,
                     "pid": pid,
@@ -276,29 +272,8 @@ def add(
             "`cluster add` grows a local cluster; pass --dir or --cluster-dir",
             hint="for a remote node: esdb node start --join esdb://LEADER:PORT",
         )
-    from esdb_cli.localcluster import LocalNode, free_ports
-
-    # Not n{len+1}: after a `cluster remove` that id may be in use, or name the removed
-    # node's data dir, whose old raft state would make the new node skip the join.
-    new_id = node_id or next(
-        f"n{i}"
-        for i in itertools.count(1)
-        if all(n.id != f"n{i}" for n in cluster.nodes) and not (cluster.dir / f"n{i}").exists()
-    )
-    if any(n.id == new_id for n in cluster.nodes):
-        raise InvalidInput(f"{new_id} is already in {cluster.dir}")
-    client_port, raft_port = free_ports(2)
-    node = LocalNode(
-        id=new_id,
-        url=f"esdb://127.0.0.1:{client_port}",
-        raft=f"127.0.0.1:{raft_port}",
-        data_dir=str((cluster.dir / new_id).resolve()),
-    )
-    join_url = cluster.urls
-    cluster.nodes.append(node)
-    cluster.save()
-    node = cluster.start_node(node, join=join_url)
-    say(f"{new_id} joined; it catches up from the leader in the background")
+    node = cluster.add_node(node_id)
+    say(f"{node.id} joined; it catches up from the leader in the background")
     printer().record({"id": node.id, "url": node.url, "raft": node.raft, "pid": node.pid})
 
 

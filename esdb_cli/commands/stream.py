@@ -89,10 +89,11 @@ def read(
     with connect(consistency=consistency) as client:
         if stream == "$all":
             events = client.iter_all(from_position=start, backward=backward, limit=limit)
-            out.rows((event_row(e) for e in events), ALL_COLUMNS, key="events")
+            columns = ALL_COLUMNS
         else:
             events = client.iter_stream(stream, from_version=start, backward=backward, limit=limit)
-            out.rows((event_row(e) for e in events), STREAM_COLUMNS, key="events")
+            columns = STREAM_COLUMNS
+        out.rows((event_row(e) for e in events), columns, key="events")
 
 
 @client_command

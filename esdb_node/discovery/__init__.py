@@ -4,6 +4,7 @@ DNS names, and the pure cluster-formation rules. Only this package imports zeroc
 The node uses `Discovery` (see DESIGN.md in this package and docs/discovery.md).
 """
 
+from esdb_node.config import DEFAULT_RAFT_PORT
 from esdb_node.discovery.announce import REJECT_REASONS, SERVICE_TYPE, RejectReason
 from esdb_node.discovery.formation import (
     Bootstrap,
@@ -14,7 +15,7 @@ from esdb_node.discovery.formation import (
     members_hash,
 )
 from esdb_node.discovery.interfaces import resolve_interfaces
-from esdb_node.discovery.model import DEFAULT_RAFT_PORT, FoundBy, Peer
+from esdb_node.discovery.model import FoundBy, Peer
 from esdb_node.discovery.service import Discovery, DiscoveryConfig, DiscoveryView, Mode
 from esdb_node.discovery.static import (
     DnsTarget,

@@ -12,10 +12,6 @@ from esdb_node.errors import InvalidInput
 
 FoundBy: TypeAlias = Literal["self", "mdns", "static", "dns"]
 
-# Same value as `esdb_node.config.DEFAULT_RAFT_PORT` on the lead's branch; used for
-# `dns:NAME` without a port.
-DEFAULT_RAFT_PORT = 2114
-
 MAX_ID_CHARS = 64
 
 

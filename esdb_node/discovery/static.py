@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from esdb_node.config import parse_hostport
+from esdb_node.config import DEFAULT_RAFT_PORT, parse_hostport
 from esdb_node.discovery.model import (
-    DEFAULT_RAFT_PORT,
     FoundBy,
     Peer,
     join_hostport,

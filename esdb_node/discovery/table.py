@@ -96,8 +96,7 @@ class PeerTable:
     def poke(self) -> None:
         """Wake every waiter without a change (used by stop)."""
         with self._cond:
-            self.version += 1
-            self._cond.notify_all()
+            self._changed()
 
     def accept(self, source: str, ann: Announcement) -> None:
         """Record a verified mDNS announcement from `source` (the service name)."""

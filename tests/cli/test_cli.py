@@ -163,49 +163,31 @@ def test_node_detach_and_stop_as_a_newcomer_would(tmp_path: Path) -> None:
     """The real `esdb` executable, in a fresh directory, default data dir."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ESDB_")}
     port = free_port()
-    esdb_bin = [sys.executable, "-m", "esdb_cli"]
-    start = subprocess.run(
-        [*esdb_bin, "node", "start", "--detach", "--listen", f"127.0.0.1:{port}", "--json"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+
+    def esdb_bin(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "esdb_cli", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    start = esdb_bin("node", "start", "--detach", "--listen", f"127.0.0.1:{port}", "--json")
     assert start.returncode == 0, start.stderr
     status = json.loads(start.stdout)
     pid = status["pid"]
     assert (tmp_path / "esdb-data" / "esdb.pid").read_text().strip() == str(pid)
     assert "running in the background" in start.stderr
     try:
-        again = subprocess.run(
-            [*esdb_bin, "node", "start", "--detach", "--listen", f"127.0.0.1:{free_port()}"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        again = esdb_bin("node", "start", "--detach", "--listen", f"127.0.0.1:{free_port()}")
         assert again.returncode == 3 and "already running" in again.stderr
         env["ESDB_URL"] = f"esdb://127.0.0.1:{port}"
-        append = subprocess.run(
-            [*esdb_bin, "append", "order-1", "--type", "OrderPlaced", "--data", '{"total": 42}'],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        append = esdb_bin("append", "order-1", "--type", "OrderPlaced", "--data", '{"total": 42}')
         assert append.returncode == 0, append.stderr
     finally:
-        stop = subprocess.run(
-            [*esdb_bin, "node", "stop"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        stop = esdb_bin("node", "stop")
     assert stop.returncode == 0, stop.stderr
     wait_for(
         lambda: (
@@ -215,14 +197,7 @@ def test_node_detach_and_stop_as_a_newcomer_would(tmp_path: Path) -> None:
         timeout=10,
         what="node exit",
     )
-    again = subprocess.run(
-        [*esdb_bin, "node", "stop"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    again = esdb_bin("node", "stop")
     assert again.returncode == 7
 
 

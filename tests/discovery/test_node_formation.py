@@ -10,13 +10,14 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests import netns
+from tests.harness import wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.cluster]
 
@@ -62,6 +63,13 @@ def start_node(host: netns.Host, env: dict[str, str], label: str) -> netns.Proc:
     return host.spawn([PY, "-m", "esdb_node.node"], label=label, env=env)
 
 
+def start_members(hosts: Sequence[netns.Host], data: Path) -> list[netns.Proc]:
+    """Node n<i+1> on hosts[i], for every host given."""
+    return [
+        start_node(x, node_env(data, f"n{i + 1}", x.addr), f"n{i + 1}") for i, x in enumerate(hosts)
+    ]
+
+
 def esdb(host: netns.Host, *args: str, timeout: float = 30) -> tuple[int, Any, str]:
     result = host.run([PY, "-m", "esdb_cli", *args], check=False, timeout=timeout)
     try:
@@ -97,13 +105,8 @@ def one_cluster(driver: netns.Host, urls: list[str], expected: set[str]) -> str 
 
 
 def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    # Every check runs `esdb` subprocesses: poll gently.
+    return wait_for(cond, timeout=timeout, what=what, interval=0.3)
 
 
 @contextlib.contextmanager
@@ -136,8 +139,7 @@ def test_three_nodes_form_one_cluster_then_a_fourth_joins_and_impostors_are_igno
     assert topo5.switch is not None
     driver = topo5.switch
     with logs_on_failure(topo5):
-        for i in range(3):
-            start_node(h[i], node_env(tmp_path, f"n{i + 1}", h[i].addr), f"n{i + 1}")
+        start_members(h[:3], tmp_path)
         urls = [url(x) for x in h[:3]]
         three = {raft(x) for x in h[:3]}
         wait_until(lambda: one_cluster(driver, urls, three), 90, "3 nodes to form one cluster")
@@ -189,8 +191,7 @@ def test_nodes_started_one_by_one_wait_for_the_third(topo3: netns.Topology, tmp_
     assert topo3.switch is not None
     driver = topo3.switch
     with logs_on_failure(topo3):
-        start_node(h[0], node_env(tmp_path, "n1", h[0].addr), "n1")
-        start_node(h[1], node_env(tmp_path, "n2", h[1].addr), "n2")
+        start_members(h[:2], tmp_path)
         urls = [url(x) for x in h[:2]]
         wait_until(
             lambda: (
@@ -252,8 +253,7 @@ def test_partition_and_heal_keeps_one_cluster(topo3: netns.Topology, tmp_path: P
     assert topo3.switch is not None
     driver = topo3.switch
     with logs_on_failure(topo3):
-        for i in range(3):
-            start_node(h[i], node_env(tmp_path, f"n{i + 1}", h[i].addr), f"n{i + 1}")
+        start_members(h, tmp_path)
         urls = [url(x) for x in h]
         everyone = {raft(x) for x in h}
         wait_until(lambda: one_cluster(driver, urls, everyone), 90, "formation")
@@ -296,10 +296,7 @@ def test_leave_shrinks_membership_and_a_restarted_node_rejoins(
     assert topo5.switch is not None
     driver = topo5.switch
     with logs_on_failure(topo5):
-        procs = [
-            start_node(h[i], node_env(tmp_path, f"n{i + 1}", h[i].addr), f"n{i + 1}")
-            for i in range(3)
-        ]
+        procs = start_members(h[:3], tmp_path)
         urls = [url(x) for x in h[:3]]
         three = {raft(x) for x in h[:3]}
         wait_until(lambda: one_cluster(driver, urls, three), 90, "formation")
