@@ -181,15 +181,19 @@ def _cluster_urls(path: Path) -> str:
     return LocalCluster.load(path).urls
 
 
+def resolve_token() -> str | None:
+    """`--token`, else ESDB_TOKEN, else none."""
+    return options().token or os.environ.get("ESDB_TOKEN") or None
+
+
 @contextmanager
 def connect(**kwargs: Any) -> Iterator[Any]:
     from esdb_node.client import Client
 
-    opts = options()
     client = Client(
         resolve_urls(),
-        token=opts.token or os.environ.get("ESDB_TOKEN") or None,
-        timeout=opts.timeout,
+        token=resolve_token(),
+        timeout=options().timeout,
         **kwargs,
     )
     try:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from esdb_cli.context import client_command, options, printer, resolve_urls
+from esdb_cli.context import client_command, printer, resolve_token, resolve_urls
 from esdb_cli.output import say
 
 app = typer.Typer(help="Measure a running node or cluster (bounded in time).", no_args_is_help=True)
@@ -35,7 +35,7 @@ def append(
             batch=batch,
             duration=duration,
             size=size,
-            token=options().token,
+            token=resolve_token(),
         )
     )
     printer().record(result.to_json())
@@ -49,5 +49,5 @@ def read(
     """Stream `$all` from the start to one client and report events/s."""
     from esdb_cli.bench import run_read_all
 
-    result = asyncio.run(run_read_all(resolve_urls(), limit=limit, token=options().token))
+    result = asyncio.run(run_read_all(resolve_urls(), limit=limit, token=resolve_token()))
     printer().record(result.to_json())

@@ -9,6 +9,9 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
+
+from esdb_node.config import NodeConfig
 from tests.harness import NodeProc, free_port, wait_for
 
 
@@ -218,3 +221,24 @@ def test_bench_reports_the_documented_keys(esdb, node: NodeProc) -> None:  # typ
     assert result["ops"] > 0 and result["errors"] == 0  # type: ignore[index]
     r = esdb("bench", "read", "--url", node.url, "--json")
     assert r.json()["events"] >= result["events"]  # type: ignore[index]
+
+
+def test_token_from_the_environment_reaches_every_command(
+    esdb,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    node = NodeProc(tmp_path / "n", NodeConfig(token="env-token")).start(wait=False)
+    monkeypatch.setenv("ESDB_TOKEN", "env-token")
+    append = ("append", "tok-1", "--type", "T", "--data", "{}", "--id", str(uuid.uuid4()))
+    wait_for(
+        lambda: esdb(*append, "--url", node.url).code == 0,
+        timeout=30,
+        what="the node to take an append with the token from ESDB_TOKEN",
+    )
+    r = esdb("bench", "read", "--limit", "1", "--url", node.url, "--json")
+    assert r.code == 0, r.err
+    assert r.json()["events"] == 1
+    monkeypatch.delenv("ESDB_TOKEN")
+    r = esdb("bench", "read", "--limit", "1", "--url", node.url, "--json")
+    assert r.code == 2, (r.code, r.err)  # no token: authentication failed
