@@ -134,7 +134,8 @@ class _Connection:
             raise
         self.hello = hello
 
-    def close(self) -> None:
+    def close(self, why: str = "connection closed") -> None:
+        """Close once; every request still waiting fails with `why`."""
         if self.closed:
             return
         self.closed = True
@@ -142,7 +143,7 @@ class _Connection:
             self._writer.close()
         if self._reader_task is not None and self._reader_task is not asyncio.current_task():
             self._reader_task.cancel()
-        self._fail_all("connection closed")
+        self._fail_all(why)
 
     def _fail_all(self, why: str) -> None:
         for future in self.pending.values():
@@ -161,15 +162,10 @@ class _Connection:
                 p.check_length(length, self.max_frame)
                 message = p.decode_body(await reader.readexactly(length), self.max_frame)
                 self._deliver(message)
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            pass
-        except ProtocolError:
-            pass
+        except (asyncio.IncompleteReadError, OSError, ProtocolError):
+            pass  # the node went away or broke the framing: either way this connection is over
         finally:
-            self.closed = True
-            if self._writer is not None:
-                self._writer.close()
-            self._fail_all(f"connection to {format_url(self.address)} lost")
+            self.close(f"connection to {format_url(self.address)} lost")
 
     def _deliver(self, message: dict[str, Any]) -> None:
         rid = message.get("id")
@@ -530,10 +526,22 @@ class AsyncClient:
 
     # --- reads ----------------------------------------------------------------------------------
 
-    def _consistency(self, consistency: str | None) -> str:
-        return consistency or self.consistency
+    async def _read(
+        self, op: str, fields: dict[str, Any], *, limit: int | None, consistency: str | None
+    ) -> AsyncGenerator[RecordedEvent, None]:
+        """One finite read (a stream or `$all`), record by record."""
+        level = consistency or self.consistency
+        fields = {
+            **fields,
+            "limit": p.MAX_READ_LIMIT if limit is None else limit,
+            "consistency": level,
+        }
+        reads = self._stream(op, fields, leader=level == "leader", idle_timeout=self.timeout)
+        async for chunk in reads:
+            for payload in chunk:
+                yield codec.decode_record(payload)
 
-    async def iter_stream(
+    def iter_stream(
         self,
         stream: str,
         *,
@@ -542,25 +550,13 @@ class AsyncClient:
         limit: int | None = None,
         consistency: str | None = None,
     ) -> AsyncGenerator[RecordedEvent, None]:
-        level = self._consistency(consistency)
-        fields = {
-            "stream": stream,
-            "from": from_version,
-            "backward": backward,
-            "limit": p.MAX_READ_LIMIT if limit is None else limit,
-            "consistency": level,
-        }
-        reads = self._stream(
-            "read_stream", fields, leader=level == "leader", idle_timeout=self.timeout
-        )
-        async for chunk in reads:
-            for payload in chunk:
-                yield codec.decode_record(payload)
+        fields = {"stream": stream, "from": from_version, "backward": backward}
+        return self._read("read_stream", fields, limit=limit, consistency=consistency)
 
     async def read_stream(self, stream: str, **kwargs: Any) -> list[RecordedEvent]:
         return [e async for e in self.iter_stream(stream, **kwargs)]
 
-    async def iter_all(
+    def iter_all(
         self,
         *,
         from_position: int | None = None,
@@ -569,20 +565,12 @@ class AsyncClient:
         filter: AllFilter | None = None,
         consistency: str | None = None,
     ) -> AsyncGenerator[RecordedEvent, None]:
-        level = self._consistency(consistency)
         fields = {
             "from": from_position,
             "backward": backward,
-            "limit": p.MAX_READ_LIMIT if limit is None else limit,
             "filter": (filter or AllFilter()).to_wire(),
-            "consistency": level,
         }
-        reads = self._stream(
-            "read_all", fields, leader=level == "leader", idle_timeout=self.timeout
-        )
-        async for chunk in reads:
-            for payload in chunk:
-                yield codec.decode_record(payload)
+        return self._read("read_all", fields, limit=limit, consistency=consistency)
 
     async def read_all(self, **kwargs: Any) -> list[RecordedEvent]:
         return [e async for e in self.iter_all(**kwargs)]

@@ -15,7 +15,13 @@ from typing import Any
 import msgpack
 
 from esdb_node.errors import CorruptRecord, InvalidInput, ProtocolError
-from esdb_node.model import EventData, RecordedEvent, Snapshot, utc_from_micros
+from esdb_node.model import (
+    EventData,
+    RecordedEvent,
+    Snapshot,
+    utc_from_micros,
+    validate_event_type,
+)
 
 _CRC = struct.Struct(">I")
 U64 = struct.Struct(">Q")
@@ -89,8 +95,6 @@ def event_to_wire(event: EventData) -> list[Any]:
 
 def event_from_wire(value: Any, *, max_event_bytes: int) -> list[Any]:
     """Validate one event as sent by a client; returns [id16, type, data, metadata, is_json]."""
-    from esdb_node.model import validate_event_type
-
     if not isinstance(value, list) or len(value) != 5:
         raise InvalidInput("each event must be [id, type, data, metadata, is_json]")
     event_id, event_type, data, metadata, is_json = value

@@ -99,14 +99,11 @@ def validate_event_type(event_type: str) -> None:
     if not isinstance(event_type, str) or not event_type:
         raise InvalidInput("event type is empty")
     if len(event_type) > MAX_TYPE_CHARS:
-        raise InvalidInput(f"event type is {len(event_type)} characters; the limit is 256")
+        raise InvalidInput(
+            f"event type is {len(event_type)} characters; the limit is {MAX_TYPE_CHARS}"
+        )
     if _BAD_TYPE_CHARS.search(event_type):
         raise InvalidInput(f"event type {event_type!r} contains a control character")
-
-
-def category_of(stream: str) -> str:
-    """`order-42` is in category `order`; a name without '-' is its own category."""
-    return stream.split("-", 1)[0]
 
 
 def utc_from_micros(micros: int) -> datetime:

@@ -104,8 +104,6 @@ class GroupCommitter:
         self._scheduled = False
         self._last_us = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self.batches = 0
-        self.items = 0
 
     def submit(self, sub: cmd.Subcommand) -> asyncio.Future[Result]:
         """Queue one subcommand; the future resolves with its result when its batch is done.
@@ -149,8 +147,6 @@ class GroupCommitter:
             results = await self._flush(data)
             if len(results) != len(batch):
                 raise UnknownOutcome(f"replicator returned {len(results)} results for {len(batch)}")
-            self.batches += 1
-            self.items += len(batch)
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)

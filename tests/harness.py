@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from esdb_node.client import Client
-from esdb_node.config import NodeConfig
+from esdb_node.config import NodeConfig, parse_hostport
 from esdb_node.errors import EsdbError
 from esdb_node.model import NodeStatus
 
@@ -143,10 +143,6 @@ class NodeProc:
                 self.proc.wait(timeout=10)
         return self.proc.returncode
 
-    def restart(self, *, wait: bool = True) -> NodeProc:
-        self.stop()
-        return self.start(wait=wait)
-
     def log_text(self) -> str:
         try:
             return (self.data_dir / "esdb.log").read_text(errors="replace")
@@ -174,8 +170,7 @@ def dump_logs() -> str:
 
 @contextlib.contextmanager
 def raw_socket(url: str) -> Iterator[socket.socket]:
-    host, port = url.removeprefix("esdb://").rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock = socket.create_connection(parse_hostport(url), timeout=5)
     try:
         yield sock
     finally:

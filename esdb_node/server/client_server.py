@@ -50,7 +50,6 @@ class ClientServer:
         self.admin = admin
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
-        self.protocol_errors = 0
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
@@ -123,7 +122,6 @@ class _Connection:
                     message = p.decode_body(body, self.server.max_frame)
                 except ProtocolError as exc:
                     # The byte stream cannot be trusted after a bad frame: answer, then close.
-                    self.server.protocol_errors += 1
                     log.info("closing %s: %s", self.peer, exc)
                     await self.send_error(0, exc)
                     return
@@ -141,7 +139,6 @@ class _Connection:
         try:
             rid, req = p.parse_request(message, max_event_bytes=self.server.max_event_bytes)
         except EsdbError as exc:
-            self.server.protocol_errors += 1
             await self.send_error(rid, exc)
             if not self.authed:
                 self.close()

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from esdb_node import __version__
 from esdb_node.codec import record_header
@@ -28,6 +29,8 @@ CHUNK_EVENTS = 1000
 CHUNK_BYTES = 1 << 20
 BARRIER_TIMEOUT = 5.0
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True, slots=True)
 class Identity:
@@ -40,17 +43,16 @@ class Identity:
 class HeadWatch:
     """Wakes tails when a batch commits. `notify` may be called from any thread."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, last: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self.last = last
         self.changes = 0
         self._event = asyncio.Event()
 
     def notify(self, last_position: int) -> None:
-        self._loop.call_soon_threadsafe(self._set, last_position)
+        """A store listener; tails re-read the store, so only the fact of a change matters."""
+        self._loop.call_soon_threadsafe(self._set)
 
-    def _set(self, last_position: int) -> None:
-        self.last = last_position
+    def _set(self) -> None:
         self.changes += 1
         event, self._event = self._event, asyncio.Event()
         event.set()
@@ -84,48 +86,41 @@ class NodeService:
         store: Store,
         replicator: Replicator,
         identity: Identity,
-        *,
-        extra_status: Callable[[], dict[str, object]] | None = None,
     ) -> None:
         self.store = store
         self.replicator = replicator
         self.identity = identity
         self.started = time.monotonic()
-        self.head = HeadWatch(asyncio.get_running_loop(), store.last_position)
+        self.head = HeadWatch(asyncio.get_running_loop())
         store.add_listener(self.head.notify)
-        self._extra_status = extra_status
 
     # --- writes ---------------------------------------------------------------------------------
 
-    async def _write(self, sub: cmd.Subcommand, timeout: float) -> object:
+    async def _write(self, sub: cmd.Subcommand, timeout: float, result_type: type[T]) -> T:
         self.replicator.check_writable()
-        return result_or_raise(await self.replicator.submit(sub, timeout))
+        result = result_or_raise(await self.replicator.submit(sub, timeout))
+        assert isinstance(result, result_type)
+        return result
 
     async def append(self, req: p.Append) -> AppendResult:
-        result = await self._write(cmd.append(req.stream, req.expected, req.events), req.timeout)
-        assert isinstance(result, AppendResult)
-        return result
+        sub = cmd.append(req.stream, req.expected, req.events)
+        return await self._write(sub, req.timeout, AppendResult)
 
     async def delete(self, req: p.Delete) -> DeleteResult:
-        result = await self._write(cmd.delete(req.stream, req.expected, req.hard), req.timeout)
-        assert isinstance(result, DeleteResult)
-        return result
+        sub = cmd.delete(req.stream, req.expected, req.hard)
+        return await self._write(sub, req.timeout, DeleteResult)
 
     async def set_metadata(self, req: p.SetMetadata) -> StreamInfo:
-        result = await self._write(cmd.set_metadata(req.stream, req.metadata), req.timeout)
-        assert isinstance(result, StreamInfo)
-        return result
+        sub = cmd.set_metadata(req.stream, req.metadata)
+        return await self._write(sub, req.timeout, StreamInfo)
 
     async def snapshot_save(self, req: p.SnapshotSave) -> Snapshot:
         sub = cmd.snapshot_save(req.stream, req.version, req.data, req.metadata)
-        result = await self._write(sub, req.timeout)
-        assert isinstance(result, Snapshot)
-        return result
+        return await self._write(sub, req.timeout, Snapshot)
 
     async def snapshot_delete(self, req: p.SnapshotDelete) -> int:
-        result = await self._write(cmd.snapshot_delete(req.stream, req.version), req.timeout)
-        assert isinstance(result, int)
-        return result
+        sub = cmd.snapshot_delete(req.stream, req.version)
+        return await self._write(sub, req.timeout, int)
 
     # --- reads ----------------------------------------------------------------------------------
 

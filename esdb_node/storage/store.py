@@ -106,6 +106,17 @@ def _stream_key(stream_raw: bytes, version: int) -> bytes:
     return stream_raw + _SEP + U64.pack(version)
 
 
+def _is_key_of(key: bytes, stream_raw: bytes) -> bool:
+    """Whether a `_stream_key` belongs to exactly this stream (not one it is a prefix of)."""
+    return key.startswith(stream_raw + _SEP) and len(key) == len(stream_raw) + 9
+
+
+def _decode_applied(raw: bytes | None) -> tuple[int, int]:
+    if raw is None:
+        return (0, 0)
+    return (U64.unpack_from(raw, 0)[0], U64.unpack_from(raw, 8)[0])
+
+
 class _Info:
     """Mutable stream info used inside one write transaction."""
 
@@ -120,6 +131,11 @@ class _Info:
     @property
     def exists(self) -> bool:
         return self.flags == 0 and self.last_version >= 0
+
+    @classmethod
+    def from_sealed(cls, value: bytes, stream: str) -> _Info:
+        last, flags, delete_before, meta = unpack_trusted(unseal(value, f"stream info {stream!r}"))
+        return cls(last, flags, delete_before, meta)
 
     def seal(self) -> bytes:
         return seal(pack([self.last_version, self.flags, self.delete_before, self.metadata]))
@@ -227,10 +243,7 @@ class Store:
 
     def _read_applied(self) -> tuple[int, int]:
         with self.env.begin() as txn:
-            raw = txn.get(_APPLIED, db=self._meta)
-        if raw is None:
-            return (0, 0)
-        return (U64.unpack_from(raw, 0)[0], U64.unpack_from(raw, 8)[0])
+            return _decode_applied(txn.get(_APPLIED, db=self._meta))
 
     @property
     def applied(self) -> tuple[int, int]:
@@ -313,10 +326,7 @@ class Store:
 
     def _info(self, txn: Any, stream: str, raw: bytes) -> _Info | None:
         value = txn.get(raw, db=self._streams)
-        if value is None:
-            return None
-        last, flags, delete_before, meta = unpack_trusted(unseal(value, f"stream info {stream!r}"))
-        return _Info(last, flags, delete_before, meta)
+        return None if value is None else _Info.from_sealed(value, stream)
 
     def stream_info(self, stream: str) -> StreamInfo:
         raw = validate_stream_name(stream, allow_system=True)
@@ -449,10 +459,7 @@ class Store:
                     break
                 if after is None or key != after.encode():
                     name = key.decode()
-                    last, flags, delete_before, meta = unpack_trusted(
-                        unseal(cur.value(), f"stream info {name!r}")
-                    )
-                    out.append(_Info(last, flags, delete_before, meta).public(name))
+                    out.append(_Info.from_sealed(cur.value(), name).public(name))
                 if not cur.next():
                     break
         return out
@@ -467,7 +474,7 @@ class Store:
                 key = bytes(cur.key())
             else:
                 key = b"" if not (cur.prev() if found else cur.last()) else bytes(cur.key())
-            if not key.startswith(raw + _SEP) or len(key) != len(raw) + 9:
+            if not _is_key_of(key, raw):
                 where = f" at or below version {at_or_below}" if at_or_below is not None else ""
                 raise SnapshotNotFound(f"no snapshot of {stream!r}{where}")
             version = U64.unpack(key[-8:])[0]
@@ -481,7 +488,7 @@ class Store:
             if not cur.set_range(raw + _SEP):
                 return out
             for key, value in cur:
-                if not key.startswith(raw + _SEP) or len(key) != len(raw) + 9:
+                if not _is_key_of(key, raw):
                     break
                 version = U64.unpack(key[-8:])[0]
                 out.append(codec.decode_snapshot(unseal(value, f"snapshot {stream!r}@{version}")))
@@ -502,10 +509,7 @@ class Store:
         """Write a compacted, consistent copy of the environment to `fd`; returns its applied
         (index, term), which the copy is guaranteed to match."""
         with self._read(), self.env.begin() as txn:
-            raw = txn.get(_APPLIED, db=self._meta)
-            applied = (
-                (0, 0) if raw is None else (U64.unpack_from(raw, 0)[0], U64.unpack_from(raw, 8)[0])
-            )
+            applied = _decode_applied(txn.get(_APPLIED, db=self._meta))
             self.env.copyfd(fd, compact=True, txn=txn)
         return applied
 
@@ -558,13 +562,17 @@ class _Writer:
         except Exception as exc:  # malformed subcommand: a result, not a poison pill
             return InvalidInput(f"malformed command: {type(exc).__name__}: {exc}")
 
-    def _load(self, stream: str) -> tuple[bytes, _Info | None]:
+    def _load(self, stream: str) -> tuple[bytes, _Info, bool]:
+        """(raw name, info, is_new); a stream never written gets an empty info to fill in."""
         raw = validate_stream_name(stream)
-        return raw, self.store._info(self.txn, stream, raw)
+        info = self.store._info(self.txn, stream, raw)
+        if info is None:
+            return raw, _Info(-1, 0, 0, None), True
+        return raw, info, False
 
-    def _check_expected(self, stream: str, info: _Info | None, expected: int) -> None:
-        exists = info is not None and info.exists
-        current = info.last_version if info is not None and exists else -1
+    def _check_expected(self, stream: str, info: _Info, expected: int) -> None:
+        exists = info.exists
+        current = info.last_version if exists else -1
         ok = (
             expected == -2
             or (expected == -1 and not exists)
@@ -586,10 +594,10 @@ class _Writer:
             self.stream_count += 1
 
     def append(self, stream: str, expected: int, events: list[list[Any]]) -> AppendResult:
-        raw, info = self._load(stream)
+        raw, info, is_new = self._load(stream)
         if not events:
             raise InvalidInput("an append needs at least one event")
-        if info is not None and info.flags & _TOMBSTONED:
+        if info.flags & _TOMBSTONED:
             raise StreamDeleted(f"stream {stream!r} is deleted (tombstoned); it takes no writes")
         txn, store = self.txn, self.store
         ids = [e[0] for e in events]
@@ -605,9 +613,6 @@ class _Writer:
                     hint="event ids must be unique; reuse them only to retry the same append",
                 )
         self._check_expected(stream, info, expected)
-        is_new = info is None
-        if info is None:
-            info = _Info(-1, 0, 0, None)
         version = info.last_version + 1
         first_version, position = version, self.next_position
         created = self.created_us
@@ -674,17 +679,14 @@ class _Writer:
         return AppendResult(stream, v, v + len(events) - 1, first_pos, last_pos)
 
     def delete(self, stream: str, expected: int, hard: bool) -> DeleteResult:
-        raw, info = self._load(stream)
-        if info is not None and info.flags & _TOMBSTONED:
+        raw, info, is_new = self._load(stream)
+        if info.flags & _TOMBSTONED:
             raise StreamDeleted(f"stream {stream!r} is already deleted (tombstoned)")
-        if not hard and (info is None or not info.exists):
-            if expected in (-2, -1) and info is not None and info.flags & _DELETED:
+        if not hard and not info.exists:
+            if expected in (-2, -1) and info.flags & _DELETED:
                 return DeleteResult(stream, info.last_version, False)  # idempotent soft delete
             raise StreamNotFound(f"stream {stream!r} not found")
         self._check_expected(stream, info, expected)
-        is_new = info is None
-        if info is None:
-            info = _Info(-1, 0, 0, None)
         if hard:
             info.flags = _TOMBSTONED
         else:
@@ -694,20 +696,17 @@ class _Writer:
         return DeleteResult(stream, info.last_version, hard)
 
     def set_metadata(self, stream: str, metadata: Any) -> StreamInfo:
-        raw, info = self._load(stream)
+        raw, info, is_new = self._load(stream)
         meta = StreamMetadata.from_wire(metadata)
-        if info is not None and info.flags & _TOMBSTONED:
+        if info.flags & _TOMBSTONED:
             raise StreamDeleted(f"stream {stream!r} is deleted (tombstoned)")
-        is_new = info is None
-        if info is None:
-            info = _Info(-1, 0, 0, None)
         info.metadata = meta.to_wire()
         self._put_info(raw, info, is_new)
         return info.public(stream)
 
     def snapshot_save(self, stream: str, version: int, data: bytes, metadata: bytes) -> Snapshot:
-        raw, info = self._load(stream)
-        if info is None or info.last_version < 0:
+        raw, info, _ = self._load(stream)
+        if info.last_version < 0:
             raise StreamNotFound(f"stream {stream!r} not found; snapshot a stream with events")
         if info.flags & _TOMBSTONED:
             raise StreamDeleted(f"stream {stream!r} is deleted (tombstoned)")
@@ -744,7 +743,7 @@ class _Writer:
         if cur.set_range(raw + _SEP):
             while True:
                 key = bytes(cur.key())
-                if not key.startswith(raw + _SEP) or len(key) != len(raw) + 9:
+                if not _is_key_of(key, raw):
                     break
                 if not cur.delete():
                     break

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from esdb_node.client import AsyncClient, Client
-from esdb_node.codec import pack
 from esdb_node.config import NodeConfig
 from esdb_node.errors import (
     AuthenticationFailed,
@@ -38,8 +37,7 @@ def ev(n: int = 0, event_type: str = "Happened", size: int = 0) -> EventData:
 
 
 def send_frame(sock: socket.socket, message: dict[str, Any]) -> None:
-    body = pack(message)
-    sock.sendall(struct.pack(">I", len(body)) + body)
+    sock.sendall(p.encode_frame(message))
 
 
 def recv_frames(sock: socket.socket, count: int = 1) -> list[dict[str, Any]]:
@@ -230,32 +228,21 @@ def test_invalid_request_keeps_the_connection(node: NodeProc) -> None:
 
 def test_client_disconnecting_mid_request_loses_nothing(node: NodeProc) -> None:
     event = ev(1)
+    request = {
+        "id": 1,
+        "op": "append",
+        "stream": "cut",
+        "expected": -2,
+        "events": [[event.id.bytes, event.type, event.data, b"", True]],
+    }
+    frame = p.encode_frame(request)
     for _ in range(20):
         with raw_socket(node.url) as sock:
             hello(sock)
-            body = pack(
-                {
-                    "id": 1,
-                    "op": "append",
-                    "stream": "cut",
-                    "expected": -2,
-                    "events": [[event.id.bytes, event.type, event.data, b"", True]],
-                }
-            )
-            frame = struct.pack(">I", len(body)) + body
             sock.sendall(frame[: len(frame) // 2])  # half a frame, then gone
     with raw_socket(node.url) as sock:
         hello(sock)
-        send_frame(
-            sock,
-            {
-                "id": 1,
-                "op": "append",
-                "stream": "cut",
-                "expected": -2,
-                "events": [[event.id.bytes, event.type, event.data, b"", True]],
-            },
-        )
+        send_frame(sock, request)
     # the full request above may or may not have been applied before the close: both fine,
     # but never twice and never partially
     with node.client() as c:
