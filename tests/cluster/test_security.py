@@ -16,7 +16,7 @@ from esdb_node.config import NodeConfig
 from esdb_node.model import EventData
 from tests.cluster.conftest import MakeCluster
 from tests.cluster.support import FAST, Cluster
-from tests.harness import NodeProc, free_port, wait_for
+from tests.harness import NodeProc, free_port, rss_kib, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -27,13 +27,6 @@ GARBAGE_CONNECTIONS = 50
 # Default election timeouts (1-2 s, not the fast 0.6-1.2 s): these tests assert that nothing
 # caused an election, so a scheduling hiccup on a busy machine must not cause one either.
 STEADY: tuple[str, ...] = ()
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def free_port_above(port: int) -> int:

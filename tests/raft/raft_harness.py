@@ -49,13 +49,6 @@ def wait_for(what: str, cond: Callable[[], Any], timeout: float, step: float = 0
         time.sleep(step)
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 class NodeDied(AssertionError):
     pass
 

@@ -7,7 +7,9 @@ import struct
 import time
 
 import pytest
-from raft_harness import Cluster, NodeDied, rss_kib, wait_for
+from raft_harness import Cluster, NodeDied, wait_for
+
+from tests.harness import rss_kib
 
 pytestmark = pytest.mark.cluster
 
