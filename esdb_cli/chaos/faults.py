@@ -179,9 +179,10 @@ class Kill:
     def inject(self, env: ChaosEnv, target: str) -> str:
         node = env.node(target)
         pid = env.pid(node)
-        os.kill(pid, self.sig)
-        if self.sig == signal.SIGKILL:
-            _wait_gone(pid)
+        if self.sig == signal.SIGKILL:  # gone before the report says so
+            local.stop_pid(pid, timeout=10.0, force=False, sig=signal.SIGKILL)
+        else:
+            os.kill(pid, self.sig)
         env.killed.add(node.id)
         return f"{signal.Signals(self.sig).name} pid {pid}"
 
@@ -362,10 +363,3 @@ def _stopped(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state == "T"
-
-
-def _wait_gone(pid: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and local.is_node_process(pid):
-        local.reap(pid)
-        time.sleep(0.01)
