@@ -225,7 +225,7 @@ class Restart:
     in_force_ns: int | None = None
 
     def target(self, env: ChaosEnv) -> str:
-        return env.pick(self.spec).id if self.spec != "random" else env.pick("random").id
+        return env.pick(self.spec).id
 
     def inject(self, env: ChaosEnv, target: str) -> str:
         node = env.node(target)
