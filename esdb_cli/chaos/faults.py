@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from esdb_cli import local
 from esdb_cli.localcluster import LocalCluster, LocalNode
@@ -78,7 +78,10 @@ class Network(Protocol):
 
 
 class Fault(Protocol):
-    action: str
+    @property
+    def action(self) -> str:
+        """What the report calls it (`kill`, `partition`, ...)."""
+        ...
 
     def target(self, env: ChaosEnv) -> str:
         """Resolve whom the fault hits (e.g. the current leader); called once, first."""
@@ -327,7 +330,7 @@ class Heal:
 
 
 def run_fault(
-    env: ChaosEnv, fault: Fault | Any, *, recovery_timeout: float = 20.0, measure: bool = True
+    env: ChaosEnv, fault: Fault, *, recovery_timeout: float = 20.0, measure: bool = True
 ) -> FaultReport:
     """Health check, inject, wait for recovery, health check; returns the report."""
     before = env.health()
