@@ -234,7 +234,7 @@ class Restart:
         node = env.node(target)
         pid = env.cluster.running_pid(node)
         if pid is not None:
-            if target in env.paused or _stopped(pid):
+            if target in env.paused or is_stopped(pid):
                 os.kill(pid, signal.SIGCONT)
                 env.paused.discard(target)
             env.cluster.stop_node(node, timeout=20.0 if self.graceful else 0.0, force=True)
@@ -307,7 +307,7 @@ class Heal:
             pid = env.cluster.running_pid(node)
             # `env.paused` only knows this process's own pauses; `esdb chaos pause` ran in
             # another one, so ask the kernel which nodes are stopped.
-            if pid is not None and (node.id in env.paused or _stopped(pid)):
+            if pid is not None and (node.id in env.paused or is_stopped(pid)):
                 os.kill(pid, signal.SIGCONT)
                 done.append(f"resumed {node.id}")
         env.paused.clear()
@@ -359,7 +359,7 @@ def run_fault(
     )
 
 
-def _stopped(pid: int) -> bool:
+def is_stopped(pid: int) -> bool:
     """True if `pid` is stopped by a signal (SIGSTOP): state T in /proc/PID/stat."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
