@@ -145,6 +145,7 @@ def _check(ix: HistoryIndex) -> CheckReport:
     anomalies.sort(key=lambda a: (_KIND_ORDER[a.kind], a.stream or "", a.ops))
     ops: list[Append | Read] = [*ix.appends, *ix.reads]
     meta = ix.meta
+    final_events = sum(len(f.result) for f in ix.reference.values())
     return CheckReport(
         scenario=meta.scenario if meta else None,
         seed=meta.seed if meta else None,
@@ -153,8 +154,8 @@ def _check(ix: HistoryIndex) -> CheckReport:
         reads=_counts(ix.reads),
         acknowledged=len({e for a in ix.appends if a.type == "ok" for e in a.events}),
         lost=_lost(ix),
-        duplicates=sum(len(f.result) for f in ix.reference.values()) - len(ix.slot_of),
-        final_events=sum(len(f.result) for f in ix.reference.values()),
+        duplicates=final_events - len(ix.slot_of),
+        final_events=final_events,
         unknown_outcomes=_unknown_outcomes(ix),
         streams=len(ix.streams),
         clients=len({op.proc for op in ops}),
@@ -293,8 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     try:
-        with _gc_paused():
-            report = check(read_history(args.history))
+        report = check(read_history(args.history))  # parsed lazily, inside check's gc pause
     except OSError as exc:
         print(f"error: cannot read {args.history}: {exc.strerror or exc}", file=sys.stderr)
         return int(ExitCode.INVALID)

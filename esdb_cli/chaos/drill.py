@@ -35,7 +35,7 @@ from esdb_cli.chaos.faults import (
     Resume,
     run_fault,
 )
-from esdb_node.client import AsyncClient
+from esdb_node.client import AsyncClient, Client
 from esdb_node.errors import (
     EsdbError,
     StreamNotFound,
@@ -103,29 +103,28 @@ class _Recorder:
 # --- fault schedules --------------------------------------------------------------------------
 
 
-Step = tuple[float, Callable[[], Fault]]  # (seconds to hold before the next step, fault)
+def schedule(scenario: str, rng: random.Random, env: ChaosEnv) -> Iterator[tuple[Fault, float]]:
+    """Yield (fault, hold seconds) forever; the drill stops asking when time is up.
 
-
-def schedule(
-    scenario: str, rng: random.Random, env: ChaosEnv
-) -> Iterator[tuple[Fault | _Remember | _Deferred, float]]:
-    """Yield (fault, hold seconds) forever; the drill stops asking when time is up."""
+    The drill runs each fault before it asks for the next one, so a step can undo an earlier
+    one on the node that `_Remember` noted.
+    """
     kinds = ["leader-kill", "follower-kill", "pause", "partition", "flapping"]
     while True:
         kind = rng.choice(kinds) if scenario == "random" else scenario
         if kind == "leader-kill":
             victim: list[str] = []
             yield _Remember(Kill("leader"), victim), rng.uniform(2.0, 4.0)
-            yield _Deferred(_restart_of(victim)), rng.uniform(2.0, 3.0)
+            yield Restart(victim[0], graceful=False), rng.uniform(2.0, 3.0)
         elif kind == "follower-kill":
             victim = []
             yield _Remember(Kill("follower"), victim), rng.uniform(2.0, 4.0)
-            yield _Deferred(_restart_of(victim)), rng.uniform(1.5, 3.0)
+            yield Restart(victim[0], graceful=False), rng.uniform(1.5, 3.0)
         elif kind == "pause":
             victim = []
             spec = "leader" if rng.random() < 0.7 else "follower"
             yield _Remember(Pause(spec), victim), rng.uniform(3.0, 5.0)
-            yield _Deferred(_resume_of(victim)), rng.uniform(2.0, 3.0)
+            yield Resume(victim[0]), rng.uniform(2.0, 3.0)
         elif kind == "partition":
             spec = "leader" if rng.random() < 0.7 else "follower"
             yield Partition([[spec]]), rng.uniform(3.0, 5.0)
@@ -139,14 +138,6 @@ def schedule(
                 yield Restart(node.id, graceful=True), rng.uniform(1.5, 2.5)
         else:
             raise ValueError(f"unknown scenario {scenario!r}")
-
-
-def _restart_of(victim: list[str]) -> Callable[[], Fault]:
-    return lambda: Restart(victim[0], graceful=False)
-
-
-def _resume_of(victim: list[str]) -> Callable[[], Fault]:
-    return lambda: Resume(victim[0])
 
 
 @dataclass
@@ -171,33 +162,6 @@ class _Remember:
     @property
     def in_force_ns(self) -> int | None:
         return getattr(self.fault, "in_force_ns", None)
-
-
-@dataclass
-class _Deferred:
-    """A fault built only when its turn comes (it needs the target of an earlier step)."""
-
-    make: Callable[[], Fault]
-    _fault: Fault | None = None
-
-    def _get(self) -> Fault:
-        if self._fault is None:
-            self._fault = self.make()
-        return self._fault
-
-    @property
-    def action(self) -> str:
-        return self._get().action
-
-    def target(self, env: ChaosEnv) -> str:
-        return self._get().target(env)
-
-    def inject(self, env: ChaosEnv, target: str) -> str:
-        return self._get().inject(env, target)
-
-    @property
-    def in_force_ns(self) -> int | None:
-        return getattr(self._get(), "in_force_ns", None)
 
 
 # --- the workload ------------------------------------------------------------------------------
@@ -351,7 +315,7 @@ async def _faults(
 ) -> None:
     loop = asyncio.get_running_loop()
 
-    def inject(fault: Fault | _Remember | _Deferred) -> FaultReport:
+    def inject(fault: Fault) -> FaultReport:
         return run_fault(env, fault, measure=False)
 
     rng = random.Random(opts.seed)
@@ -382,8 +346,9 @@ def _converge(env: ChaosEnv, stream: str, timeout: float = 60.0) -> float:
     leader = env.cluster.wait_leader(timeout)
     deadline = start + timeout
     with env.client(timeout=5.0) as client:
-        # a leader barrier: everything acknowledged is committed before we compare nodes
-        client.read_stream(stream, consistency="leader") if _exists(client, stream) else None
+        if _exists(client, stream):
+            # a leader barrier: everything acknowledged is committed before we compare nodes
+            client.read_stream(stream, consistency="leader")
     while time.monotonic() < deadline:
         statuses = env.cluster.statuses(timeout=2.0)
         ok = [s for s in statuses if isinstance(s, NodeStatus)]
@@ -395,7 +360,7 @@ def _converge(env: ChaosEnv, stream: str, timeout: float = 60.0) -> float:
     raise EsdbError(f"the cluster did not converge within {timeout:g}s after healing")
 
 
-def _exists(client: Any, stream: str) -> bool:
+def _exists(client: Client, stream: str) -> bool:
     try:
         client.stream_info(stream)
         return True
@@ -404,8 +369,6 @@ def _exists(client: Any, stream: str) -> bool:
 
 
 def _finals(env: ChaosEnv, opts: DrillOptions) -> list[h.Final]:
-    from esdb_node.client import Client
-
     out: list[h.Final] = []
     for node in env.cluster.nodes:
         with Client(node.url, timeout=10.0, consistency="local") as client:

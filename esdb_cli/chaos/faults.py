@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from esdb_cli import local
 from esdb_cli.localcluster import LocalCluster, LocalNode
@@ -78,7 +78,10 @@ class Network(Protocol):
 
 
 class Fault(Protocol):
-    action: str
+    @property
+    def action(self) -> str:
+        """What the report calls it (`kill`, `partition`, ...)."""
+        ...
 
     def target(self, env: ChaosEnv) -> str:
         """Resolve whom the fault hits (e.g. the current leader); called once, first."""
@@ -179,9 +182,10 @@ class Kill:
     def inject(self, env: ChaosEnv, target: str) -> str:
         node = env.node(target)
         pid = env.pid(node)
-        os.kill(pid, self.sig)
-        if self.sig == signal.SIGKILL:
-            _wait_gone(pid)
+        if self.sig == signal.SIGKILL:  # gone before the report says so
+            local.stop_pid(pid, timeout=10.0, force=False, sig=signal.SIGKILL)
+        else:
+            os.kill(pid, self.sig)
         env.killed.add(node.id)
         return f"{signal.Signals(self.sig).name} pid {pid}"
 
@@ -224,13 +228,13 @@ class Restart:
     in_force_ns: int | None = None
 
     def target(self, env: ChaosEnv) -> str:
-        return env.pick(self.spec).id if self.spec != "random" else env.pick("random").id
+        return env.pick(self.spec).id
 
     def inject(self, env: ChaosEnv, target: str) -> str:
         node = env.node(target)
         pid = env.cluster.running_pid(node)
         if pid is not None:
-            if target in env.paused or _stopped(pid):
+            if target in env.paused or is_stopped(pid):
                 os.kill(pid, signal.SIGCONT)
                 env.paused.discard(target)
             env.cluster.stop_node(node, timeout=20.0 if self.graceful else 0.0, force=True)
@@ -303,7 +307,7 @@ class Heal:
             pid = env.cluster.running_pid(node)
             # `env.paused` only knows this process's own pauses; `esdb chaos pause` ran in
             # another one, so ask the kernel which nodes are stopped.
-            if pid is not None and (node.id in env.paused or _stopped(pid)):
+            if pid is not None and (node.id in env.paused or is_stopped(pid)):
                 os.kill(pid, signal.SIGCONT)
                 done.append(f"resumed {node.id}")
         env.paused.clear()
@@ -326,7 +330,7 @@ class Heal:
 
 
 def run_fault(
-    env: ChaosEnv, fault: Fault | Any, *, recovery_timeout: float = 20.0, measure: bool = True
+    env: ChaosEnv, fault: Fault, *, recovery_timeout: float = 20.0, measure: bool = True
 ) -> FaultReport:
     """Health check, inject, wait for recovery, health check; returns the report."""
     before = env.health()
@@ -355,17 +359,10 @@ def run_fault(
     )
 
 
-def _stopped(pid: int) -> bool:
+def is_stopped(pid: int) -> bool:
     """True if `pid` is stopped by a signal (SIGSTOP): state T in /proc/PID/stat."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return False
     return state == "T"
-
-
-def _wait_gone(pid: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and local.is_node_process(pid):
-        local.reap(pid)
-        time.sleep(0.01)

@@ -6,13 +6,16 @@ import shutil
 import signal
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from esdb_cli.context import client_command, cluster_dir, printer
 from esdb_cli.output import say
 from esdb_node.errors import InvalidInput, Unhealthy
+
+if TYPE_CHECKING:
+    from esdb_cli.chaos.faults import ChaosEnv, Fault
 
 app = typer.Typer(
     help="Kill, pause, partition and heal local nodes; drills that check nothing is lost.",
@@ -26,7 +29,7 @@ LeaderOpt = Annotated[bool, typer.Option("--leader", help="Target the current le
 RandomOpt = Annotated[bool, typer.Option("--random", help="Target a random node.")]
 
 
-def _env() -> object:
+def _env() -> ChaosEnv:
     from esdb_cli.chaos.faults import ChaosEnv
     from esdb_cli.localcluster import LocalCluster
 
@@ -46,10 +49,10 @@ def _spec(node: str | None, leader: bool, random_: bool) -> str:
     return chosen[0]
 
 
-def _run(fault: object) -> None:
+def _run(fault: Fault) -> None:
     from esdb_cli.chaos.faults import run_fault
 
-    report = run_fault(_env(), fault)  # type: ignore[arg-type]
+    report = run_fault(_env(), fault)
     recovered = (
         f"recovered in {report.recovery_s:.2f}s"
         if report.recovery_s is not None

@@ -24,6 +24,7 @@ from esdb_cli.chaos.faults import (
     Pause,
     Restart,
     Resume,
+    is_stopped,
     run_fault,
 )
 from esdb_cli.localcluster import LocalCluster
@@ -53,10 +54,6 @@ def _event(i: int) -> EventData:
 
 def _urls(c: LocalCluster, ids: list[str]) -> str:
     return ",".join(c.node(i).url for i in ids)
-
-
-def _proc_state(pid: int) -> str:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 def _assert_side_frozen(
@@ -262,17 +259,17 @@ def test_cli_pause_resume_restart(cluster: LocalCluster, esdb: Callable[..., Run
     assert report["action"] == "pause" and report["target"] == follower
     assert report["detail"] == f"SIGSTOP pid {pid}"
     assert report["leader_after"] == leader  # a paused follower costs no election
-    assert _proc_state(pid) == "T"
+    assert is_stopped(pid)
 
     report = _json_report(esdb("--cluster-dir", d, "--json", "chaos", "resume", follower))
     assert report["action"] == "resume" and report["detail"] == f"SIGCONT pid {pid}"
-    assert _proc_state(pid) != "T"
+    assert local.is_node_process(pid) and not is_stopped(pid)
 
     # A pause made by one command is undone by `heal` in another (state comes from /proc).
     esdb("--cluster-dir", d, "chaos", "pause", follower)
     report = _json_report(esdb("--cluster-dir", d, "--json", "chaos", "heal"))
     assert report["detail"] == f"resumed {follower}"
-    assert _proc_state(pid) != "T"
+    assert local.is_node_process(pid) and not is_stopped(pid)
 
     report = _json_report(esdb("--cluster-dir", d, "--json", "chaos", "restart", "--leader"))
     assert report["action"] == "restart" and report["target"] == leader

@@ -17,6 +17,7 @@ from esdb_cli import local
 from esdb_cli.chaos import netns as nx
 from esdb_node.errors import InvalidInput
 from tests.cli_runner import Run
+from tests.harness import wait_for
 
 
 @pytest.fixture
@@ -121,7 +122,12 @@ def test_unplugging_a_host_cuts_peers_and_clients_until_healed(topo: nx.Topology
     listener = subprocess.Popen(["ip", "netns", "exec", topo.host(1), sys.executable, "-c", serve])
     try:
         ports = nx.SwitchPorts(topo.switch, {"n1": "p1", "n2": "p2"})
-        assert _wait(lambda: _connects(topo, topo.host(2), "10.99.0.1"))  # listener is up
+        wait_for(
+            lambda: _connects(topo, topo.host(2), "10.99.0.1"),
+            timeout=20,
+            what="the listener in n1 to accept",
+            interval=0.1,
+        )
         assert _connects(topo, topo.switch, "10.99.0.1")  # the workload's place
 
         assert ports.partition([["n1"], ["n2"]], one_way=False) == "unplugged n1 at the switch"
@@ -130,15 +136,16 @@ def test_unplugging_a_host_cuts_peers_and_clients_until_healed(topo: nx.Topology
         assert not _connects(topo, topo.switch, "10.99.0.1")  # client cut too
 
         assert ports.heal() == "plugged n1 back in"
-        assert _wait(lambda: _connects(topo, topo.host(2), "10.99.0.1"))
+        wait_for(
+            lambda: _connects(topo, topo.host(2), "10.99.0.1"),
+            timeout=20,
+            what="n1 to be reachable again once plugged back in",
+            interval=0.1,
+        )
         assert _connects(topo, topo.switch, "10.99.0.1")
     finally:
         listener.kill()
         listener.wait(10)
-
-
-def _wait(probe: Callable[[], bool], tries: int = 20) -> bool:
-    return any(probe() for _ in range(tries))  # each probe waits up to 1 s itself
 
 
 @pytest.mark.netns
