@@ -107,7 +107,8 @@ def schedule(scenario: str, rng: random.Random, env: ChaosEnv) -> Iterator[tuple
     """Yield (fault, hold seconds) forever; the drill stops asking when time is up.
 
     The drill runs each fault before it asks for the next one, so a step can undo an earlier
-    one on the node that `_Remember` noted.
+    one on the node that `_Remember` noted; when the drill skipped that fault (its target
+    could not be chosen, e.g. no leader mid-election) there is nothing to undo.
     """
     kinds = ["leader-kill", "follower-kill", "pause", "partition", "flapping"]
     while True:
@@ -115,16 +116,19 @@ def schedule(scenario: str, rng: random.Random, env: ChaosEnv) -> Iterator[tuple
         if kind == "leader-kill":
             victim: list[str] = []
             yield _Remember(Kill("leader"), victim), rng.uniform(2.0, 4.0)
-            yield Restart(victim[0], graceful=False), rng.uniform(2.0, 3.0)
+            if victim:  # empty when the kill was skipped (no leader to choose)
+                yield Restart(victim[0], graceful=False), rng.uniform(2.0, 3.0)
         elif kind == "follower-kill":
             victim = []
             yield _Remember(Kill("follower"), victim), rng.uniform(2.0, 4.0)
-            yield Restart(victim[0], graceful=False), rng.uniform(1.5, 3.0)
+            if victim:
+                yield Restart(victim[0], graceful=False), rng.uniform(1.5, 3.0)
         elif kind == "pause":
             victim = []
             spec = "leader" if rng.random() < 0.7 else "follower"
             yield _Remember(Pause(spec), victim), rng.uniform(3.0, 5.0)
-            yield Resume(victim[0]), rng.uniform(2.0, 3.0)
+            if victim:
+                yield Resume(victim[0]), rng.uniform(2.0, 3.0)
         elif kind == "partition":
             spec = "leader" if rng.random() < 0.7 else "follower"
             yield Partition([[spec]]), rng.uniform(3.0, 5.0)
