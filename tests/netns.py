@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from esdb_cli.chaos.netns import list_namespaces, namespace_pids
+from esdb_cli.chaos.netns import empty_namespace, list_namespaces, namespace_pids, wire_switch
 
 PREFIX = "esdbt-"
 _counter = itertools.count(1)
@@ -319,7 +319,7 @@ class _Namespaces:
                 errors.append(f"stopping {proc.label} (pid {proc.pid}): {exc}")
         for ns in reversed(self.namespaces):
             try:
-                _empty_namespace(ns)
+                empty_namespace(ns, timeout=5.0)
                 _ip("netns", "del", ns)
             except Exception as exc:
                 errors.append(f"deleting {ns}: {exc}")
@@ -327,20 +327,6 @@ class _Namespaces:
         self._tmp.cleanup()
         if errors or left:
             raise RuntimeError(f"netns teardown incomplete: {errors} still present: {left}")
-
-
-def _empty_namespace(ns: str, timeout: float = 5.0) -> None:
-    """Kill (by PID) whatever still runs in our namespace; fail if it will not go."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        deadline = time.monotonic() + timeout / 2  # each phase gets its own half
-        for pid in namespace_pids(ns):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        while namespace_pids(ns) and time.monotonic() < deadline:
-            time.sleep(0.05)  # polling the kernel for process exit; bounded by deadline
-        if not namespace_pids(ns):
-            return
-    raise RuntimeError(f"processes still in {ns}: {namespace_pids(ns)}")
 
 
 def cleanup_stale(prefix: str = PREFIX) -> list[str]:
@@ -393,30 +379,12 @@ class Topology(_Namespaces):
     def __enter__(self) -> Topology:
         try:
             sw = self._add_ns("sw")
-            _ip("-n", sw, "link", "add", "br0", "type", "bridge")
-            _ip("-n", sw, "addr", "add", f"{self.subnet}.254/24", "dev", "br0")
-            _ip("-n", sw, "link", "set", "br0", "up")
             self.switch = Host(self, sw, f"{self.subnet}.254", "sw")
-            for i in range(1, self.n + 1):
-                ns = self._add_ns(f"h{i}")
-                _ip(
-                    "-n",
-                    ns,
-                    "link",
-                    "add",
-                    "eth0",
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    f"p{i}",
-                    "netns",
-                    sw,
-                )
-                _ip("-n", sw, "link", "set", f"p{i}", "master", "br0", "up")
-                _ip("-n", ns, "addr", "add", f"{self.subnet}.{i}/24", "dev", "eth0")
-                _ip("-n", ns, "link", "set", "eth0", "up")
-                self.hosts.append(Host(self, ns, f"{self.subnet}.{i}", f"h{i}"))
+            hosts = [self._add_ns(f"h{i}") for i in range(1, self.n + 1)]
+            wire_switch(sw, hosts, self.subnet)
+            self.hosts = [
+                Host(self, ns, f"{self.subnet}.{i}", f"h{i}") for i, ns in enumerate(hosts, 1)
+            ]
         except BaseException:
             self.close()
             raise

@@ -34,7 +34,6 @@ from typing import Any
 from esdb_node.errors import EsdbError, InvalidInput
 
 SUBNET = "10.99.0"
-SWITCH_ADDR = f"{SUBNET}.254"
 CLIENT_PORT = 2113  # every host has its own port space: fixed ports cannot collide
 RAFT_PORT = 2114
 _CMD_TIMEOUT = 10.0
@@ -163,19 +162,11 @@ class Topology:
         ip("-n", ns, "link", "set", "lo", "up")
 
     def _create(self) -> None:
-        sw = self.switch
-        self._add(sw)
-        ip("-n", sw, "link", "add", "br0", "type", "bridge")
-        ip("-n", sw, "addr", "add", f"{SWITCH_ADDR}/24", "dev", "br0")
-        ip("-n", sw, "link", "set", "br0", "up")
-        for i in range(1, self.nodes + 1):
-            ns = self.host(i)
+        self._add(self.switch)
+        hosts = [self.host(i) for i in range(1, self.nodes + 1)]
+        for ns in hosts:
             self._add(ns)
-            veth = ("type", "veth", "peer", "name", f"p{i}", "netns", sw)
-            ip("-n", ns, "link", "add", "eth0", *veth)  # the peer end is born in the switch
-            ip("-n", sw, "link", "set", f"p{i}", "master", "br0", "up")
-            ip("-n", ns, "addr", "add", f"{self.addr(i)}/24", "dev", "eth0")
-            ip("-n", ns, "link", "set", "eth0", "up")
+        wire_switch(self.switch, hosts, SUBNET)
 
     def guard(self) -> None:
         for ns in self.created:
@@ -187,7 +178,7 @@ class Topology:
         errors = []
         for ns in reversed(self.created):
             try:
-                _empty(ns, timeout)
+                empty_namespace(ns, timeout)
                 ip("netns", "del", ns)
             except (EsdbError, subprocess.SubprocessError, OSError) as exc:
                 errors.append(f"{ns}: {exc}")
@@ -197,7 +188,24 @@ class Topology:
             raise NetnsError(f"netns teardown incomplete: {'; '.join(errors)}; left: {left}")
 
 
-def _empty(ns: str, timeout: float) -> None:
+def wire_switch(switch: str, hosts: Sequence[str], subnet: str) -> None:
+    """Bridge `br0` in namespace `switch` with `<subnet>.254/24`; host I (1-based) of
+    `hosts` gets eth0 = `<subnet>.I/24`, whose veth peer `pI` is a port of br0. Both ends of
+    every veth are made inside namespaces: nothing appears in the caller's."""
+    ip("-n", switch, "link", "add", "br0", "type", "bridge")
+    ip("-n", switch, "addr", "add", f"{subnet}.254/24", "dev", "br0")
+    ip("-n", switch, "link", "set", "br0", "up")
+    for i, ns in enumerate(hosts, start=1):
+        veth = ("type", "veth", "peer", "name", f"p{i}", "netns", switch)
+        ip("-n", ns, "link", "add", "eth0", *veth)  # the peer end is born in the switch
+        ip("-n", switch, "link", "set", f"p{i}", "master", "br0", "up")
+        ip("-n", ns, "addr", "add", f"{subnet}.{i}/24", "dev", "eth0")
+        ip("-n", ns, "link", "set", "eth0", "up")
+
+
+def empty_namespace(ns: str, timeout: float) -> None:
+    """Kill (by PID: SIGTERM, then SIGKILL, each with half the time) whatever runs in `ns`;
+    raise if anything is still there."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         deadline = time.monotonic() + timeout / 2
         for pid in namespace_pids(ns):
