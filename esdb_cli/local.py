@@ -47,17 +47,22 @@ def read_pid(data_dir: Path) -> int | None:
         return None
 
 
+def proc_state(pid: int) -> str:
+    """The state letter of /proc/PID/stat (R, S, T stopped, Z zombie...); "?" if unknown."""
+    try:
+        # The command name in parentheses may itself contain ") ": split after the last one.
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
+
+
 def is_node_process(pid: int) -> bool:
     """True if `pid` is alive and is an esdb node (guards against recycled pids)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        state = "?"
-    return state != "Z" and b"esdb" in cmdline  # esdb_node.node or the esdb CLI
+    return proc_state(pid) != "Z" and b"esdb" in cmdline  # esdb_node.node or the esdb CLI
 
 
 def running_pid(data_dir: Path) -> int | None:

@@ -15,7 +15,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Protocol
 
 from esdb_cli import local
@@ -361,8 +360,4 @@ def run_fault(
 
 def is_stopped(pid: int) -> bool:
     """True if `pid` is stopped by a signal (SIGSTOP): state T in /proc/PID/stat."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state == "T"
+    return local.proc_state(pid) == "T"
