@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from esdb_cli import local
-from esdb_cli.localcluster import LocalCluster, LocalNode, free_ports
+from esdb_cli.localcluster import LocalCluster, LocalNode
 from esdb_node.client import Client
 from esdb_node.errors import (
     EsdbError,
@@ -113,17 +113,10 @@ class Cluster:
     def add_node(self, node_id: str, *, join: str | None = None, wait: float = 60.0) -> LocalNode:
         """One more node on free ports, joined through `join` (default: every current URL),
         the way `esdb cluster add` does it."""
-        client_port, raft_port = free_ports(2)
-        node = LocalNode(
-            id=node_id,
-            url=f"esdb://127.0.0.1:{client_port}",
-            raft=f"127.0.0.1:{raft_port}",
-            data_dir=str((self.local.dir / node_id).resolve()),
-        )
-        join = join or self.local.urls
-        self.local.nodes.append(node)
-        self.local.save()
-        self.start_node(node_id, join=join, wait=wait)
+        try:
+            self.local.add_node(node_id, join=join, wait=wait)
+        finally:
+            self.track()
         return self.node(node_id)
 
     def pid(self, node_id: str) -> int:
