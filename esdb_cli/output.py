@@ -19,6 +19,7 @@ from esdb_node.errors import EsdbError
 from esdb_node.model import (
     AppendResult,
     DeleteResult,
+    MemberView,
     NodeStatus,
     RecordedEvent,
     Snapshot,
@@ -123,18 +124,18 @@ def status_row(st: NodeStatus) -> Row:
     }
 
 
-def member_row(member: dict[str, Any]) -> Row:
-    """A member as sent by the node (`members` admin op); last_seen becomes ISO-8601 UTC."""
-    last_seen = member.get("last_seen")
+def member_row(member: MemberView) -> Row:
+    """A member as the node sees it; last_seen becomes ISO-8601 UTC."""
+    last_seen = member.last_seen
     return {
-        "id": member.get("id"),
-        "url": member.get("url"),
-        "raft": member.get("raft"),
-        "role": member.get("role"),
-        "reachable": member.get("reachable"),
-        "found_by": member.get("found_by"),
+        "id": member.node_id,
+        "url": member.url,
+        "raft": member.raft,
+        "role": member.role,
+        "reachable": member.reachable,
+        "found_by": member.found_by,
         "last_seen": iso_utc(datetime.fromtimestamp(last_seen, tz=UTC))
-        if isinstance(last_seen, int | float)
+        if last_seen is not None
         else None,
     }
 

@@ -46,6 +46,7 @@ from esdb_node.model import (
     DeleteResult,
     EventData,
     ExpectedVersion,
+    MemberView,
     NodeStatus,
     RecordedEvent,
     Snapshot,
@@ -653,6 +654,17 @@ class AsyncClient:
 
         return list(await asyncio.gather(*(one(a) for a in self.addresses)))
 
+    async def members(self, url: str | None = None) -> list[MemberView]:
+        """The cluster's members as the node at `url` (or whichever answers first) sees
+        them: role, reachability, how each was found and when it was last seen."""
+        if url is not None:
+            reply = await self.admin("members", {}, url=url)
+        else:
+            reply = await self.admin("members", {}, leader=False)
+        if not isinstance(reply, dict) or not isinstance(reply.get("members"), list):
+            raise ProtocolError("malformed members reply")
+        return [wire.member_from(m) for m in reply["members"]]
+
     async def admin(
         self,
         op: str,
@@ -773,6 +785,9 @@ class Client:
 
     def statuses(self) -> list[NodeStatus | EsdbError]:
         return self._run(self._async.statuses())
+
+    def members(self, url: str | None = None) -> list[MemberView]:
+        return self._run(self._async.members(url))
 
     def admin(self, op: str, fields: dict[str, Any], **kw: Any) -> Any:
         return self._run(self._async.admin(op, fields, **kw))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from esdb_node import wire
 from esdb_node.client import AsyncClient
 from esdb_node.config import NodeConfig, parse_hostport
 from esdb_node.discovery import (
@@ -37,9 +38,9 @@ from esdb_node.errors import (
     Unavailable,
     UnknownOutcome,
 )
-from esdb_node.model import AppendResult, MemberRecord
+from esdb_node.model import AppendResult, MemberRecord, MemberView
 from esdb_node.raft import Applied, Outcome, RaftConfig, RaftNode, RaftStatus, Rejected
-from esdb_node.replication import GroupCommitter, MemberView, ReplicationStatus, with_deadline
+from esdb_node.replication import GroupCommitter, ReplicationStatus, with_deadline
 from esdb_node.server import protocol as p
 from esdb_node.storage import commands as cmd
 from esdb_node.storage.store import Result, Store
@@ -547,7 +548,7 @@ class ClusterNode:
 
     async def admin(self, req: p.Request) -> Any:
         if isinstance(req, p.Members):
-            return {"members": [_member_wire(m) for m in self.replication_status().members]}
+            return {"members": [wire.member(m) for m in self.replication_status().members]}
         if isinstance(req, p.AddMember):
             return await self._add_member(req)
         if isinstance(req, p.RemoveMember):
@@ -640,16 +641,3 @@ def _lose_every_nth_entry(store: Store, n: int) -> None:
 
 def _fields(record: MemberRecord) -> tuple[str, str, str]:
     return record.raft, record.node_id, record.url
-
-
-def _member_wire(m: MemberView) -> dict[str, Any]:
-    return {
-        "id": m.node_id,
-        "url": m.url,
-        "raft": m.raft,
-        "role": m.role,
-        "reachable": m.reachable,
-        "match_index": m.match_index,
-        "found_by": m.found_by,
-        "last_seen": m.last_seen,
-    }

@@ -308,6 +308,20 @@ class MemberRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class MemberView:
+    """A member as one node sees it (the `members` admin request)."""
+
+    node_id: str
+    raft: str
+    url: str
+    role: str
+    reachable: bool
+    match_index: int | None = None
+    found_by: str = "static"  # self | static | join | mdns | dns
+    last_seen: float | None = None  # unix seconds
+
+
+@dataclass(frozen=True, slots=True)
 class NodeStatus:
     node_id: str
     store_id: str

@@ -17,20 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from esdb_node.errors import EsdbError, StorageFailure, Timeout, UnknownOutcome
+from esdb_node.model import MemberView
 from esdb_node.storage import commands as cmd
 from esdb_node.storage.store import Result, Store
-
-
-@dataclass(frozen=True, slots=True)
-class MemberView:
-    node_id: str
-    raft: str
-    url: str
-    role: str
-    reachable: bool
-    match_index: int | None = None
-    found_by: str = "static"
-    last_seen: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from esdb_node.errors import ProtocolError
 from esdb_node.model import (
     AppendResult,
     DeleteResult,
+    MemberView,
     NodeStatus,
     Snapshot,
     StreamInfo,
@@ -119,3 +120,32 @@ def node_status_from(value: Any) -> NodeStatus:
         return NodeStatus(**known)
     except TypeError as exc:
         raise ProtocolError(f"malformed status: {exc}") from None
+
+
+def member(value: MemberView) -> dict[str, Any]:
+    return {
+        "id": value.node_id,
+        "url": value.url,
+        "raft": value.raft,
+        "role": value.role,
+        "reachable": value.reachable,
+        "match_index": value.match_index,
+        "found_by": value.found_by,
+        "last_seen": value.last_seen,
+    }
+
+
+def member_from(value: Any) -> MemberView:
+    try:
+        return MemberView(
+            node_id=value["id"],
+            url=value["url"],
+            raft=value["raft"],
+            role=value["role"],
+            reachable=value["reachable"],
+            match_index=value.get("match_index"),
+            found_by=value.get("found_by", "static"),
+            last_seen=value.get("last_seen"),
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ProtocolError(f"malformed member: {exc}") from None

@@ -243,9 +243,9 @@ def leader() -> None:
 def members() -> None:
     """Raft members, how each was found, and when it was last seen."""
     with connect() as client:
-        reply = client.admin("members", {}, leader=False)
+        members = client.members()
     printer().rows(
-        (member_row(m) for m in sorted(reply["members"], key=lambda m: str(m["id"]))),
+        (member_row(m) for m in sorted(members, key=lambda m: m.node_id)),
         ["id", "url", "raft", "role", "reachable", "found_by", "last_seen"],
         key="members",
     )

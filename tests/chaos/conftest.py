@@ -73,8 +73,8 @@ def wait_registered(c: LocalCluster, timeout: float = 60) -> None:
     def registered() -> bool:
         leader = c.wait_leader(30)
         with Client(leader.url, timeout=3) as client:
-            members = client.admin("members", {}, url=leader.url)["members"]
-        return {m["id"] for m in members} == {n.id for n in c.nodes}
+            members = client.members(leader.url)
+        return {m.node_id for m in members} == {n.id for n in c.nodes}
 
     wait_for(registered, timeout=timeout, what="every node to register", interval=0.2)
 

@@ -138,8 +138,8 @@ def test_one_way_partition_drops_only_the_direction_asked(cluster: LocalCluster)
     def match_index() -> dict[str, int | None]:
         lead = cluster.node(leader.node_id)
         with Client(lead.url, timeout=3) as client:
-            members = client.admin("members", {}, url=lead.url)["members"]
-        return {m["id"]: m["match_index"] for m in members}
+            members = client.members(lead.url)
+        return {m.node_id: m.match_index for m in members}
 
     report = run_fault(env, Partition([[follower], [leader.node_id]], one_way=True))
     assert report.target == f"{follower} | {leader.node_id}"
