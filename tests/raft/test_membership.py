@@ -81,7 +81,7 @@ def test_transfer_leadership_and_remove_members(make_cluster: type[Cluster]) -> 
     term = st["term"]
     assert target.request("append", count=10, events=1)["applied"] == 10
     # The removed node keeps running but is refused by the others: it cannot disrupt them.
-    time.sleep(3.0)
+    time.sleep(3.0)  # an observation window (> 2 election timeouts), not a synchronisation
     st = target.status()
     assert st["role"] == "leader" and st["term"] == term
     # A member cannot remove itself (it could never learn the outcome): move leadership away
