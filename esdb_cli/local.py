@@ -17,8 +17,8 @@ from pathlib import Path
 
 from esdb_node.config import NodeConfig
 from esdb_node.errors import EsdbError, NotFound, Timeout, Unavailable
+from esdb_node.layout import DataDir
 from esdb_node.model import NodeStatus
-from esdb_node.node import NodeFiles, read_runtime
 
 
 def node_env(config: NodeConfig, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -41,10 +41,7 @@ def node_env(config: NodeConfig, base: dict[str, str] | None = None) -> dict[str
 
 
 def read_pid(data_dir: Path) -> int | None:
-    try:
-        return int(NodeFiles(data_dir).pid.read_text().strip())
-    except (OSError, ValueError):
-        return None
+    return DataDir(data_dir).read_pid()
 
 
 def proc_state(pid: int) -> str:
@@ -78,8 +75,8 @@ def spawn_node(
 ) -> subprocess.Popen[bytes]:
     """Start a detached node. `launcher` prefixes the command (e.g. `ip netns exec NS`,
     which execs the node: the pid stays the node's)."""
-    files = NodeFiles(config.data_dir)
-    files.data_dir.mkdir(parents=True, exist_ok=True)
+    files = DataDir(config.data_dir)
+    files.path.mkdir(parents=True, exist_ok=True)
     existing = running_pid(config.data_dir)
     if existing is not None:
         raise Unavailable(
@@ -102,7 +99,7 @@ def spawn_node(
 
 def log_tail(data_dir: Path, lines: int = 8) -> str:
     try:
-        text = NodeFiles(data_dir).log.read_text(errors="replace")
+        text = DataDir(data_dir).log.read_text(errors="replace")
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
@@ -121,9 +118,9 @@ def wait_serving(config: NodeConfig, proc: subprocess.Popen[bytes], timeout: flo
             raise Unavailable(
                 f"the node exited with code {code} during start-up"
                 + (f":\n{tail}" if tail else ""),
-                hint=f"full log: {NodeFiles(config.data_dir).log}",
+                hint=f"full log: {DataDir(config.data_dir).log}",
             )
-        runtime = read_runtime(config.data_dir)
+        runtime = DataDir(config.data_dir).read_runtime()
         if runtime and runtime.get("pid") == proc.pid and runtime.get("url"):
             client = Client(str(runtime["url"]), timeout=2.0, connect_timeout=1.0)
             try:
@@ -135,7 +132,7 @@ def wait_serving(config: NodeConfig, proc: subprocess.Popen[bytes], timeout: flo
         time.sleep(0.05)
     raise Timeout(
         f"the node did not start serving within {timeout:g}s" + (f" ({last})" if last else ""),
-        hint=f"see {NodeFiles(config.data_dir).log}",
+        hint=f"see {DataDir(config.data_dir).log}",
     )
 
 

@@ -38,6 +38,7 @@ from esdb_node.errors import (
     Unavailable,
     UnknownOutcome,
 )
+from esdb_node.layout import DataDir
 from esdb_node.model import AppendResult, MemberRecord, MemberView
 from esdb_node.raft import Applied, Outcome, RaftConfig, RaftNode, RaftStatus, Rejected
 from esdb_node.replication import GroupCommitter, ReplicationStatus, with_deadline
@@ -244,7 +245,7 @@ class ClusterNode:
         """
         loop = asyncio.get_running_loop()
         peers = self.initial_peers()
-        fresh = not (self.config.data_dir / "raft").exists()
+        fresh = not DataDir(self.config.data_dir).has_raft_state()
         discovery_config = self._discovery_config()
         if discovery_config is not None:
             self.discovery = Discovery(discovery_config, logger=logging.getLogger("esdb.discovery"))
@@ -309,7 +310,7 @@ class ClusterNode:
         if self._left:
             # Next start is a fresh member: it finds (or is given) the cluster and joins
             # again. The store stays: its applied index lets it skip what it already has.
-            shutil.rmtree(self.config.data_dir / "raft", ignore_errors=True)
+            shutil.rmtree(DataDir(self.config.data_dir).raft, ignore_errors=True)
             with contextlib.suppress(OSError):
                 self._leave_marker.unlink()
 
@@ -317,9 +318,7 @@ class ClusterNode:
 
     @property
     def _leave_marker(self) -> Path:
-        from esdb_node.node import NodeFiles
-
-        return NodeFiles(self.config.data_dir).leave
+        return DataDir(self.config.data_dir).leave
 
     def leave_requested(self) -> bool:
         return self._leave_marker.exists()

@@ -1,12 +1,5 @@
 """Composition root: `run_node(config)` wires storage, replication and servers, and runs until
-SIGTERM/SIGINT. Files in the data directory:
-
-  store/          LMDB state machine            raft/        Raft journal and dumps (cluster)
-  identity.json   node id and store id          node.json    addresses of the running node
-  esdb.pid        pid of the running node       esdb.log     log of a detached node
-  esdb.lock       held while a node runs (two nodes can never share a directory)
-  leave-requested written by `esdb node stop --leave` just before SIGTERM
-"""
+SIGTERM/SIGINT. The data directory's files are described in `esdb_node.layout`."""
 
 from __future__ import annotations
 
@@ -19,12 +12,11 @@ import os
 import secrets
 import signal
 import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from esdb_node.config import NodeConfig, parse_hostport
 from esdb_node.errors import EsdbError, InvalidInput, StorageFailure, Unavailable
+from esdb_node.layout import DataDir, write_json_atomic
 from esdb_node.replication import LocalReplicator, Replicator
 from esdb_node.server.client_server import ClientServer
 from esdb_node.server.service import Identity, NodeService
@@ -35,55 +27,7 @@ log = logging.getLogger("esdb.node")
 EXIT_STORAGE_FAILURE = 70
 
 
-@dataclass(frozen=True, slots=True)
-class NodeFiles:
-    data_dir: Path
-
-    @property
-    def store(self) -> Path:
-        return self.data_dir / "store"
-
-    @property
-    def raft(self) -> Path:
-        return self.data_dir / "raft"
-
-    @property
-    def identity(self) -> Path:
-        return self.data_dir / "identity.json"
-
-    @property
-    def runtime(self) -> Path:
-        return self.data_dir / "node.json"
-
-    @property
-    def pid(self) -> Path:
-        return self.data_dir / "esdb.pid"
-
-    @property
-    def log(self) -> Path:
-        return self.data_dir / "esdb.log"
-
-    @property
-    def lock(self) -> Path:
-        return self.data_dir / "esdb.lock"
-
-    @property
-    def leave(self) -> Path:
-        """Written by `esdb node stop --leave`: leave the cluster on the way out."""
-        return self.data_dir / "leave-requested"
-
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w") as fh:
-        json.dump(value, fh, indent=2)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def load_identity(files: NodeFiles, config: NodeConfig) -> tuple[str, str]:
+def load_identity(files: DataDir, config: NodeConfig) -> tuple[str, str]:
     """Node id and store id, fixed at the first start; a mismatch later is an error."""
     existing: dict[str, str] = {}
     if files.identity.exists():
@@ -95,26 +39,17 @@ def load_identity(files: NodeFiles, config: NodeConfig) -> tuple[str, str]:
     store_id = existing.get("store_id") or config.store_id or "default"
     if config.node_id and config.node_id != node_id:
         raise InvalidInput(
-            f"{files.data_dir} belongs to node {node_id!r}, not {config.node_id!r}",
+            f"{files.path} belongs to node {node_id!r}, not {config.node_id!r}",
             hint="use another --data-dir, or drop --node-id",
         )
     if config.store_id and config.store_id != store_id:
         raise InvalidInput(
-            f"{files.data_dir} belongs to store {store_id!r}, not {config.store_id!r}",
+            f"{files.path} belongs to store {store_id!r}, not {config.store_id!r}",
             hint="use another --data-dir, or drop --store-id",
         )
     if not existing:
         write_json_atomic(files.identity, {"node_id": node_id, "store_id": store_id})
     return node_id, store_id
-
-
-def read_runtime(data_dir: Path) -> dict[str, Any] | None:
-    """What a running (or last run) node wrote about itself; None when absent."""
-    try:
-        value = json.loads(NodeFiles(data_dir).runtime.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def setup_logging(level: str, stream: TextIO = sys.stderr) -> None:
@@ -132,15 +67,15 @@ def setup_logging(level: str, stream: TextIO = sys.stderr) -> None:
 def run_node(config: NodeConfig) -> int:
     """Run a node in the foreground until SIGTERM or SIGINT; returns the process exit code."""
     setup_logging(config.log_level)
-    files = NodeFiles(config.data_dir)
-    files.data_dir.mkdir(parents=True, exist_ok=True)
+    files = DataDir(config.data_dir)
+    files.path.mkdir(parents=True, exist_ok=True)
     lock_fd = os.open(files.lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(lock_fd)
         raise Unavailable(
-            f"another node is already running on {files.data_dir}",
+            f"another node is already running on {files.path}",
             hint="stop it with `esdb node stop --data-dir ...`, or use another --data-dir",
         ) from None
     try:
@@ -155,7 +90,7 @@ def run_node(config: NodeConfig) -> int:
         os.close(lock_fd)
 
 
-async def _serve(config: NodeConfig, files: NodeFiles) -> int:
+async def _serve(config: NodeConfig, files: DataDir) -> int:
     node_id, store_id = load_identity(files, config)
     host, port = parse_hostport(config.listen, what="--listen", allow_zero=True)
     if config.cluster_mode and port == 0:
@@ -238,7 +173,7 @@ async def _serve(config: NodeConfig, files: NodeFiles) -> int:
             url,
             replicator.mode,
             config.durability,
-            files.data_dir,
+            files.path,
         )
         await stop.wait()
         log.info("stopping")

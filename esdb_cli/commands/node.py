@@ -12,7 +12,7 @@ from esdb_cli.context import client_command, connect, options, output_command, p
 from esdb_cli.output import say, status_row
 from esdb_node.config import NodeConfig
 from esdb_node.errors import EsdbError, Unhealthy
-from esdb_node.node import NodeFiles, read_runtime
+from esdb_node.layout import DataDir
 
 app = typer.Typer(help="Run one node and check on it.", no_args_is_help=True)
 
@@ -188,7 +188,7 @@ def stop(
 ) -> None:
     """Stop the node running on a data directory (SIGTERM: finishes in-flight writes)."""
     if leave and local.running_pid(data_dir) is not None:
-        NodeFiles(data_dir).leave.write_text("esdb node stop --leave\n")
+        DataDir(data_dir).leave.write_text("esdb node stop --leave\n")
     pid = local.stop_node(data_dir, timeout=timeout, force=force)
     say(f"stopped node (pid {pid})" + (" after leaving the cluster" if leave else ""))
 
@@ -199,7 +199,7 @@ def _node_url(data_dir: Path | None) -> str | None:
     if opts.url:
         return opts.url.split(",")[0]
     if data_dir is not None:
-        runtime = read_runtime(data_dir)
+        runtime = DataDir(data_dir).read_runtime()
         if runtime and runtime.get("url"):
             opts.url = str(runtime["url"])
             return opts.url

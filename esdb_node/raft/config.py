@@ -7,6 +7,7 @@ from pathlib import Path
 
 from esdb_node.config import parse_hostport
 from esdb_node.errors import InvalidInput
+from esdb_node.layout import DataDir
 
 DURABILITIES = ("fsync", "os")
 
@@ -70,8 +71,8 @@ class RaftConfig:
         ) + (4 << 20)
 
     @property
-    def raft_dir(self) -> Path:
-        return Path(self.data_dir) / "raft"
+    def layout(self) -> DataDir:
+        return DataDir(Path(self.data_dir))
 
     @property
     def bind_addr(self) -> str:

@@ -335,17 +335,17 @@ class RaftNode:
         self._stopped = False
         self._membership_lock = threading.Lock()
         self.replays_skipped = 0
-        raft_dir = config.raft_dir
-        raft_dir.mkdir(parents=True, exist_ok=True)
+        layout = config.layout
+        layout.raft.mkdir(parents=True, exist_ok=True)
         self._journal = LmdbJournal(
-            raft_dir / "journal",
+            layout.raft_journal,
             fsync=config.durability == "fsync",
             map_size=config.journal_map_size,
             on_failure=fatal,
         )
         self.guard_cipher = FrameCipher(config.secret, config.cluster_id)
         self._guard = PeerGuard(self.guard_cipher, config.preauth_frame_bytes, config.frame_cap)
-        self.snapshots = SnapshotManager(store, raft_dir / "dump", EsdbNode)
+        self.snapshots = SnapshotManager(store, layout.raft_dump, EsdbNode)
         self._deadlines = _Deadlines()
         conf = SyncObjConf(
             journalFile=self._journal,  # an object: see patches._create_journal

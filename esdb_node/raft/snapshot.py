@@ -23,7 +23,7 @@ Life cycle, all driven by pysyncobj's Serializer (serializer.py):
   generation counter so a local dump that finishes later cannot overwrite the newer one.
 * `deserialize()` runs at startup and after a received snapshot: keep the local store if it is
   at least as new as the image, else copy the image next to the store and swap it in with one
-  rename under `Store.exclusive()`.
+  rename (`Store.install_image`).
 """
 
 from __future__ import annotations
@@ -210,35 +210,11 @@ def write_dump(
 
 
 def install_image(path: str | Path, header: DumpHeader, store: Store) -> None:
-    """Replace the store's data file with the dump's image (one rename, under exclusive())."""
-    incoming = store.path / "data.mdb.incoming"
-    src = os.open(path, os.O_RDONLY)
-    try:
-        dst = os.open(incoming, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            offset, remaining = len(MAGIC_HEAD), header.image_len
-            while remaining > 0:
-                try:
-                    n = os.copy_file_range(src, dst, min(remaining, 1 << 30), offset)
-                except OSError:
-                    n = 0
-                if n <= 0:  # not supported here, or a short file: plain copy
-                    chunk = os.pread(src, min(remaining, _COPY_CHUNK), offset)
-                    if not chunk:
-                        raise CorruptDump(f"snapshot {path} is shorter than its header says")
-                    _write_all(dst, chunk)
-                    n = len(chunk)
-                offset += n
-                remaining -= n
-            os.fsync(dst)
-        finally:
-            os.close(dst)
-    finally:
-        os.close(src)
-    with store.exclusive():
-        os.rename(incoming, store.path / "data.mdb")
-        fsync_path(store.path)
-        store.reopen()
+    """Replace the store with the dump's image (the store swaps its own files)."""
+    size = os.stat(path).st_size
+    if size < len(MAGIC_HEAD) + header.image_len:
+        raise CorruptDump(f"snapshot {path} is shorter than its header says")
+    store.install_image(Path(path), len(MAGIC_HEAD), header.image_len)
     if store.applied != header.applied:
         log.critical(
             "raft snapshot: installed image reports applied %s, header said %s",
@@ -289,7 +265,6 @@ class SnapshotManager:
         for stale in (
             self.dump_path.with_name(self.dump_path.name + ".tmp"),
             self.dump_path.with_name(self.dump_path.name + ".writing"),
-            store.path / "data.mdb.incoming",
         ):
             stale.unlink(missing_ok=True)
         try:

@@ -177,7 +177,16 @@ class Store:
 
     # --- lifecycle ------------------------------------------------------------------------------
 
+    @property
+    def _data_file(self) -> Path:
+        return self.path / "data.mdb"
+
+    @property
+    def _incoming_file(self) -> Path:
+        return self.path / "data.mdb.incoming"
+
     def _open(self) -> None:
+        self._incoming_file.unlink(missing_ok=True)  # an install that died half-way
         try:
             self.env = lmdb.open(
                 str(self.path),
@@ -222,17 +231,37 @@ class Store:
         self.env.sync(True)
 
     @contextmanager
-    def exclusive(self) -> Iterator[None]:
+    def _exclusive(self) -> Iterator[None]:
         """Hold off readers while the environment is replaced (snapshot install)."""
         with self._swap_lock.write():
             yield
 
-    def reopen(self) -> None:
-        """Reopen after the files under `path` were replaced; call inside `exclusive()`."""
+    def _reopen(self) -> None:
+        """Reopen after the files under `path` were replaced; call inside `_exclusive()`."""
         self.env.close()
         self._open()
         for listener in self._listeners:
             listener(self._next_position - 1)
+
+    def install_image(self, source: Path, offset: int, length: int) -> None:
+        """Replace the whole store with an image (a `copy_to_fd` copy) found at `offset` in
+        `source`: copied next to the data file, synced, then swapped in with one rename while
+        readers are held off. A crash at any point leaves either the old or the new store."""
+        incoming = self._incoming_file
+        src = os.open(source, os.O_RDONLY)
+        try:
+            dst = os.open(incoming, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                _copy_range(src, dst, offset, length)
+                os.fsync(dst)
+            finally:
+                os.close(dst)
+        finally:
+            os.close(src)
+        with self._exclusive():
+            os.rename(incoming, self._data_file)
+            _fsync_dir(self.path)
+            self._reopen()
 
     @contextmanager
     def _read(self) -> Iterator[Any]:
@@ -512,6 +541,36 @@ class Store:
             applied = _decode_applied(txn.get(_APPLIED, db=self._meta))
             self.env.copyfd(fd, compact=True, txn=txn)
         return applied
+
+
+_COPY_CHUNK = 8 << 20
+
+
+def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
+    remaining = length
+    while remaining > 0:
+        try:
+            n = os.copy_file_range(src, dst, min(remaining, 1 << 30), offset)
+        except OSError:
+            n = 0
+        if n <= 0:  # not supported here, or a short file: plain copy
+            chunk = os.pread(src, min(remaining, _COPY_CHUNK), offset)
+            if not chunk:
+                raise StorageFailure(f"store image is {length - remaining} bytes, not {length}")
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(dst, view) :]
+            n = len(chunk)
+        offset += n
+        remaining -= n
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _matches(flt: AllFilter, payload: bytes) -> bool:
