@@ -80,6 +80,7 @@ def _run_load(submit_batch: Any, events: int, inflight: int, seconds: float) -> 
 
 
 def esdb_node(addr: str, peers: list[str], data: Path, durability: str) -> tuple[Any, Any]:
+    from esdb_node.deadline import Deadline
     from esdb_node.raft import Applied, RaftConfig, RaftNode
     from esdb_node.storage import commands as cmd
     from esdb_node.storage.store import Store
@@ -100,7 +101,7 @@ def esdb_node(addr: str, peers: list[str], data: Path, durability: str) -> tuple
             ],
         )
         started = time.perf_counter()
-        node.submit(batch, lambda o: done(started, isinstance(o, Applied)), 10.0)
+        node.submit(batch, lambda o: done(started, isinstance(o, Applied)), Deadline.after(10.0))
 
     return node.is_leader, submit_batch
 

@@ -156,3 +156,26 @@ def where_matches(event: RecordedEvent, clauses: list[tuple[list[str], str]]) ->
         if text != expected:
             return False
     return True
+
+
+def node_settings(items: list[str]) -> dict[str, str]:
+    """`KEY=VALUE` node settings (NodeConfig fields), checked by name now and by value when
+    the nodes' configuration is built."""
+    from dataclasses import fields
+
+    from esdb_node.config import NodeConfig
+
+    known = {f.name for f in fields(NodeConfig)}
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise InvalidInput(f"--set {item!r} is not KEY=VALUE")
+        if key not in known:
+            raise InvalidInput(
+                f"--set {key}: no such node setting",
+                hint="see `esdb node start --help` and docs/single-node.md for the settings",
+            )
+        out[key] = value.strip()
+    return out

@@ -11,11 +11,13 @@ import os
 import secrets
 import shutil
 import socket
+import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from esdb_cli import local
 from esdb_node.client import Client
@@ -49,6 +51,9 @@ class LocalCluster:
     secret: str
     durability: str = "fsync"
     nodes: list[LocalNode] = field(default_factory=list)
+    # Node settings every node gets (NodeConfig fields, e.g. election_timeout), and
+    # ESDB_TEST_FLAGS for negative controls (esdb_node.testing).
+    settings: dict[str, Any] = field(default_factory=dict)
     test_flags: tuple[str, ...] = ()
     created: str = ""
 
@@ -76,6 +81,7 @@ class LocalCluster:
             secret=raw["secret"],
             durability=raw.get("durability", "fsync"),
             nodes=[LocalNode(**n) for n in raw["nodes"]],
+            settings=dict(raw.get("settings", {})),
             test_flags=tuple(raw.get("test_flags", ())),
             created=raw.get("created", ""),
         )
@@ -87,6 +93,7 @@ class LocalCluster:
             "secret": self.secret,
             "durability": self.durability,
             "created": self.created,
+            "settings": self.settings,
             "test_flags": list(self.test_flags),
             "nodes": [asdict(n) for n in self.nodes],
         }
@@ -121,6 +128,7 @@ class LocalCluster:
         secret: str | None,
         store_id: str,
         durability: str,
+        settings: Mapping[str, Any] | None = None,
         test_flags: Iterable[str] = (),
         hosts: Sequence[tuple[str, str]] = (),
     ) -> LocalCluster:
@@ -140,6 +148,7 @@ class LocalCluster:
             store_id=store_id,
             secret=secret or secrets.token_urlsafe(24),
             durability=durability,
+            settings=dict(settings or {}),
             test_flags=tuple(test_flags),
             created=datetime.now(UTC).isoformat(timespec="seconds"),
         )
@@ -166,18 +175,23 @@ class LocalCluster:
 
     def config_for(self, node: LocalNode, *, join: str | None = None) -> NodeConfig:
         peers = () if join else tuple(n.raft for n in self.nodes if n.id != node.id)
-        return NodeConfig(
-            data_dir=Path(node.data_dir),
-            node_id=node.id,
-            store_id=self.store_id,
-            listen=node.listen,
-            raft=node.raft,
-            peers=peers,
-            join=join,
-            secret=self.secret,
-            durability=self.durability,
-            test_flags=self.test_flags,
-        ).validate()
+        values: dict[str, Any] = {
+            **self.settings,
+            "data_dir": Path(node.data_dir),
+            "node_id": node.id,
+            "store_id": self.store_id,
+            "listen": node.listen,
+            "raft": node.raft,
+            "peers": peers,
+            "join": join,
+            "secret": self.secret,
+            "durability": self.durability,
+        }
+        return NodeConfig.load(values, env={})
+
+    def _spawn(self, node: LocalNode, cfg: NodeConfig) -> subprocess.Popen[bytes]:
+        extra = {"ESDB_TEST_FLAGS": ",".join(self.test_flags)} if self.test_flags else {}
+        return local.spawn_node(cfg, launcher=node.launcher, extra_env=extra)
 
     # --- processes ----------------------------------------------------------------------------
 
@@ -188,7 +202,7 @@ class LocalCluster:
         self, node: LocalNode, *, join: str | None = None, wait: float = 60.0
     ) -> LocalNode:
         cfg = self.config_for(node, join=join)
-        proc = local.spawn_node(cfg, launcher=node.launcher)
+        proc = self._spawn(node, cfg)
         local.wait_serving(cfg, proc, wait)
         updated = replace(node, pid=proc.pid)
         self.nodes = [updated if n.id == node.id else n for n in self.nodes]
@@ -227,7 +241,7 @@ class LocalCluster:
         for node in list(self.nodes):
             if self.running_pid(node) is None:
                 cfg = self.config_for(node)
-                proc = local.spawn_node(cfg, launcher=node.launcher)
+                proc = self._spawn(node, cfg)
                 self.nodes = [
                     replace(n, pid=proc.pid) if n.id == node.id else n for n in self.nodes
                 ]

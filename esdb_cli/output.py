@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from esdb_node.errors import EsdbError
 from esdb_node.model import (
@@ -26,6 +26,9 @@ from esdb_node.model import (
     StreamInfo,
     iso_utc,
 )
+
+if TYPE_CHECKING:
+    from esdb_node.cluster_view import ClusterSnapshot, Verdict
 
 FORMATS = ("table", "json", "jsonl")
 Row = dict[str, Any]
@@ -138,6 +141,66 @@ def member_row(member: MemberView) -> Row:
         if last_seen is not None
         else None,
     }
+
+
+STATUS_COLUMNS = [
+    "id",
+    "role",
+    "url",
+    "pid",
+    "term",
+    "commit_index",
+    "applied_index",
+    "lag",
+    "rtt_ms",
+    "reachable",
+]
+
+
+def cluster_rows(snapshot: ClusterSnapshot, pids: dict[str, int | None]) -> list[Row]:
+    rows = []
+    for m in snapshot.members:
+        row: Row = {
+            "id": m.id,
+            "role": m.role,
+            "url": m.url,
+            "pid": pids.get(m.id) or (m.status.pid if m.status else None),
+            "term": m.term,
+            "commit_index": m.commit_index,
+            "applied_index": m.applied_index,
+            "lag": m.lag,
+            "rtt_ms": m.rtt_ms,
+            "reachable": m.reachable,
+            "leader": m.leader_id,
+        }
+        if m.error:
+            row["error"] = m.error
+        rows.append(row)
+    return rows
+
+
+def cluster_summary(snapshot: ClusterSnapshot, rows: list[Row]) -> Row:
+    return {
+        "leader": snapshot.leader,
+        "term": snapshot.term,
+        "quorum": snapshot.quorum,
+        "up": snapshot.up,
+        "total": snapshot.total,
+        "store_id": snapshot.store_id,
+        "nodes": rows,
+    }
+
+
+def verdict_rows(verdict: Verdict) -> list[Row]:
+    return [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in verdict.checks]
+
+
+def cluster_summary_line(snapshot: ClusterSnapshot) -> str:
+    leader = snapshot.leader or "none"
+    return (
+        f"leader {leader}, term {snapshot.term if snapshot.term is not None else '-'}, "
+        f"{snapshot.up} of {snapshot.total} members up, quorum {snapshot.quorum}"
+    )
 
 
 # --- printing ----------------------------------------------------------------------------------

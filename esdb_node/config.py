@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,14 @@ class NodeConfig:
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     max_frame_bytes: int = 0  # 0: derived from max_event_bytes
     log_level: str = "info"
-    test_flags: tuple[str, ...] = field(default=())
+    # Tuning (TOML keys and ESDB_* variables; tests shorten them). Seconds unless noted.
+    election_timeout: float = 1.0  # a follower elects after [t, 2t] without a leader
+    leader_fallback_timeout: float = 2.5  # an isolated leader steps down after this
+    raft_connection_timeout: float = 10.0  # a silent raft connection is dropped after this
+    compaction_entries: int = 100_000  # snapshot + truncate the raft log after N entries
+    discovery_interval: float = 30.0  # mdns: re-announce every S
+    discovery_expiry: float = 90.0  # mdns: forget a peer not seen for S
+    dns_interval: float = 10.0  # dns discovery: re-resolve every S
 
     @property
     def cluster_mode(self) -> bool:
@@ -117,6 +124,18 @@ class NodeConfig:
             raise InvalidInput("max frame size must exceed the max event size")
         if self.bootstrap_expect < 0:
             raise InvalidInput("bootstrap-expect must be >= 0")
+        for name in (
+            "election_timeout",
+            "leader_fallback_timeout",
+            "raft_connection_timeout",
+            "discovery_interval",
+            "discovery_expiry",
+            "dns_interval",
+        ):
+            if getattr(self, name) <= 0:
+                raise InvalidInput(f"{name} must be > 0 seconds")
+        if self.compaction_entries < 2:
+            raise InvalidInput("compaction_entries must be at least 2")
         parse_hostport(self.listen, what="--listen", allow_zero=True)
         parse_hostport(self.raft, what="--raft")
         for peer in self.peers:

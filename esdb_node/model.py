@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeAlias
 
+import msgspec
+
 from esdb_node.errors import InvalidInput
 
 ANY: Literal["any"] = "any"
@@ -178,22 +180,39 @@ class DeleteResult:
     hard: bool
 
 
-@dataclass(frozen=True, slots=True)
-class StreamMetadata:
+class StreamMetadata(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Retention settings applied on reads. `custom` is free-form JSON for the application."""
 
     max_count: int | None = None
     max_age: float | None = None
     truncate_before: int | None = None
-    custom: dict[str, Any] = field(default_factory=dict)
+    custom: dict[str, Any] = msgspec.field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
-        return {
-            "max_count": self.max_count,
-            "max_age": self.max_age,
-            "truncate_before": self.truncate_before,
-            "custom": self.custom,
-        }
+        return msgspec.structs.asdict(self)
+
+    def __post_init__(self) -> None:
+        for key, number in (
+            ("max_count", self.max_count),
+            ("truncate_before", self.truncate_before),
+        ):
+            if number is not None and (
+                isinstance(number, bool) or not isinstance(number, int) or number < 0
+            ):
+                raise InvalidInput(f"{key} must be an integer >= 0")
+        if self.max_count == 0:
+            raise InvalidInput("max_count must be at least 1")
+        max_age = self.max_age
+        if max_age is not None:
+            if isinstance(max_age, bool) or not isinstance(max_age, int | float) or max_age <= 0:
+                raise InvalidInput("max_age must be a number of seconds > 0")
+            msgspec.structs.force_setattr(self, "max_age", float(max_age))
+        if not isinstance(self.custom, dict):
+            raise InvalidInput("custom metadata must be a JSON object")
+        try:
+            json.dumps(self.custom)
+        except (TypeError, ValueError):
+            raise InvalidInput("custom metadata must be a JSON object") from None
 
     @classmethod
     def from_wire(cls, value: Any) -> StreamMetadata:
@@ -202,28 +221,11 @@ class StreamMetadata:
         unknown = set(value) - {"max_count", "max_age", "truncate_before", "custom"}
         if unknown:
             raise InvalidInput(f"unknown stream metadata keys: {', '.join(sorted(unknown))}")
-        max_count = value.get("max_count")
-        max_age = value.get("max_age")
-        truncate_before = value.get("truncate_before")
-        custom = value.get("custom") or {}
-        for key, number in (("max_count", max_count), ("truncate_before", truncate_before)):
-            if number is not None and (
-                isinstance(number, bool) or not isinstance(number, int) or number < 0
-            ):
-                raise InvalidInput(f"{key} must be an integer >= 0")
-        if max_count == 0:
-            raise InvalidInput("max_count must be at least 1")
-        if max_age is not None and (
-            isinstance(max_age, bool) or not isinstance(max_age, int | float) or max_age <= 0
-        ):
-            raise InvalidInput("max_age must be a number of seconds > 0")
-        if not isinstance(custom, dict):
-            raise InvalidInput("custom metadata must be a JSON object")
         return cls(
-            max_count=max_count,
-            max_age=float(max_age) if max_age is not None else None,
-            truncate_before=truncate_before,
-            custom=custom,
+            max_count=value.get("max_count"),
+            max_age=value.get("max_age"),
+            truncate_before=value.get("truncate_before"),
+            custom=value.get("custom") or {},
         )
 
 
@@ -262,9 +264,13 @@ class Snapshot:
         return json.loads(self.data)
 
 
-@dataclass(frozen=True, slots=True)
-class AllFilter:
-    """Filter for `$all` reads and tails. All given parts must match."""
+class AllFilter(
+    msgspec.Struct,
+    frozen=True,
+    rename={"stream_prefix": "prefix", "event_types": "types", "type_pattern": "pattern"},
+):
+    """Filter for `$all` reads and tails. All given parts must match. On the wire:
+    `{"prefix", "types", "pattern"}`."""
 
     stream_prefix: str | None = None
     event_types: tuple[str, ...] = ()
@@ -272,30 +278,6 @@ class AllFilter:
 
     def is_empty(self) -> bool:
         return not (self.stream_prefix or self.event_types or self.type_pattern)
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "prefix": self.stream_prefix,
-            "types": list(self.event_types),
-            "pattern": self.type_pattern,
-        }
-
-    @classmethod
-    def from_wire(cls, value: Any) -> AllFilter:
-        if value is None:
-            return cls()
-        if not isinstance(value, dict):
-            raise InvalidInput("filter must be a map")
-        prefix = value.get("prefix")
-        types = value.get("types") or []
-        pattern = value.get("pattern")
-        if prefix is not None and not isinstance(prefix, str):
-            raise InvalidInput("filter prefix must be a string")
-        if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
-            raise InvalidInput("filter types must be a list of strings")
-        if pattern is not None and not isinstance(pattern, str):
-            raise InvalidInput("filter pattern must be a string")
-        return cls(stream_prefix=prefix or None, event_types=tuple(types), type_pattern=pattern)
 
 
 @dataclass(frozen=True, slots=True)

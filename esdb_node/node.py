@@ -12,15 +12,20 @@ import os
 import secrets
 import signal
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from esdb_node.config import NodeConfig, parse_hostport
 from esdb_node.errors import EsdbError, InvalidInput, StorageFailure, Unavailable
 from esdb_node.layout import DataDir, write_json_atomic
-from esdb_node.replication import LocalReplicator, Replicator
+from esdb_node.replication import Replicator
+from esdb_node.replication.local import LocalReplicator
 from esdb_node.server.client_server import ClientServer
+from esdb_node.server.dispatch import Dispatcher
 from esdb_node.server.service import Identity, NodeService
 from esdb_node.storage.store import Store
+
+if TYPE_CHECKING:
+    from esdb_node.cluster import ClusterNode
 
 log = logging.getLogger("esdb.node")
 
@@ -107,7 +112,7 @@ async def _serve(config: NodeConfig, files: DataDir) -> int:
     url = f"esdb://{config.advertised_host(host)}:{port}"
 
     replicator: Replicator
-    cluster = None
+    cluster: ClusterNode | None = None
     if config.cluster_mode:
         from esdb_node.cluster import ClusterNode
 
@@ -115,17 +120,28 @@ async def _serve(config: NodeConfig, files: DataDir) -> int:
         replicator = cluster.replicator
     else:
         replicator = LocalReplicator(store, node_id=node_id, url=url)
+    test_flags = os.environ.get("ESDB_TEST_FLAGS", "")
+    if test_flags:
+        # Deliberately broken behaviours for negative controls (esdb_node.testing); a
+        # production node never imports that module.
+        from esdb_node import testing
+
+        replicator = testing.install(test_flags, store=store, replicator=replicator)
     service = NodeService(
         store, replicator, Identity(node_id, store_id, url, durability=config.durability)
     )
+    dispatcher = Dispatcher()
+    dispatcher.add(service)
+    if cluster is not None:
+        dispatcher.add(cluster.admin)
     server = ClientServer(
         service,
+        dispatcher,
         host=host,
         port=port,
         token=config.token,
         max_frame=config.frame_limit,
         max_event_bytes=config.max_event_bytes,
-        admin=cluster.admin if cluster is not None else None,
     )
     try:
         await server.start()
@@ -158,13 +174,13 @@ async def _serve(config: NodeConfig, files: DataDir) -> int:
             await asyncio.wait({opening, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if not opening.done():
                 log.info("stopping before the cluster was formed")
-                if cluster.discovery is not None:
-                    cluster.discovery.stop()
+                cluster.stop_forming()
                 with contextlib.suppress(BaseException):
                     await opening
                 return 0
             stopping.cancel()
             opening.result()
+            await cluster.start()
         await replicator.start()
         log.info(
             "node %s (store %s) serving %s, %s mode, durability %s, data in %s",
@@ -179,6 +195,8 @@ async def _serve(config: NodeConfig, files: DataDir) -> int:
         log.info("stopping")
     finally:
         await server.stop()
+        if cluster is not None:
+            await cluster.stop()
         await replicator.stop()
         store.close()
         log.info("stopped")

@@ -142,14 +142,11 @@ class ChaosEnv:
 
     def admin_fault(self, node: LocalNode, drop_in: set[str], drop_out: set[str]) -> None:
         with Client(node.url, timeout=3.0, connect_timeout=0.5) as client:
-            client.admin(
-                "fault",
-                {
-                    "secret": self.cluster.secret,
-                    "drop_in": sorted(drop_in),
-                    "drop_out": sorted(drop_out),
-                },
-                url=node.url,
+            client.fault(
+                node.url,
+                self.cluster.secret,
+                drop_in=sorted(drop_in),
+                drop_out=sorted(drop_out),
                 timeout=3.0,
             )
 

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
+from esdb_cli import inputs
 from esdb_cli.context import client_command, cluster_dir, connect, options, printer
 from esdb_cli.localcluster import LocalCluster
-from esdb_cli.output import member_row, say
+from esdb_cli.output import (
+    STATUS_COLUMNS,
+    cluster_rows,
+    cluster_summary,
+    cluster_summary_line,
+    member_row,
+    say,
+)
+from esdb_node.cluster_view import ClusterSnapshot
 from esdb_node.errors import EsdbError, InvalidInput, Unavailable, Unhealthy
-from esdb_node.model import NodeStatus
 
 app = typer.Typer(
     help="Start local clusters and inspect or change any cluster.", no_args_is_help=True
@@ -52,73 +60,32 @@ def _secret(flag: str | None) -> str:
     )
 
 
-def _status_rows(
-    statuses: list[NodeStatus | EsdbError], urls: list[str], local: LocalCluster | None
-) -> list[dict[str, Any]]:
-    rows = []
-    for url, st in zip(urls, statuses, strict=True):
-        node = next((n for n in local.nodes if n.url == url), None) if local else None
-        pid = local.running_pid(node) if local and node else None
-        if isinstance(st, NodeStatus):
-            rows.append(
-                {
-                    "id": st.node_id,
-                    "role": st.role,
-                    "url": st.url,
-                    "pid": pid or st.pid,
-                    "term": st.term,
-                    "commit_index": st.commit_index,
-                    "applied_index": st.applied_index,
-                    "reachable": True,
-                    "leader": st.leader_id,
-                }
-            )
-        else:
-            rows.append(
-                {
-                    "id": node.id if node else url,
-                    "role": "unreachable",
-                    "url": url,
-                    "pid": pid,
-                    "term": None,
-                    "commit_index": None,
-                    "applied_index": None,
-                    "reachable": False,
-                    "leader": None,
-                    "error": str(st),
-                }
-            )
-    return rows
-
-
-def _statuses() -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    from esdb_node.client import format_url
-
-    local = _local()
+def _snapshot() -> ClusterSnapshot:
     with connect() as client:
-        statuses = client.statuses()
-        urls = [format_url(a) for a in client.addresses]
-    rows = _status_rows(statuses, urls, local)
-    leaders = [r for r in rows if r["role"] == "leader"]
-    terms = [r["term"] for r in rows if r["term"] is not None]
-    summary = {
-        "leader": leaders[0]["id"] if len(leaders) == 1 else None,
-        "term": max(terms) if terms else None,
-        "nodes": rows,
+        return client.cluster_snapshot(member_timeout=min(options().timeout, 2.0))
+
+
+def _pids(snapshot: ClusterSnapshot) -> dict[str, int | None]:
+    """Pids of the members that are local processes of --cluster-dir."""
+    local = _local()
+    if local is None:
+        return {}
+    by_url = {n.url: n for n in local.nodes}
+    return {
+        m.id: local.running_pid(by_url[m.url]) if m.url in by_url else None
+        for m in snapshot.members
     }
-    return rows, summary
 
 
 def _print_statuses() -> None:
-    rows, summary = _statuses()
+    snapshot = _snapshot()
     out = printer()
+    rows = cluster_rows(snapshot, _pids(snapshot))
     if out.fmt == "table":
         out.rows(rows, STATUS_COLUMNS)
+        say(cluster_summary_line(snapshot))
     else:
-        out.record(summary)
-
-
-STATUS_COLUMNS = ["id", "role", "url", "pid", "term", "commit_index", "applied_index", "reachable"]
+        out.record(cluster_summary(snapshot, rows))
 
 
 @app.command()
@@ -138,6 +105,15 @@ def up(
     store_id: Annotated[str, typer.Option(help="Store id.")] = "default",
     durability: Annotated[str, typer.Option(help="fsync or os.")] = "fsync",
     wait: Annotated[float, typer.Option(help="Seconds to wait for a leader.")] = 60.0,
+    setting: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="A node setting for every node, KEY=VALUE (repeatable), e.g. "
+            "--set election_timeout=0.5; keys as in `esdb node start --config`.",
+            show_default=False,
+        ),
+    ] = None,
     test_flag: Annotated[list[str] | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Start a local cluster of N node processes (or restart the stopped nodes of --dir).
@@ -157,6 +133,7 @@ def up(
             secret=secret or os.environ.get("ESDB_SECRET"),
             store_id=store_id,
             durability=durability,
+            settings=inputs.node_settings(setting or []),
             test_flags=test_flag or (),
         )
         cluster.start(wait)
@@ -194,26 +171,14 @@ def status() -> None:
 @app.command()
 @client_command
 def health() -> None:
-    """Check every node (reachable, agrees on a leader, caught up); exit 5 if any is not."""
-    rows, summary = _statuses()
-    leader = summary["leader"]
-    checks = []
-    for row in rows:
-        problems = []
-        if not row["reachable"]:
-            problems.append(row.get("error", "unreachable"))
-        elif leader is None:
-            problems.append("no leader")
-        elif row["leader"] != leader:
-            problems.append(f"follows {row['leader']}, not {leader}")
-        checks.append(
-            {
-                "id": row["id"],
-                "url": row["url"],
-                "healthy": not problems,
-                "detail": "; ".join(problems) or f"leader {leader}",
-            }
-        )
+    """Check every member (reachable, follows the agreed leader, caught up); exit 5 if any
+    is not. Members are found through any reachable node, so one URL is enough."""
+    snapshot = _snapshot()
+    verdicts = snapshot.health()
+    checks = [
+        {"id": m.id, "url": m.url, "healthy": verdicts[m.id].ok, "detail": verdicts[m.id].detail}
+        for m in snapshot.members
+    ]
     out = printer()
     if out.fmt == "table":
         for c in checks:
@@ -222,20 +187,23 @@ def health() -> None:
                 f"{'healthy' if c['healthy'] else 'unhealthy'}: {c['detail']}\n"
             )
     else:
-        out.record({"healthy": all(c["healthy"] for c in checks), "nodes": checks})
-    if not all(c["healthy"] for c in checks):
-        raise Unhealthy(f"{sum(not c['healthy'] for c in checks)} of {len(checks)} nodes unhealthy")
+        out.record({"healthy": snapshot.healthy, "quorum": snapshot.quorum, "nodes": checks})
+    if not snapshot.healthy:
+        bad = sum(not c["healthy"] for c in checks)
+        raise Unhealthy(f"{bad} of {len(checks)} nodes unhealthy" if checks else "no node answered")
 
 
 @app.command()
 @client_command
 def leader() -> None:
     """Print the current leader (exit 3 if there is none)."""
-    with connect() as client:
-        st = client.status()
-    if st.leader_id is None:
-        raise Unavailable("there is no leader right now")
-    printer().record({"id": st.leader_id, "url": st.leader_url, "term": st.term})
+    snapshot = _snapshot()
+    if snapshot.leader is None:
+        raise Unavailable(
+            "there is no leader right now",
+            hint="an election is running, or a majority of the members is down",
+        )
+    printer().record({"id": snapshot.leader, "url": snapshot.leader_url, "term": snapshot.term})
 
 
 @app.command()
@@ -288,7 +256,7 @@ def remove(
 ) -> None:
     """Remove a member (dead or alive) from the cluster; a local node is also stopped."""
     with connect() as client:
-        reply = client.admin("remove_member", {"node": node, "secret": _secret(secret)})
+        reply = client.remove_member(node, _secret(secret))
     local = _local()
     if local is not None and not keep_running:
         try:
@@ -299,8 +267,8 @@ def remove(
             local.stop_node(target)
             local.nodes = [n for n in local.nodes if n.id != target.id]
             local.save()
-    say(f"removed {reply['removed']}")
-    printer().record({"removed": reply["removed"], "members": reply["members"]})
+    say(f"removed {reply.removed}")
+    printer().record({"removed": reply.removed, "members": reply.members})
 
 
 @app.command()
@@ -316,5 +284,5 @@ def stepdown(
 ) -> None:
     """Make the leader hand over leadership."""
     with connect() as client:
-        reply = client.admin("stepdown", {"to": to, "secret": _secret(secret)})
-    printer().record(reply)
+        reply = client.stepdown(_secret(secret), to=to)
+    printer().record({"old_leader": reply.old_leader, "new_leader": reply.new_leader})

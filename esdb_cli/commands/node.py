@@ -9,10 +9,11 @@ import typer
 
 from esdb_cli import local
 from esdb_cli.context import client_command, connect, options, output_command, printer
-from esdb_cli.output import say, status_row
+from esdb_cli.output import say, status_row, verdict_rows
 from esdb_node.config import NodeConfig
 from esdb_node.errors import EsdbError, Unhealthy
 from esdb_node.layout import DataDir
+from esdb_node.model import NodeStatus
 
 app = typer.Typer(help="Run one node and check on it.", no_args_is_help=True)
 
@@ -233,20 +234,18 @@ def ready(
     ] = None,
 ) -> None:
     """Layered readiness: [+]node ok, [+]leader ok, [+]store ok. Exit 5 if any check fails."""
+    from esdb_node.cluster_view import readiness
+
     url = _node_url(data_dir)
-    checks: list[tuple[str, bool, str]] = []
+    status: NodeStatus | EsdbError
     try:
         with connect() as client:
-            st = client.status(url)
-        checks.append(("node", True, f"{st.node_id} at {st.url}"))
-        checks.append(("leader", st.leader_id is not None, st.leader_id or "no leader known"))
-        checks.append(
-            ("store", st.ready, f"{st.last_position + 1} events" if st.ready else "not caught up")
-        )
+            status = client.status(url)
     except EsdbError as exc:
-        checks.append(("node", False, str(exc)))
+        status = exc
+    verdict = readiness(status)
     out = printer()
-    rows = [{"check": name, "ok": ok, "detail": detail} for name, ok, detail in checks]
+    rows = verdict_rows(verdict)
     if out.fmt == "table":
         for row in rows:
             out.stream.write(
@@ -255,5 +254,5 @@ def ready(
             )
     else:
         out.rows(rows, ["check", "ok", "detail"], key="checks")
-    if not all(ok for _, ok, _ in checks):
+    if not verdict.ok:
         raise Unhealthy("node is not ready")

@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.node import Node, TCPNode
 
+from esdb_node.deadline import Deadline
 from esdb_node.errors import (
     EsdbError,
     InvalidInput,
@@ -58,7 +59,7 @@ from esdb_node.raft.outcome import (
     failure_outcome,
 )
 from esdb_node.raft.snapshot import SnapshotManager, read_header
-from esdb_node.raft.status import RaftStatus, RejectedPeers, parse_status
+from esdb_node.raft.status import MemberStatus, RaftStatus, RejectedPeers, parse_status
 from esdb_node.raft.transport import EsdbTransport, FrameCipher, PeerGuard
 from esdb_node.storage.store import Store
 
@@ -66,14 +67,8 @@ log = logging.getLogger(__name__)
 
 EXIT_STORAGE_FAILURE = 70
 BIND_TIMEOUT = 3.0
-
-
-def _exit_process(code: int) -> NoReturn:
-    os._exit(code)
-
-
-# Replaced by tests that check the fatal path without losing the test process.
-exit_process: Callable[[int], NoReturn] = _exit_process
+STATUS_REFRESH = 0.1
+LEADER_STATE = 2  # pysyncobj's _RAFT_STATE.LEADER
 
 
 def fatal(message: str) -> NoReturn:
@@ -84,7 +79,7 @@ def fatal(message: str) -> NoReturn:
         with contextlib.suppress(Exception):
             handler.flush()
     sys.stderr.flush()
-    exit_process(EXIT_STORAGE_FAILURE)
+    os._exit(EXIT_STORAGE_FAILURE)
 
 
 class EsdbNode(TCPNode):
@@ -171,6 +166,10 @@ class _Deadlines:
                     return
                 _, _, pending = heapq.heappop(self._heap)
             pending.resolve(Unknown("timeout"))
+
+    def pending(self) -> list[_Pending]:
+        with self._cond:
+            return [p for _, _, p in self._heap]
 
     def stop(self) -> list[_Pending]:
         with self._cond:
@@ -323,7 +322,13 @@ class RaftNode:
     up to their timeout and must not be called from a callback.
     """
 
-    def __init__(self, config: RaftConfig, store: Store) -> None:
+    def __init__(
+        self,
+        config: RaftConfig,
+        store: Store,
+        *,
+        on_fatal: Callable[[str], NoReturn] = fatal,
+    ) -> None:
         config.validate()
         if threading.current_thread() is not threading.main_thread():
             log.warning(
@@ -332,6 +337,7 @@ class RaftNode:
         patches.install_global_patches()
         self.config = config
         self.store = store
+        self._on_fatal = on_fatal
         self._stopped = False
         self._membership_lock = threading.Lock()
         self.replays_skipped = 0
@@ -341,12 +347,31 @@ class RaftNode:
             layout.raft_journal,
             fsync=config.durability == "fsync",
             map_size=config.journal_map_size,
-            on_failure=fatal,
+            on_failure=on_fatal,
         )
         self.guard_cipher = FrameCipher(config.secret, config.cluster_id)
         self._guard = PeerGuard(self.guard_cipher, config.preauth_frame_bytes, config.frame_cap)
         self.snapshots = SnapshotManager(store, layout.raft_dump, EsdbNode)
         self._deadlines = _Deadlines()
+        self._status = RaftStatus(
+            self_addr=config.self_addr,
+            role="follower",
+            leader=None,
+            term=0,
+            commit_index=0,
+            last_applied=0,
+            log_length=0,
+            members=tuple(
+                MemberStatus(addr, addr == config.self_addr, addr == config.self_addr)
+                for addr in sorted({config.self_addr, *config.peers})
+            ),
+            has_quorum=False,
+            ready=False,
+            rejected=RejectedPeers(),
+            durability=config.durability,
+        )
+        self._status_key: tuple[Any, ...] = ()
+        self._status_refresh_at = 0.0
         conf = SyncObjConf(
             journalFile=self._journal,  # an object: see patches._create_journal
             fullDumpFile=str(self.snapshots.dump_path),
@@ -410,7 +435,7 @@ class RaftNode:
                 self.replays_skipped += 1
             return results
         except (StorageFailure, OSError, MemoryError) as exc:
-            fatal(f"raft: applying a committed entry failed: {exc}")
+            self._on_fatal(f"raft: applying a committed entry failed: {exc}")
         except Exception as exc:
             log.exception("raft: applying a committed entry raised; the entry changed nothing")
             return _ApplyFailed(f"{type(exc).__name__}: {exc}")
@@ -419,13 +444,20 @@ class RaftNode:
         # Called before pysyncobj updates the term of a new election, so none is logged here.
         names = ("follower", "candidate", "leader")
         log.info("raft: %s -> %s", names[old], names[new])
+        if old == LEADER_STATE and new != LEADER_STATE:
+            # A deposed leader learns the fate of its uncommitted entries only when it hears
+            # the new leader, which may be never (cut off). Its callers must not wait for their
+            # deadlines: the entries may or may not commit elsewhere, so they are unknown, and
+            # clients retry them on the new leader with the same event ids.
+            for pending in self._deadlines.pending():
+                pending.resolve(Unknown("leadership lost while the entry was in flight"))
 
     # --- submit -----------------------------------------------------------------------------------
 
-    def submit(self, batch: bytes, callback: Callable[[Outcome], None], timeout: float) -> None:
+    def submit(self, batch: bytes, callback: Callable[[Outcome], None], deadline: Deadline) -> None:
         """Replicate and apply `batch`; `callback(outcome)` runs exactly once, on some thread,
-        at the latest `timeout` seconds from now."""
-        pending = _Pending(callback, time.monotonic() + timeout)
+        at the latest at `deadline`."""
+        pending = _Pending(callback, deadline.at)
         if self._stopped:
             pending.resolve(Rejected(Unavailable("raft node is stopped")))
             return
@@ -464,30 +496,53 @@ class RaftNode:
 
     # --- state ------------------------------------------------------------------------------------
 
+    # The tick thread owns pysyncobj's state; every other thread reads only the immutable
+    # RaftStatus it publishes (`_publish_status`), never pysyncobj's dicts and sets.
+
     def is_leader(self) -> bool:
-        return bool(self._obj._isLeader())
+        return self._status.is_leader
 
     def leader(self) -> str | None:
-        node = self._obj._getLeader()
-        return None if node is None else str(node.id)
+        return self._status.leader
 
     @property
     def self_addr(self) -> str:
         return self.config.self_addr
 
     def status(self) -> RaftStatus:
-        transport = self._obj._SyncObj__transport
-        for _ in range(20):
-            try:
-                raw = self._obj.getStatus()
-                break
-            except RuntimeError:  # a set or dict changed size under us (tick thread): retry
-                time.sleep(0.001)
-        else:
-            raise Unavailable("raft status is changing too fast to read")
-        return parse_status(
-            raw,
-            ready=bool(self._obj.isReady()),
+        """The latest status the tick thread published (at most one tick old)."""
+        return self._status
+
+    def rejected(self) -> RejectedPeers:
+        return self._guard.counts()
+
+    def members(self) -> tuple[str, ...]:
+        return tuple(sorted(m.address for m in self._status.members))
+
+    def _publish_status(self) -> None:
+        """Tick thread: publish a new RaftStatus when something a reader acts on changed
+        (role, leader, term, commit or applied index, membership), else at most every
+        STATUS_REFRESH seconds; building one costs tens of microseconds."""
+        obj = self._obj
+        key = (
+            obj._SyncObj__raftState,
+            obj._SyncObj__raftLeader,
+            obj.raftCurrentTerm,
+            obj.raftCommitIndex,
+            obj.raftLastApplied,
+            len(obj._SyncObj__otherNodes),
+            obj._SyncObj__transport.drop_in,
+            obj._SyncObj__transport.drop_out,
+        )
+        now = time.monotonic()
+        if key == self._status_key and now < self._status_refresh_at:
+            return
+        self._status_key = key
+        self._status_refresh_at = now + STATUS_REFRESH
+        transport = obj._SyncObj__transport
+        self._status = parse_status(
+            obj.getStatus(),
+            ready=bool(obj.isReady()),
             rejected=self.rejected(),
             durability=self.config.durability,
             partition_in=transport.drop_in,
@@ -498,12 +553,6 @@ class RaftNode:
 
     _journal_bytes = 0
 
-    def rejected(self) -> RejectedPeers:
-        return self._guard.counts()
-
-    def members(self) -> tuple[str, ...]:
-        return tuple(sorted([self.config.self_addr, *(n.id for n in self._obj.otherNodes)]))
-
     def compact(self) -> None:
         """Take a snapshot and truncate the log soon (asynchronously), whatever the triggers."""
         self._obj.forceLogCompaction()
@@ -512,8 +561,14 @@ class RaftNode:
 
     def set_partition(self, drop_in: Iterable[str], drop_out: Iterable[str]) -> None:
         """Drop raft messages from (`drop_in`) and to (`drop_out`) these member addresses.
-        Connections stay up, so raft sees message loss; empty sets heal."""
+        Connections stay up, so raft sees message loss; empty sets heal. Returns once the
+        published status shows the change."""
+        drop_in, drop_out = tuple(sorted(set(drop_in))), tuple(sorted(set(drop_out)))
         self._obj._SyncObj__transport.set_partition(drop_in, drop_out)
+        self._wait_published(
+            lambda: (self._status.partition_in, self._status.partition_out) == (drop_in, drop_out),
+            time.monotonic() + 1.0,
+        )
 
     # --- membership -------------------------------------------------------------------------------
 
@@ -555,6 +610,11 @@ class RaftNode:
                     deadline,
                 )
                 if reason == SUCCESS:
+                    # Applied on the tick thread; callers read the membership from the status
+                    # it publishes at the end of that tick.
+                    self._wait_published(
+                        lambda: (addr in self.members()) == (op == "add"), deadline
+                    )
                     return
                 if reason == REQUEST_DENIED and time.monotonic() < deadline - 0.1:
                     # A fresh leader refuses until its first entry commits; a change from
@@ -614,6 +674,11 @@ class RaftNode:
             if time.monotonic() >= deadline and self.is_leader():
                 raise Timeout(f"leadership transfer did not finish within {timeout}s")
 
+    def _wait_published(self, condition: Callable[[], bool], deadline: float) -> None:
+        self._call_on_tick(lambda: None)  # wakes the tick thread, which publishes on its way out
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.005)
+
     def _wait_callback(
         self, start: Callable[[Callable[[Any, int], None]], Any], deadline: float
     ) -> int | None:
@@ -636,6 +701,7 @@ class RaftNode:
         self._obj._esdb_wake()
 
     def _on_tick(self) -> None:
+        self._publish_status()
         calls = self._obj._esdb_tick_calls
         while calls:
             fn = calls.popleft()

@@ -11,16 +11,17 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from esdb_node import wire
+from esdb_node import ops
+from esdb_node.deadline import Deadline
 from esdb_node.errors import (
     AuthenticationFailed,
     EsdbError,
     ProtocolError,
 )
 from esdb_node.server import protocol as p
+from esdb_node.server.dispatch import Context, Dispatcher
 from esdb_node.server.service import NodeService
 
 log = logging.getLogger("esdb.server")
@@ -33,21 +34,21 @@ class ClientServer:
     def __init__(
         self,
         service: NodeService,
+        dispatcher: Dispatcher,
         *,
         host: str,
         port: int,
         token: str | None,
         max_frame: int,
         max_event_bytes: int,
-        admin: Callable[[p.Request], Any] | None = None,
     ) -> None:
         self.service = service
+        self.dispatcher = dispatcher
         self.host = host
         self.port = port
         self.token = token
         self.max_frame = max_frame
         self.max_event_bytes = max_event_bytes
-        self.admin = admin
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
 
@@ -95,17 +96,17 @@ class _Connection:
             task.cancel()
         self.writer.close()
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, frame: bytes) -> None:
         if self.closed:
             return
-        self.writer.write(p.encode_frame(message))
+        self.writer.write(frame)
         # Only wait when the socket buffer is full; one lock keeps concurrent drains orderly.
         if self.writer.transport.get_write_buffer_size() > HIGH_WATER:
             async with self.write_lock:
                 await self.writer.drain()
 
     async def send_error(self, rid: int, error: EsdbError) -> None:
-        await self.send({"id": rid, "err": error.to_wire()})
+        await self.send(p.error_frame(rid, error))
 
     async def run(self) -> None:
         try:
@@ -119,7 +120,12 @@ class _Connection:
                 try:
                     p.check_length(length, limit)
                     body = await self.reader.readexactly(length)
-                    message = p.decode_body(body, self.server.max_frame)
+                    request = ops.decode_request(body)
+                except ops.BadRequest as exc:
+                    await self.send_error(exc.id, exc.error)
+                    if not self.authed:
+                        return
+                    continue
                 except ProtocolError as exc:
                     # The byte stream cannot be trusted after a bad frame: answer, then close.
                     log.info("closing %s: %s", self.peer, exc)
@@ -127,52 +133,44 @@ class _Connection:
                     return
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
-                await self._dispatch(message)
+                await self._dispatch(request)
         finally:
             self.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await self.writer.wait_closed()
 
-    async def _dispatch(self, message: dict[str, Any]) -> None:
-        raw_id = message.get("id")
-        rid = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else 0
-        try:
-            rid, req = p.parse_request(message, max_event_bytes=self.server.max_event_bytes)
-        except EsdbError as exc:
-            await self.send_error(rid, exc)
-            if not self.authed:
-                self.close()
-            return
+    async def _dispatch(self, req: ops.Request[Any]) -> None:
+        rid = req.id
         if not self.authed:
-            await self._hello(rid, req)
+            await self._hello(req)
             return
-        if isinstance(req, p.Hello):
+        if isinstance(req, ops.Hello):
             await self.send_error(rid, ProtocolError("hello was already done"))
             return
-        if isinstance(req, p.Cancel):
+        if isinstance(req, ops.Cancel):
             task = self.tasks.get(req.target)
             if task is not None:
                 task.cancel()
-            await self.send({"id": rid, "ok": task is not None})
+            await self.send(p.ok_frame(rid, task is not None))
             return
         if rid in self.tasks:
             await self.send_error(rid, ProtocolError(f"request id {rid} is already in use"))
             return
         await self.slots.acquire()
-        task = asyncio.get_running_loop().create_task(self._serve(rid, req))
+        task = asyncio.get_running_loop().create_task(self._serve(req))
         self.tasks[rid] = task
 
-    async def _hello(self, rid: int, req: p.Request) -> None:
-        if not isinstance(req, p.Hello):
-            await self.send_error(rid, ProtocolError("the first request must be hello"))
+    async def _hello(self, req: ops.Request[Any]) -> None:
+        if not isinstance(req, ops.Hello):
+            await self.send_error(req.id, ProtocolError("the first request must be hello"))
             self.close()
             return
-        if req.version != p.PROTOCOL_VERSION:
+        if req.version != ops.PROTOCOL_VERSION:
             await self.send_error(
-                rid,
+                req.id,
                 ProtocolError(
                     f"protocol version {req.version} is not supported; "
-                    f"this node speaks {p.PROTOCOL_VERSION}"
+                    f"this node speaks {ops.PROTOCOL_VERSION}"
                 ),
             )
             self.close()
@@ -183,89 +181,49 @@ class _Connection:
         ):
             log.warning("authentication failed from %s", self.peer)
             await self.send_error(
-                rid,
+                req.id,
                 AuthenticationFailed("authentication failed", hint="check --token / ESDB_TOKEN"),
             )
             self.close()
             return
         self.authed = True
         st = self.server.service.status()
-        await self.send(
-            {
-                "id": rid,
-                "ok": {
-                    "version": p.PROTOCOL_VERSION,
-                    "node_id": st.node_id,
-                    "store_id": st.store_id,
-                    "role": st.role,
-                    "leader_url": st.leader_url,
-                    "max_frame": self.server.max_frame,
-                    "max_event_bytes": self.server.max_event_bytes,
-                },
-            }
+        reply = ops.HelloReply(
+            version=ops.PROTOCOL_VERSION,
+            node_id=st.node_id,
+            store_id=st.store_id,
+            role=st.role,
+            leader_url=st.leader_url,
+            max_frame=self.server.max_frame,
+            max_event_bytes=self.server.max_event_bytes,
         )
+        await self.send(p.ok_frame(req.id, reply))
 
-    async def _serve(self, rid: int, req: p.Request) -> None:
+    async def _serve(self, req: ops.Request[Any]) -> None:
+        rid = req.id
+        ctx = Context(Deadline.after(req.timeout), str(self.peer))
+        dispatcher = self.server.dispatcher
         try:
-            stream = self._stream_handler(req)
-            if stream is not None:
-                async for chunk in stream:
-                    await self.send({"id": rid, "more": True, "ok": chunk})
-                await self.send({"id": rid, "ok": []})
+            req.check_limits(self.server.max_event_bytes)
+            if req.streaming:
+                async for chunk in dispatcher.streaming(req)(req, ctx):
+                    await self.send(p.ok_frame(rid, chunk, more=True))
+                await self.send(p.ok_frame(rid, []))
             else:
-                await self.send({"id": rid, "ok": await self._unary(req)})
+                await self.send(p.ok_frame(rid, await dispatcher.unary(req)(req, ctx)))
         except asyncio.CancelledError:
             if not self.closed:
                 with contextlib.suppress(ConnectionError, OSError):
-                    await self.send({"id": rid, "ok": [], "cancelled": True})
+                    await self.send(p.encode_frame({"id": rid, "ok": [], "cancelled": True}))
         except EsdbError as exc:
             with contextlib.suppress(ConnectionError, OSError):
                 await self.send_error(rid, exc)
         except (ConnectionError, OSError):
             self.close()
         except Exception as exc:
-            log.exception("internal error serving %s", type(req).__name__)
+            log.exception("internal error serving %s", req.wire_name())
             with contextlib.suppress(ConnectionError, OSError):
                 await self.send_error(rid, EsdbError(f"internal error: {type(exc).__name__}"))
         finally:
             self.tasks.pop(rid, None)
             self.slots.release()
-
-    def _stream_handler(self, req: p.Request) -> AsyncIterator[list[bytes]] | None:
-        svc = self.server.service
-        if isinstance(req, p.ReadStream):
-            return svc.read_stream(req)
-        if isinstance(req, p.ReadAll):
-            return svc.read_all(req)
-        if isinstance(req, p.Tail):
-            return svc.tail(req)
-        return None
-
-    async def _unary(self, req: p.Request) -> Any:
-        svc = self.server.service
-        if isinstance(req, p.Append):
-            return wire.append_result(await svc.append(req))
-        if isinstance(req, p.Delete):
-            return wire.delete_result(await svc.delete(req))
-        if isinstance(req, p.SetMetadata):
-            return wire.stream_info(await svc.set_metadata(req))
-        if isinstance(req, p.SnapshotSave):
-            return wire.snapshot(await svc.snapshot_save(req), with_data=False)
-        if isinstance(req, p.SnapshotDelete):
-            return {"deleted": await svc.snapshot_delete(req)}
-        if isinstance(req, p.SnapshotGet):
-            return wire.snapshot(svc.snapshot_get(req))
-        if isinstance(req, p.SnapshotList):
-            return [wire.snapshot(s, with_data=False) for s in svc.snapshot_list(req)]
-        if isinstance(req, p.ListStreams):
-            return [wire.stream_info(s) for s in svc.list_streams(req)]
-        if isinstance(req, p.GetStreamInfo):
-            return wire.stream_info(svc.stream_info(req))
-        if isinstance(req, p.Status):
-            return wire.node_status(svc.status())
-        if self.server.admin is not None:
-            result = self.server.admin(req)
-            if asyncio.iscoroutine(result):
-                result = await result
-            return result
-        raise ProtocolError(f"{type(req).__name__} is not supported by this node")

@@ -7,11 +7,12 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from esdb_node import __version__
+from esdb_node import __version__, ops
 from esdb_node.codec import record_header
+from esdb_node.deadline import Deadline
 from esdb_node.errors import StreamNotFound
 from esdb_node.model import (
     AppendResult,
@@ -21,13 +22,12 @@ from esdb_node.model import (
     StreamInfo,
 )
 from esdb_node.replication import Replicator, result_or_raise
-from esdb_node.server import protocol as p
+from esdb_node.server.dispatch import Context, handles
 from esdb_node.storage import commands as cmd
 from esdb_node.storage.store import Store
 
 CHUNK_EVENTS = 1000
 CHUNK_BYTES = 1 << 20
-BARRIER_TIMEOUT = 5.0
 
 T = TypeVar("T")
 
@@ -96,42 +96,49 @@ class NodeService:
 
     # --- writes ---------------------------------------------------------------------------------
 
-    async def _write(self, sub: cmd.Subcommand, timeout: float, result_type: type[T]) -> T:
+    async def _write(self, command: cmd.Command, deadline: Deadline, result_type: type[T]) -> T:
         self.replicator.check_writable()
-        result = result_or_raise(await self.replicator.submit(sub, timeout))
+        result = result_or_raise(await self.replicator.submit(command, deadline))
         assert isinstance(result, result_type)
         return result
 
-    async def append(self, req: p.Append) -> AppendResult:
-        sub = cmd.append(req.stream, req.expected, req.events)
-        return await self._write(sub, req.timeout, AppendResult)
+    @handles(ops.Append)
+    async def append(self, req: ops.Append, ctx: Context) -> AppendResult:
+        command = cmd.AppendEvents(req.stream, req.expected, req.events)
+        return await self._write(command, ctx.deadline, AppendResult)
 
-    async def delete(self, req: p.Delete) -> DeleteResult:
-        sub = cmd.delete(req.stream, req.expected, req.hard)
-        return await self._write(sub, req.timeout, DeleteResult)
+    @handles(ops.Delete)
+    async def delete(self, req: ops.Delete, ctx: Context) -> DeleteResult:
+        command = cmd.DeleteStream(req.stream, req.expected, req.hard)
+        return await self._write(command, ctx.deadline, DeleteResult)
 
-    async def set_metadata(self, req: p.SetMetadata) -> StreamInfo:
-        sub = cmd.set_metadata(req.stream, req.metadata)
-        return await self._write(sub, req.timeout, StreamInfo)
+    @handles(ops.SetMetadata)
+    async def set_metadata(self, req: ops.SetMetadata, ctx: Context) -> StreamInfo:
+        command = cmd.SetMetadata(req.stream, req.metadata)
+        return await self._write(command, ctx.deadline, StreamInfo)
 
-    async def snapshot_save(self, req: p.SnapshotSave) -> Snapshot:
-        sub = cmd.snapshot_save(req.stream, req.version, req.data, req.metadata)
-        return await self._write(sub, req.timeout, Snapshot)
+    @handles(ops.SnapshotSave)
+    async def snapshot_save(self, req: ops.SnapshotSave, ctx: Context) -> Snapshot:
+        command = cmd.SaveSnapshot(req.stream, req.version, req.data, req.metadata)
+        saved = await self._write(command, ctx.deadline, Snapshot)
+        return replace(saved, data=b"", metadata=b"")
 
-    async def snapshot_delete(self, req: p.SnapshotDelete) -> int:
-        sub = cmd.snapshot_delete(req.stream, req.version)
-        return await self._write(sub, req.timeout, int)
+    @handles(ops.SnapshotDelete)
+    async def snapshot_delete(self, req: ops.SnapshotDelete, ctx: Context) -> ops.SnapshotsDeleted:
+        command = cmd.snapshot_delete(req.stream, req.version)
+        return ops.SnapshotsDeleted(await self._write(command, ctx.deadline, int))
 
     # --- reads ----------------------------------------------------------------------------------
 
-    async def _consistent(self, consistency: str) -> None:
+    async def _consistent(self, consistency: str, deadline: Deadline) -> None:
         if consistency == "leader":
-            await self.replicator.read_barrier(BARRIER_TIMEOUT)
+            await self.replicator.read_barrier(deadline)
 
-    async def read_stream(self, req: p.ReadStream) -> AsyncIterator[list[bytes]]:
-        await self._consistent(req.consistency)
+    @handles(ops.ReadStream)
+    async def read_stream(self, req: ops.ReadStream, ctx: Context) -> AsyncIterator[list[bytes]]:
+        await self._consistent(req.consistency, ctx.deadline)
         remaining = req.limit
-        version = req.from_version
+        version = req.from_
         if not req.backward and version is None:
             version = 0
         first = True
@@ -152,10 +159,11 @@ class NodeService:
                 return
             await asyncio.sleep(0)
 
-    async def read_all(self, req: p.ReadAll) -> AsyncIterator[list[bytes]]:
-        await self._consistent(req.consistency)
+    @handles(ops.ReadAll)
+    async def read_all(self, req: ops.ReadAll, ctx: Context) -> AsyncIterator[list[bytes]]:
+        await self._consistent(req.consistency, ctx.deadline)
         remaining = req.limit
-        position = req.from_position
+        position = req.from_
         while remaining > 0:
             payloads, position, exhausted = self.store.read_all(
                 position,
@@ -171,7 +179,8 @@ class NodeService:
                 return
             await asyncio.sleep(0)
 
-    async def tail(self, req: p.Tail) -> AsyncIterator[list[bytes]]:
+    @handles(ops.Tail)
+    async def tail(self, req: ops.Tail, ctx: Context) -> AsyncIterator[list[bytes]]:
         """Catch up from `from_` (or the end), then follow live commits until cancelled."""
         if req.stream is None:
             async for chunk in self._tail_all(req):
@@ -198,7 +207,7 @@ class NodeService:
                     continue
             seen = await self.head.wait_change(seen)
 
-    async def _tail_all(self, req: p.Tail) -> AsyncIterator[list[bytes]]:
+    async def _tail_all(self, req: ops.Tail) -> AsyncIterator[list[bytes]]:
         seen = self.head.changes
         position = req.from_ if req.from_ is not None else self.store.last_position + 1
         while True:
@@ -212,17 +221,25 @@ class NodeService:
                 continue
             seen = await self.head.wait_change(seen)
 
-    def list_streams(self, req: p.ListStreams) -> list[StreamInfo]:
+    @handles(ops.ListStreams)
+    async def list_streams(self, req: ops.ListStreams, ctx: Context) -> list[StreamInfo]:
         return self.store.list_streams(req.prefix, after=req.after, limit=req.limit)
 
-    def stream_info(self, req: p.GetStreamInfo) -> StreamInfo:
+    @handles(ops.GetStreamInfo)
+    async def stream_info(self, req: ops.GetStreamInfo, ctx: Context) -> StreamInfo:
         return self.store.stream_info(req.stream)
 
-    def snapshot_get(self, req: p.SnapshotGet) -> Snapshot:
+    @handles(ops.SnapshotGet)
+    async def snapshot_get(self, req: ops.SnapshotGet, ctx: Context) -> Snapshot:
         return self.store.snapshot_get(req.stream, req.at_or_below)
 
-    def snapshot_list(self, req: p.SnapshotList) -> list[Snapshot]:
-        return self.store.snapshot_list(req.stream)
+    @handles(ops.SnapshotList)
+    async def snapshot_list(self, req: ops.SnapshotList, ctx: Context) -> list[Snapshot]:
+        return [replace(s, data=b"", metadata=b"") for s in self.store.snapshot_list(req.stream)]
+
+    @handles(ops.Status)
+    async def status_request(self, req: ops.Status, ctx: Context) -> NodeStatus:
+        return self.status()
 
     # --- status ---------------------------------------------------------------------------------
 

@@ -1,73 +1,167 @@
 """Versioned write commands: the only way state changes.
 
-A batch is `msgpack([FORMAT, created_us, [subcommand, ...]])`. The leader (or the single node)
-stamps `created_us` once per batch, so applying the same bytes on every node gives the same
-state. Each subcommand gets its own result; one failing subcommand does not affect the others.
+A batch is `msgpack([FORMAT, created_us, [command, ...]])` and a command is an array whose
+first element is its kind (`[1, stream, expected, events]` for an append). The leader (or the
+single node) stamps `created_us` once per batch, so applying the same bytes on every node
+gives the same state. Each command gets its own result; one failing command does not affect
+the others, and one that does not even decode is a result too (`decode_commands`).
+
+The declarations below are the encoding: msgspec writes and reads exactly these arrays, so
+the format of batches already in Raft journals is unchanged.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Union
 
-from esdb_node.codec import pack
+import msgspec
+
+from esdb_node.errors import InvalidInput
 from esdb_node.model import StreamMetadata
+from esdb_node.ops import EventIn
 
 FORMAT = 1
 
-NOOP = 0
-APPEND = 1
-DELETE = 2
-SET_METADATA = 3
-SNAPSHOT_SAVE = 4
-SNAPSHOT_DELETE = 5
-MEMBER_SET = 6
-MEMBER_DELETE = 7
 
-Subcommand = list[Any]
+class Command(msgspec.Struct, frozen=True, array_like=True):
+    def size(self) -> int:
+        """Rough encoded size, used to bound a group-commit batch without encoding twice."""
+        return 64
 
 
-def noop() -> Subcommand:
-    return [NOOP]
+class Noop(Command, tag=0, frozen=True):
+    """Changes nothing; committing one proves leadership (read barriers)."""
 
 
-def append(stream: str, expected: int, events: list[list[Any]]) -> Subcommand:
-    """`events` are wire events `[id16, type, data, metadata, is_json]`, already validated."""
-    return [APPEND, stream, expected, events]
+class AppendEvents(Command, tag=1, frozen=True):
+    stream: str
+    expected: int
+    events: list[EventIn]
+
+    def size(self) -> int:
+        return 64 + len(self.stream) + sum(40 + len(e.type) + e.size for e in self.events)
 
 
-def delete(stream: str, expected: int, hard: bool) -> Subcommand:
-    return [DELETE, stream, expected, hard]
+class DeleteStream(Command, tag=2, frozen=True):
+    stream: str
+    expected: int
+    hard: bool
 
 
-def set_metadata(stream: str, metadata: StreamMetadata) -> Subcommand:
-    return [SET_METADATA, stream, metadata.to_wire()]
+class SetMetadata(Command, tag=3, frozen=True):
+    stream: str
+    metadata: StreamMetadata
 
 
-def snapshot_save(stream: str, version: int, data: bytes, metadata: bytes) -> Subcommand:
-    return [SNAPSHOT_SAVE, stream, version, data, metadata]
+class SaveSnapshot(Command, tag=4, frozen=True):
+    stream: str
+    version: int
+    data: bytes
+    metadata: bytes
+
+    def size(self) -> int:
+        return 64 + len(self.stream) + len(self.data) + len(self.metadata)
 
 
-def snapshot_delete(stream: str, version: int | None) -> Subcommand:
-    return [SNAPSHOT_DELETE, stream, -1 if version is None else version]
+class DeleteSnapshot(Command, tag=5, frozen=True):
+    """`version` -1 deletes every snapshot of the stream."""
+
+    stream: str
+    version: int
 
 
-def member_set(raft: str, node_id: str, url: str) -> Subcommand:
+class SetMember(Command, tag=6, frozen=True):
     """Record how to reach a cluster member (replicated, so every node can redirect)."""
-    return [MEMBER_SET, raft, node_id, url]
+
+    raft: str
+    node_id: str
+    url: str
 
 
-def member_delete(raft: str) -> Subcommand:
-    return [MEMBER_DELETE, raft]
+class DeleteMember(Command, tag=7, frozen=True):
+    raft: str
 
 
-def encode_batch(created_us: int, subcommands: list[Subcommand]) -> bytes:
-    return pack([FORMAT, created_us, subcommands])
+AnyCommand = Union[  # noqa: UP007
+    Noop,
+    AppendEvents,
+    DeleteStream,
+    SetMetadata,
+    SaveSnapshot,
+    DeleteSnapshot,
+    SetMember,
+    DeleteMember,
+]
 
 
-def subcommand_size(sub: Subcommand) -> int:
-    """Rough encoded size, used to bound a group-commit batch without encoding twice."""
-    if sub[0] == APPEND:
-        return 64 + len(sub[1]) + sum(40 + len(e[1]) + len(e[2]) + len(e[3]) for e in sub[3])
-    if sub[0] == SNAPSHOT_SAVE:
-        return 64 + len(sub[1]) + len(sub[3]) + len(sub[4])
-    return 64 + (len(sub[1]) if len(sub) > 1 else 0)
+class _Batch(msgspec.Struct, array_like=True):
+    format: int
+    created_us: int
+    commands: list[msgspec.Raw]
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_BATCH = msgspec.msgpack.Decoder(_Batch)
+_COMMAND = msgspec.msgpack.Decoder(AnyCommand)
+
+
+def encode_batch(created_us: int, commands: list[Command]) -> bytes:
+    return _ENCODER.encode([FORMAT, created_us, commands])
+
+
+def decode_batch(batch: bytes) -> tuple[int, list[msgspec.Raw]]:
+    """(created_us, undecoded commands); raises InvalidInput for a malformed batch."""
+    try:
+        decoded = _BATCH.decode(batch)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise InvalidInput(f"malformed command batch: {exc}") from None
+    if decoded.format != FORMAT:
+        raise InvalidInput(f"unknown command format {decoded.format}")
+    return decoded.created_us, decoded.commands
+
+
+def decode_command(raw: msgspec.Raw) -> Command:
+    try:
+        command: Command = _COMMAND.decode(raw)
+        return command
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise InvalidInput(f"malformed command: {exc}") from None
+
+
+# Constructors with the historical names, for tests and tools that build batches by hand.
+
+
+def noop() -> Noop:
+    return Noop()
+
+
+def append(stream: str, expected: int, events: list[Any]) -> AppendEvents:
+    return AppendEvents(stream, expected, [_event(e) for e in events])
+
+
+def _event(value: Any) -> EventIn:
+    return value if isinstance(value, EventIn) else EventIn(*value)
+
+
+def delete(stream: str, expected: int, hard: bool) -> DeleteStream:
+    return DeleteStream(stream, expected, hard)
+
+
+def set_metadata(stream: str, metadata: StreamMetadata) -> SetMetadata:
+    return SetMetadata(stream, metadata)
+
+
+def snapshot_save(stream: str, version: int, data: bytes, metadata: bytes) -> SaveSnapshot:
+    return SaveSnapshot(stream, version, data, metadata)
+
+
+def snapshot_delete(stream: str, version: int | None) -> DeleteSnapshot:
+    return DeleteSnapshot(stream, -1 if version is None else version)
+
+
+def member_set(raft: str, node_id: str, url: str) -> SetMember:
+    return SetMember(raft, node_id, url)
+
+
+def member_delete(raft: str) -> DeleteMember:
+    return DeleteMember(raft)

@@ -52,6 +52,7 @@ from esdb_node.model import (
     expected_from_int,
     validate_stream_name,
 )
+from esdb_node.ops import EventIn
 from esdb_node.storage import commands as cmd
 
 DEFAULT_MAP_SIZE = 64 << 30  # address space only; the file grows as pages are written
@@ -311,45 +312,29 @@ class Store:
         if index and index <= self._applied[0]:
             return None
         try:
-            fmt, created_us, subs = unpack_trusted(batch)
-            if fmt != cmd.FORMAT:
-                raise InvalidInput(f"unknown command format {fmt}")
-        except EsdbError as exc:
+            created_us, commands = cmd.decode_batch(batch)
+        except InvalidInput as exc:  # a malformed batch is a result, never a stalled log
             return [exc]
-        except Exception as exc:  # a malformed batch is a result, never a stalled log
-            return [InvalidInput(f"malformed command batch: {type(exc).__name__}")]
-        next_position = self._next_position
-        stream_count = self._stream_count
         try:
             with self.env.begin(write=True) as txn:
-                w = _Writer(self, txn, created_us, next_position, stream_count)
-                results = [w.run(sub) for sub in subs]
+                writer, results = self._run_batch(txn, created_us, commands)
                 if index:
                     txn.put(_APPLIED, U64.pack(index) + U64.pack(term), db=self._meta)
-                next_position, stream_count = w.next_position, w.stream_count
         except lmdb.Error as exc:
             raise StorageFailure(f"write failed: {exc}") from exc
-        self._next_position = next_position
-        self._stream_count = stream_count
+        self._next_position = writer.next_position
+        self._stream_count = writer.stream_count
         if index:
             self._applied = (index, term)
         for listener in self._listeners:
-            listener(next_position - 1)
+            listener(writer.next_position - 1)
         return results
 
-    def dry_run(self, batch: bytes) -> list[Result]:
-        """Compute the results of `batch` without keeping anything (the transaction aborts).
-
-        Test-only: the `drop-committed-entries` flag uses it to lose committed writes on
-        purpose, proving that chaos drills can fail.
-        """
-        _, created_us, subs = unpack_trusted(batch)
-        txn = self.env.begin(write=True)
-        try:
-            w = _Writer(self, txn, created_us, self._next_position, self._stream_count)
-            return [w.run(sub) for sub in subs]
-        finally:
-            txn.abort()
+    def _run_batch(
+        self, txn: Any, created_us: int, commands: list[Any]
+    ) -> tuple[_Writer, list[Result]]:
+        writer = _Writer(self, txn, created_us, self._next_position, self._stream_count)
+        return writer, [writer.run(raw) for raw in commands]
 
     # --- reads ----------------------------------------------------------------------------------
 
@@ -594,31 +579,17 @@ class _Writer:
         self.next_position = next_position
         self.stream_count = stream_count
 
-    def run(self, sub: list[Any]) -> Result:
+    def run(self, raw: Any) -> Result:
+        """Apply one encoded command; its error, or a command that does not decode, is its
+        result (never a poison pill that stalls the log)."""
         try:
-            op = sub[0]
-            if op == cmd.APPEND:
-                return self.append(sub[1], sub[2], sub[3])
-            if op == cmd.DELETE:
-                return self.delete(sub[1], sub[2], bool(sub[3]))
-            if op == cmd.SET_METADATA:
-                return self.set_metadata(sub[1], sub[2])
-            if op == cmd.SNAPSHOT_SAVE:
-                return self.snapshot_save(sub[1], sub[2], sub[3], sub[4])
-            if op == cmd.SNAPSHOT_DELETE:
-                return self.snapshot_delete(sub[1], sub[2])
-            if op == cmd.NOOP:
-                return None
-            if op == cmd.MEMBER_SET:
-                return self.member_set(sub[1], sub[2], sub[3])
-            if op == cmd.MEMBER_DELETE:
-                return self.member_delete(sub[1])
-            raise InvalidInput(f"unknown command {op!r}")
+            command = cmd.decode_command(raw)
+            return _APPLY[type(command)](self, command)
         except EsdbError as exc:
             return exc
         except lmdb.Error:
             raise
-        except Exception as exc:  # malformed subcommand: a result, not a poison pill
+        except Exception as exc:
             return InvalidInput(f"malformed command: {type(exc).__name__}: {exc}")
 
     def _load(self, stream: str) -> tuple[bytes, _Info, bool]:
@@ -652,14 +623,15 @@ class _Writer:
         if is_new:
             self.stream_count += 1
 
-    def append(self, stream: str, expected: int, events: list[list[Any]]) -> AppendResult:
+    def append(self, command: cmd.AppendEvents) -> AppendResult:
+        stream, expected, events = command.stream, command.expected, command.events
         raw, info, is_new = self._load(stream)
         if not events:
             raise InvalidInput("an append needs at least one event")
         if info.flags & _TOMBSTONED:
             raise StreamDeleted(f"stream {stream!r} is deleted (tombstoned); it takes no writes")
         txn, store = self.txn, self.store
-        ids = [e[0] for e in events]
+        ids = [e.id for e in events]
         if len(set(ids)) != len(ids):
             raise InvalidInput("the same event id appears twice in one append")
         first_pos = txn.get(ids[0], db=store._ids)
@@ -686,7 +658,7 @@ class _Writer:
                 append=True,
             )
             put(_stream_key(raw, version), pos_key, db=sidx)
-            put(event[0], pos_key, db=idsdb)
+            put(event.id, pos_key, db=idsdb)
             version += 1
             position += 1
         info.last_version = version - 1
@@ -698,7 +670,7 @@ class _Writer:
         )
 
     def _retry(
-        self, stream: str, expected: int, events: list[list[Any]], first_pos: int
+        self, stream: str, expected: int, events: list[EventIn], first_pos: int
     ) -> AppendResult:
         """The first id is stored: an exact retry returns the original result, else conflict."""
         txn, store = self.txn, self.store
@@ -707,7 +679,7 @@ class _Writer:
         for i, event in enumerate(events):
             if not same:
                 break
-            pos = txn.get(event[0], db=store._ids)
+            pos = txn.get(event.id, db=store._ids)
             if pos is None:
                 same = False
                 break
@@ -715,7 +687,7 @@ class _Writer:
             same = s2 == stream and v2 == v + i
         if not same:
             raise DuplicateEventId(
-                f"event id {_uuid(events[0][0])} is already stored in {s!r}@{v}, "
+                f"event id {_uuid(events[0].id)} is already stored in {s!r}@{v}, "
                 "and this append is not an exact retry of that one",
             )
         matches_expected = (
@@ -734,10 +706,11 @@ class _Writer:
                 expected=expected,
                 actual=current,
             )
-        last_pos = U64.unpack(txn.get(events[-1][0], db=store._ids))[0]
+        last_pos = U64.unpack(txn.get(events[-1].id, db=store._ids))[0]
         return AppendResult(stream, v, v + len(events) - 1, first_pos, last_pos)
 
-    def delete(self, stream: str, expected: int, hard: bool) -> DeleteResult:
+    def delete(self, command: cmd.DeleteStream) -> DeleteResult:
+        stream, expected, hard = command.stream, command.expected, command.hard
         raw, info, is_new = self._load(stream)
         if info.flags & _TOMBSTONED:
             raise StreamDeleted(f"stream {stream!r} is already deleted (tombstoned)")
@@ -754,16 +727,22 @@ class _Writer:
         self._put_info(raw, info, is_new)
         return DeleteResult(stream, info.last_version, hard)
 
-    def set_metadata(self, stream: str, metadata: Any) -> StreamInfo:
+    def set_metadata(self, command: cmd.SetMetadata) -> StreamInfo:
+        stream, meta = command.stream, command.metadata
         raw, info, is_new = self._load(stream)
-        meta = StreamMetadata.from_wire(metadata)
         if info.flags & _TOMBSTONED:
             raise StreamDeleted(f"stream {stream!r} is deleted (tombstoned)")
         info.metadata = meta.to_wire()
         self._put_info(raw, info, is_new)
         return info.public(stream)
 
-    def snapshot_save(self, stream: str, version: int, data: bytes, metadata: bytes) -> Snapshot:
+    def snapshot_save(self, command: cmd.SaveSnapshot) -> Snapshot:
+        stream, version, data, metadata = (
+            command.stream,
+            command.version,
+            command.data,
+            command.metadata,
+        )
         raw, info, _ = self._load(stream)
         if info.last_version < 0:
             raise StreamNotFound(f"stream {stream!r} not found; snapshot a stream with events")
@@ -780,17 +759,20 @@ class _Writer:
         self.txn.put(_stream_key(raw, version), seal(payload), db=self.store._snaps)
         return codec.decode_snapshot(payload)
 
-    def member_set(self, raft: str, node_id: str, url: str) -> MemberRecord:
+    def member_set(self, command: cmd.SetMember) -> MemberRecord:
+        raft, node_id, url = command.raft, command.node_id, command.url
         record = MemberRecord(
             _text(raft, "raft address"), _text(node_id, "node id"), _text(url, "url")
         )
         self.txn.put(raft.encode(), seal(pack([node_id, url])), db=self.store._members)
         return record
 
-    def member_delete(self, raft: str) -> bool:
+    def member_delete(self, command: cmd.DeleteMember) -> bool:
+        raft = command.raft
         return bool(self.txn.delete(_text(raft, "raft address").encode(), db=self.store._members))
 
-    def snapshot_delete(self, stream: str, version: int) -> int:
+    def snapshot_delete(self, command: cmd.DeleteSnapshot) -> int:
+        stream, version = command.stream, command.version
         raw = validate_stream_name(stream)
         snaps = self.store._snaps
         if version >= 0:
@@ -810,6 +792,22 @@ class _Writer:
         if not deleted:
             raise SnapshotNotFound(f"no snapshots of {stream!r}")
         return deleted
+
+
+def _noop(writer: _Writer, command: cmd.Noop) -> None:
+    return None
+
+
+_APPLY: dict[type[Any], Any] = {
+    cmd.Noop: _noop,
+    cmd.AppendEvents: _Writer.append,
+    cmd.DeleteStream: _Writer.delete,
+    cmd.SetMetadata: _Writer.set_metadata,
+    cmd.SaveSnapshot: _Writer.snapshot_save,
+    cmd.DeleteSnapshot: _Writer.snapshot_delete,
+    cmd.SetMember: _Writer.member_set,
+    cmd.DeleteMember: _Writer.member_delete,
+}
 
 
 def _text(value: Any, what: str) -> str:

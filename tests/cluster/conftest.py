@@ -6,7 +6,7 @@ node's esdb.log is attached to the report ("cluster node logs").
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +38,19 @@ MakeCluster = Callable[..., Cluster]
 
 @pytest.fixture
 def make_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[MakeCluster]:
-    """`make_cluster(nodes=3, flags=("fast-elections",), start=True)` -> a running Cluster."""
+    """`make_cluster(nodes=3, settings=FAST, start=True)` -> a running Cluster."""
     made: list[Cluster] = []
 
     def make(
         nodes: int = 3,
-        flags: tuple[str, ...] = FAST,
+        settings: Mapping[str, Any] = FAST,
         durability: str = "fsync",
         start: bool = True,
         name: str = "c",
     ) -> Cluster:
-        cluster = Cluster.create(tmp_path / name, nodes=nodes, flags=flags, durability=durability)
+        cluster = Cluster.create(
+            tmp_path / name, nodes=nodes, settings=settings, durability=durability
+        )
         made.append(cluster)
         _LIVE.append(cluster)
         if start:

@@ -15,9 +15,10 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from esdb_cli import local
 from esdb_cli.localcluster import LocalCluster, LocalNode
@@ -33,7 +34,13 @@ from esdb_node.model import EventData, NodeStatus, RecordedEvent
 from tests.harness import wait_for
 
 SECRET = "cluster-tests-secret-9f2c"
-FAST = ("fast-elections",)
+# Node settings for quick elections: followers elect after 0.6-1.2 s without a leader, an
+# isolated leader steps down after 1.5 s, a silent raft connection is dropped after 3 s.
+FAST: dict[str, Any] = {
+    "election_timeout": 0.6,
+    "leader_fallback_timeout": 1.5,
+    "raft_connection_timeout": 3.0,
+}
 LOG_TAIL_CHARS = 12_000
 
 
@@ -52,7 +59,7 @@ class Cluster:
         directory: Path,
         *,
         nodes: int = 3,
-        flags: Iterable[str] = FAST,
+        settings: Mapping[str, Any] = FAST,
         durability: str = "fsync",
     ) -> Cluster:
         return cls(
@@ -63,7 +70,7 @@ class Cluster:
                 secret=SECRET,
                 store_id="ctest",
                 durability=durability,
-                test_flags=tuple(flags),
+                settings=settings,
             )
         )
 

@@ -12,13 +12,14 @@ import pytest
 
 from esdb_cli import local
 from tests.cli_runner import Esdb
-from tests.cluster.support import Cluster, wait_gone
+from tests.cluster.support import FAST, Cluster, wait_gone
 from tests.harness import wait_for
 
 pytestmark = pytest.mark.cluster
 
 STATUS_KEYS = {"id", "role", "url", "pid", "term", "commit_index", "applied_index", "reachable"}
 MEMBER_KEYS = {"id", "url", "raft", "found_by", "last_seen"}
+FAST_SET = [f"--set={key}={value}" for key, value in FAST.items()]
 
 
 def _recent(stamp: str, within_s: float = 60.0) -> bool:
@@ -31,7 +32,7 @@ def test_cluster_up_status_health_leader_members_down(
 ) -> None:
     d = tmp_path / "cli-cluster"
     try:
-        up = esdb("cluster", "up", "--dir", d, "--nodes", "3", "--test-flag", "fast-elections")
+        up = esdb("cluster", "up", "--dir", d, "--nodes", "3", *FAST_SET)
     finally:
         if (d / "cluster.json").exists():
             cluster = adopt(d)  # reaped by PID at teardown, whatever happens below
@@ -152,3 +153,23 @@ def test_remove_add_and_stepdown_through_the_cli(cluster: Cluster, esdb: Esdb) -
         what="an append after the stepdown",
     )
     print(f"\nstepdown to {new_leader} took {time.monotonic() - t0:.2f}s")
+
+
+def test_status_asked_of_one_follower_lists_every_member_and_the_leader(
+    cluster: Cluster, esdb: Esdb
+) -> None:
+    """The view is built from the replicated registry, not from the URLs the caller knows."""
+    leader = cluster.wait_leader()
+    follower = cluster.followers(leader)[0]
+    for command in (["cluster", "status", "--json"], ["cluster", "leader", "--json"]):
+        r = esdb("--url", cluster.url(follower), *command)
+        assert r.code == 0, r.err
+        doc = r.json()
+        if command[1] == "leader":
+            assert doc["id"] == leader and doc["url"] == cluster.url(leader)
+            continue
+        assert doc["leader"] == leader and doc["quorum"] == "healthy", doc
+        assert sorted(n["id"] for n in doc["nodes"]) == sorted(cluster.ids)
+        assert all(n["reachable"] and n["url"] == cluster.url(n["id"]) for n in doc["nodes"])
+    r = esdb("--url", cluster.url(follower), "cluster", "health")
+    assert r.code == 0 and r.out.count("is healthy") == len(cluster.ids), r.out

@@ -11,14 +11,14 @@ import pytest
 
 from esdb_node.model import EventData
 from tests.cluster.conftest import MakeCluster
-from tests.cluster.support import Cluster
+from tests.cluster.support import FAST, Cluster
 from tests.harness import wait_for
 
 pytestmark = pytest.mark.cluster
 
 # As large as CI time allows: ~18 s to write and ~7 s to transfer 256 MiB on this machine.
 SNAPSHOT_MB = int(os.environ.get("ESDB_TEST_SNAPSHOT_MB", "256"))
-COMPACTION_ENTRIES = 200  # the small-compaction test flag (esdb_node/cluster.py)
+COMPACTION_ENTRIES = 200
 
 
 def ev(n: int, event_type: str = "Happened") -> EventData:
@@ -85,7 +85,7 @@ def test_follower_killed_and_restarted_catches_up(cluster: Cluster) -> None:
 
 
 def test_new_node_receives_a_large_store_through_a_snapshot(make_cluster: MakeCluster) -> None:
-    cluster = make_cluster(flags=("fast-elections", "small-compaction"))
+    cluster = make_cluster(settings={**FAST, "compaction_entries": COMPACTION_ENTRIES})
     blob = os.urandom(64 << 10)
     ids: list[uuid.UUID] = []
 

@@ -9,6 +9,7 @@ import socket
 import struct
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ JUNK_BYTES = 64 << 20  # what is sent after a huge length header: well above the
 GARBAGE_CONNECTIONS = 50
 # Default election timeouts (1-2 s, not the fast 0.6-1.2 s): these tests assert that nothing
 # caused an election, so a scheduling hiccup on a busy machine must not cause one either.
-STEADY: tuple[str, ...] = ()
+STEADY: dict[str, Any] = {}
 
 
 def free_port_above(port: int) -> int:
@@ -53,7 +54,7 @@ def keeps_committing(cluster: Cluster, stream: str, count: int = 10) -> None:
 def test_wrong_secret_never_joins_and_cannot_disturb(
     make_cluster: MakeCluster, tmp_path: Path
 ) -> None:
-    cluster = make_cluster(flags=STEADY)
+    cluster = make_cluster(settings=STEADY)
     leader = cluster.wait_leader()
     before = cluster.status(leader)
     rafts = tuple(cluster.node(n).raft for n in cluster.ids)
@@ -68,7 +69,7 @@ def test_wrong_secret_never_joins_and_cannot_disturb(
             raft=f"127.0.0.1:{free_port()}",
             join=cluster.urls(),
             secret=WRONG_SECRET,
-            test_flags=FAST,
+            **FAST,
         ),
     ).start(wait=False)
     wait_for(
@@ -90,7 +91,7 @@ def test_wrong_secret_never_joins_and_cannot_disturb(
             raft=f"127.0.0.1:{free_port_above(max(int(r.rsplit(':', 1)[1]) for r in rafts))}",
             peers=rafts,
             secret=WRONG_SECRET,
-            test_flags=FAST,
+            **FAST,
         ),
     ).start()
     wait_for(
@@ -140,7 +141,7 @@ def _abuse(raft_addr: str) -> None:
 
 
 def test_garbage_and_huge_frames_on_the_raft_port(make_cluster: MakeCluster) -> None:
-    cluster = make_cluster(flags=STEADY)
+    cluster = make_cluster(settings=STEADY)
     leader = cluster.wait_leader()
     keeps_committing(cluster, "warm-up")
     targets = [leader, cluster.followers(leader)[0]]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from esdb_node.codec import record_header
+from esdb_node.deadline import Deadline
 from esdb_node.errors import EsdbError, StorageFailure
 from esdb_node.raft import Applied, RaftConfig, RaftNode, Rejected
 from esdb_node.storage import commands as cmd
@@ -90,7 +91,7 @@ def append_load(node: RaftNode, req: dict[str, Any]) -> dict[str, Any]:
             sem.release()
             all_done.release()
 
-        node.submit(batch, cb, timeout)
+        node.submit(batch, cb, Deadline.after(timeout))
 
     end = time.monotonic() + max_s
     sent = 0

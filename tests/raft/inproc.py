@@ -10,6 +10,7 @@ from typing import Any
 
 from raft_harness import FAST, SECRET, free_ports, wait_for
 
+from esdb_node.deadline import Deadline
 from esdb_node.raft import Outcome, RaftConfig, RaftNode
 from esdb_node.storage import commands as cmd
 from esdb_node.storage.store import Store
@@ -60,7 +61,7 @@ def submit_wait(node: RaftNode, data: bytes, timeout: float = 10.0) -> Outcome:
         box.append(outcome)
         done.set()
 
-    node.submit(data, cb, timeout)
+    node.submit(data, cb, Deadline.after(timeout))
     assert done.wait(timeout + 5), "callback never ran"
     return box[0]
 
@@ -81,7 +82,7 @@ def submit_many(
 
     for _ in range(count):
         assert sem.acquire(timeout=timeout + 5)
-        node.submit(batch(), cb, timeout)
+        node.submit(batch(), cb, Deadline.after(timeout))
     for _ in range(count):
         assert finished.acquire(timeout=timeout + 5)
     return out

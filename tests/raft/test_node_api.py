@@ -11,6 +11,7 @@ import pytest
 from inproc import batch, submit_wait
 from raft_harness import SECRET, free_ports, wait_for
 
+from esdb_node.deadline import Deadline
 from esdb_node.errors import InvalidInput, NotLeader, Timeout, Unavailable
 from esdb_node.raft import Applied, RaftConfig, RaftNode, Rejected, Unknown
 from esdb_node.raft import outcome as oc
@@ -120,7 +121,7 @@ def test_deadline_gives_unknown_and_late_callbacks_are_ignored(single: RaftNode)
     started = time.monotonic()
     calls: list[object] = []
     done = threading.Event()
-    single.submit(batch(), lambda o: (calls.append(o), done.set()), 0.5)
+    single.submit(batch(), lambda o: (calls.append(o), done.set()), Deadline.after(0.5))
     assert done.wait(5)
     assert 0.4 < time.monotonic() - started < 3.0
     assert len(calls) == 1 and isinstance(calls[0], Unknown) and calls[0].reason == "timeout"
@@ -133,11 +134,11 @@ def test_destroy_resolves_pending_submits(single: RaftNode) -> None:
     with pytest.raises(Timeout):
         single.add_member(f"127.0.0.1:{ghost}", timeout=0.5)
     box: list[object] = []
-    single.submit(batch(), box.append, 30)
+    single.submit(batch(), box.append, Deadline.after(30))
     single.destroy()
     assert len(box) == 1 and isinstance(box[0], Unknown)
     after: list[object] = []
-    single.submit(batch(), after.append, 1)
+    single.submit(batch(), after.append, Deadline.after(1))
     assert isinstance(after[0], Rejected)
 
 
@@ -152,7 +153,7 @@ def test_blocking_calls_refuse_the_tick_thread(single: RaftNode) -> None:
             errors.append(exc)
         done.set()
 
-    single.submit(batch(), callback, 5)
+    single.submit(batch(), callback, Deadline.after(5))
     assert done.wait(10)
     assert isinstance(errors[0], RuntimeError)
 

@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
 from esdb_node.client import AsyncClient, Client
@@ -47,7 +48,7 @@ def recv_frames(sock: socket.socket, count: int = 1) -> list[dict[str, Any]]:
         data = sock.recv(65536)
         if not data:
             break
-        out += dec.feed(data)
+        out += [msgpack.unpackb(body) for body in dec.feed(data)]
     return out
 
 

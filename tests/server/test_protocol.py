@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from esdb_node import ops
 from esdb_node.codec import pack
 from esdb_node.errors import InvalidInput, ProtocolError
 from esdb_node.server import protocol as p
@@ -33,13 +34,27 @@ def good_event(**override: Any) -> list[Any]:
     return ev
 
 
+def decode(body: bytes) -> ops.Request[Any]:
+    """What the server does with a frame body: decode, validate, check the node's limits."""
+    try:
+        request = ops.decode_request(body)
+    except ops.BadRequest as exc:
+        raise exc.error from None
+    request.check_limits(MAX_EVENT)
+    return request
+
+
+def feed(decoder: p.FrameDecoder, data: bytes) -> list[ops.Request[Any]]:
+    return [decode(body) for body in decoder.feed(data)]
+
+
 def test_decoder_handles_split_and_joined_frames() -> None:
     data = frame({"id": 1, "op": "status"}) + frame({"id": 2, "op": "status"})
     dec = p.FrameDecoder()
-    out: list[dict[str, Any]] = []
+    out: list[ops.Request[Any]] = []
     for i in range(len(data)):
-        out += dec.feed(data[i : i + 1])
-    assert [m["id"] for m in out] == [1, 2]
+        out += feed(dec, data[i : i + 1])
+    assert [m.id for m in out] == [1, 2]
 
 
 @pytest.mark.parametrize(
@@ -54,24 +69,24 @@ def test_decoder_handles_split_and_joined_frames() -> None:
 )
 def test_decoder_rejects_bad_frames(data: bytes, message: str) -> None:
     with pytest.raises(ProtocolError, match=message):
-        p.FrameDecoder(max_frame=1 << 20).feed(data)
+        feed(p.FrameDecoder(max_frame=1 << 20), data)
 
 
 def test_decoder_limits_nested_sizes() -> None:
     huge_array = msgpack.packb({"id": 1, "op": "append", "events": list(range(200_000))})
     with pytest.raises(ProtocolError):
-        p.FrameDecoder().feed(struct.pack(">I", len(huge_array)) + huge_array)
+        feed(p.FrameDecoder(), struct.pack(">I", len(huge_array)) + huge_array)
 
 
-def parse(message: dict[str, Any]) -> p.Request:
-    return p.parse_request(message, max_event_bytes=MAX_EVENT)[1]
+def parse(message: dict[str, Any]) -> ops.Request[Any]:
+    return decode(pack(message))
 
 
 def test_append_request_is_typed() -> None:
     req = parse(
         {"id": 7, "op": "append", "stream": "order-1", "expected": -1, "events": [good_event()]}
     )
-    assert isinstance(req, p.Append)
+    assert isinstance(req, ops.Append)
     assert req.expected == -1 and req.timeout == 10.0
 
 
@@ -209,11 +224,8 @@ _fields = st.sampled_from(
 @given(st.binary(max_size=300))
 def test_fuzz_raw_bytes_only_raise_protocol_errors(data: bytes) -> None:
     dec = p.FrameDecoder(max_frame=1 << 16)
-    try:
-        for message in dec.feed(data):
-            parse(message)
-    except InvalidInput:
-        pass
+    with contextlib.suppress(InvalidInput):
+        feed(dec, data)
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -224,11 +236,8 @@ def test_fuzz_structured_requests_only_raise_invalid_input(op: str, fields: dict
         encoded = frame(message)
     except (OverflowError, TypeError, ValueError):
         return
-    try:
-        for decoded in p.FrameDecoder().feed(encoded):
-            parse(decoded)
-    except InvalidInput:
-        pass
+    with contextlib.suppress(InvalidInput):
+        feed(p.FrameDecoder(), encoded)
 
 
 @settings(max_examples=300, deadline=None)

@@ -22,12 +22,13 @@ from esdb_node.errors import (
     WrongExpectedVersion,
 )
 from esdb_node.model import AllFilter, AppendResult, EventData, StreamMetadata, expected_to_int
+from esdb_node.ops import EventIn
 from esdb_node.storage import commands as cmd
 from esdb_node.storage.store import Store
 
 
 def ev(event_type: str = "Happened", n: int = 0, event_id: uuid.UUID | None = None) -> list[Any]:
-    return codec.event_to_wire(EventData.from_json(event_type, {"n": n}, id=event_id))
+    return EventIn.of(EventData.from_json(event_type, {"n": n}, id=event_id))
 
 
 def run(store: Store, *subs: list[Any], created_us: int | None = None, index: int = 0) -> list[Any]:
@@ -345,9 +346,9 @@ def test_max_count_truncate_before_and_max_age(store: Store) -> None:
 
 def test_invalid_metadata_is_rejected(store: Store) -> None:
     ok(append(store, "s-1"))
-    bad = run(store, [cmd.SET_METADATA, "s-1", {"max_count": -1}])[0]
+    bad = run(store, [3, "s-1", {"max_count": -1}])[0]
     assert isinstance(bad, InvalidInput)
-    bad = run(store, [cmd.SET_METADATA, "s-1", {"bogus": 1}])[0]
+    bad = run(store, [3, "s-1", {"bogus": 1}])[0]
     assert isinstance(bad, InvalidInput)
 
 
@@ -419,7 +420,7 @@ def test_flipped_byte_on_disk_is_detected_and_named(tmp_path: Path) -> None:
         run(
             s,
             cmd.append("s-1", -2, [ev()]),
-            cmd.append("s-1", -2, [codec.event_to_wire(EventData("T", b'"' + marker + b'"'))]),
+            cmd.append("s-1", -2, [EventIn.of(EventData("T", b'"' + marker + b'"'))]),
         )[1]
     )
     s.close()
@@ -438,7 +439,7 @@ def test_flipped_byte_on_disk_is_detected_and_named(tmp_path: Path) -> None:
 def test_disk_full_is_a_storage_failure_and_keeps_state(tmp_path: Path) -> None:
     s = Store(tmp_path / "store", map_size=1 << 20)
     ok(append(s, "s-1"))
-    big = [codec.event_to_wire(EventData("T", b"x" * 200_000, is_json=False)) for _ in range(10)]
+    big = [EventIn.of(EventData("T", b"x" * 200_000, is_json=False)) for _ in range(10)]
     with pytest.raises(StorageFailure):
         s.apply(cmd.encode_batch(1, [cmd.append("s-1", -2, big)]))
     assert versions(s, "s-1") == [0]
@@ -459,5 +460,5 @@ def test_member_registry_is_replicated_state(store: Store) -> None:
     ]
     assert ok(run(store, cmd.member_delete("127.0.0.1:2114"))[0]) is True
     assert ok(run(store, cmd.member_delete("127.0.0.1:2114"))[0]) is False
-    assert isinstance(run(store, [cmd.MEMBER_SET, "", "n", "u"])[0], InvalidInput)
+    assert isinstance(run(store, [6, "", "n", "u"])[0], InvalidInput)
     assert [m.node_id for m in store.members()] == ["n2"]

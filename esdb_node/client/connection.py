@@ -1,0 +1,250 @@
+"""One multiplexed protocol connection: typed requests in flight, matched by id."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import socket
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, TypeVar
+
+import msgspec
+
+from esdb_node.config import DEFAULT_CLIENT_PORT, parse_hostport
+from esdb_node.errors import EsdbError, InvalidInput, ProtocolError, Unavailable, error_from_wire
+from esdb_node.ops import PROTOCOL_VERSION, Cancel, Hello, HelloReply, Request
+from esdb_node.server import protocol as p
+
+R = TypeVar("R")
+Address = tuple[str, int]
+
+_DECODERS: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+
+
+def decode_result(raw: msgspec.Raw, result_type: Any) -> Any:
+    decoder = _DECODERS.get(result_type)
+    if decoder is None:
+        decoder = _DECODERS[result_type] = msgspec.msgpack.Decoder(result_type)
+    try:
+        return decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ProtocolError(f"malformed reply: {exc}") from None
+
+
+def parse_urls(urls: str | Sequence[str]) -> list[Address]:
+    items = [urls] if isinstance(urls, str) else list(urls)
+    out: list[Address] = []
+    for item in items:
+        text = item.strip()
+        if "://" in text and not text.startswith("esdb://"):
+            scheme = text.split("://", 1)[0]
+            raise InvalidInput(
+                f"URL {text!r} has the scheme {scheme}://; esdb nodes speak esdb://",
+                hint="use esdb://HOST:PORT (the client port, 2113 by default)",
+            )
+        if text.startswith("esdb://"):
+            text = text[len("esdb://") :]
+        for part in text.split(","):
+            if part.strip():
+                out.append(parse_hostport(part, default_port=DEFAULT_CLIENT_PORT, what="URL"))
+    if not out:
+        raise InvalidInput("no node URL given", hint="pass --url esdb://HOST:PORT or set ESDB_URL")
+    return out
+
+
+def format_url(address: Address) -> str:
+    return f"esdb://{address[0]}:{address[1]}"
+
+
+class ConnectionLost(Exception):
+    """The connection ended; `sent` says whether the request may have reached the node."""
+
+    def __init__(self, message: str, *, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+def _why(exc: OSError) -> str:
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host {(exc.strerror and '(' + exc.strerror + ')') or ''}".strip()
+    if exc.errno is not None:
+        return os.strerror(exc.errno).lower()
+    return exc.strerror or type(exc).__name__
+
+
+def node_budget(budget: float) -> float:
+    """The part of the caller's budget the node gets: a little less, so that the node's own
+    verdict (timeout, unknown) still reaches the caller before the caller gives up, and the
+    caller can retry elsewhere if time is left."""
+    return max(budget - min(0.5, budget * 0.1), 0.001)
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
+class Connection:
+    def __init__(self, address: Address, token: str | None, max_frame: int = p.DEFAULT_MAX_FRAME):
+        self.address = address
+        self.token = token
+        self.max_frame = max_frame
+        self.ids = itertools.count(1)
+        self.pending: dict[int, tuple[asyncio.Future[Any], Any]] = {}
+        self.streams: dict[int, asyncio.Queue[Any]] = {}
+        self.hello: HelloReply | None = None
+        self.closed = False
+        self._reader_task: asyncio.Task[None] | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    @property
+    def url(self) -> str:
+        return format_url(self.address)
+
+    async def open(self, timeout: float) -> None:
+        host, port = self.address
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        except TimeoutError:
+            raise Unavailable(
+                f"cannot connect to {self.url}: no answer within {timeout:g}s",
+                hint="is the host up and the port open? (a firewall may drop the packets)",
+            ) from None
+        except OSError as exc:
+            raise Unavailable(
+                f"cannot connect to {self.url}: {_why(exc)}",
+                hint="is the node running? check --url / ESDB_URL or `esdb node status`",
+            ) from None
+        self._writer = writer
+        self._reader_task = asyncio.get_running_loop().create_task(self._read_loop(reader))
+        hello = Hello(version=PROTOCOL_VERSION, token=self.token, client="esdb-python")
+        try:
+            self.hello = await self._call(hello, 0, timeout)
+        except ConnectionLost:
+            self.close()
+            raise Unavailable(f"{self.url} closed the connection") from None
+        except TimeoutError:
+            self.close()
+            raise Unavailable(f"{self.url} did not answer the handshake") from None
+        except EsdbError:
+            self.close()
+            raise
+
+    def close(self, why: str = "connection closed") -> None:
+        """Close once; every request still waiting fails with `why`."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._writer is not None:
+            self._writer.close()
+        if self._reader_task is not None and self._reader_task is not asyncio.current_task():
+            self._reader_task.cancel()
+        self._fail_all(why)
+
+    def _fail_all(self, why: str) -> None:
+        for future, _ in self.pending.values():
+            if not future.done():
+                future.set_exception(ConnectionLost(why, sent=True))
+        self.pending.clear()
+        for queue in self.streams.values():
+            queue.put_nowait(ConnectionLost(why, sent=True))
+        self.streams.clear()
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                header = await reader.readexactly(p.HEADER.size)
+                (length,) = p.HEADER.unpack(header)
+                p.check_length(length, self.max_frame)
+                self._deliver(p.decode_response(await reader.readexactly(length)))
+        except (asyncio.IncompleteReadError, OSError, ProtocolError):
+            pass  # the node went away or broke the framing: either way this connection is over
+        finally:
+            self.close(f"connection to {self.url} lost")
+
+    def _deliver(self, message: p.Response) -> None:
+        rid = message.id
+        queue = self.streams.get(rid)
+        if queue is not None:
+            if message.err is not None:
+                queue.put_nowait(error_from_wire(message.err))
+                self.streams.pop(rid, None)
+            elif message.more:
+                queue.put_nowait(message.ok)
+            else:
+                queue.put_nowait(None)
+                self.streams.pop(rid, None)
+            return
+        entry = self.pending.pop(rid, None)
+        if entry is None:
+            if rid == 0 and message.err is not None:  # connection-level error from the node
+                self._fail_all(str(error_from_wire(message.err)))
+            return
+        future, result_type = entry
+        if future.done():
+            return
+        if message.err is not None:
+            future.set_exception(error_from_wire(message.err))
+        else:
+            try:
+                future.set_result(decode_result(message.ok, result_type))
+            except ProtocolError as exc:
+                future.set_exception(exc)
+
+    def _send(self, request: Request[Any]) -> None:
+        if self.closed or self._writer is None:
+            raise ConnectionLost("connection is closed", sent=False)
+        self._writer.write(p.encode_frame(request))
+
+    async def call(self, request: Request[R], timeout: float) -> R:
+        """Send one request and wait for its answer; TimeoutError after `timeout` seconds.
+        The node is told the same budget, so it gives up when the caller does."""
+        return await self._call(request, next(self.ids), timeout)
+
+    async def _call(self, request: Request[R], rid: int, timeout: float) -> R:
+        # The deadline is a timer on the future rather than `asyncio.wait_for`, which would
+        # wrap every request in its own task (measurable at thousands of requests/s).
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self.pending[rid] = (future, request.result)
+        budget = min(max(timeout, 0.001), 3600.0)
+        try:
+            self._send(msgspec.structs.replace(request, id=rid, timeout=node_budget(budget)))
+        except ConnectionLost:
+            self.pending.pop(rid, None)
+            raise
+        timer = loop.call_later(budget, _expire, future)
+        try:
+            return await future
+        finally:
+            self.pending.pop(rid, None)
+            timer.cancel()
+
+    async def stream(
+        self, request: Request[Any], idle_timeout: float | None = None
+    ) -> AsyncIterator[list[bytes]]:
+        """Chunks of one streamed answer; TimeoutError if the node sends nothing for
+        `idle_timeout` seconds (None: wait forever, as a live tail must)."""
+        rid = next(self.ids)
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.streams[rid] = queue
+        budget = min(idle_timeout or request.timeout, 3600.0)
+        self._send(msgspec.structs.replace(request, id=rid, timeout=budget))
+        finished = False
+        try:
+            while True:
+                item = await asyncio.wait_for(queue.get(), idle_timeout)
+                if item is None:
+                    finished = True
+                    return
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                yield decode_result(item, list[bytes])
+        finally:
+            if not finished and not self.closed:
+                self.streams.pop(rid, None)
+                with contextlib.suppress(ConnectionLost):
+                    self._send(Cancel(id=next(self.ids), target=rid))

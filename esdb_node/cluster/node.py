@@ -1,0 +1,175 @@
+"""ClusterNode: this process's Raft member and the parts around it, wired together.
+
+Jobs live in their own modules: the registry of members (`registry`), this node's view of
+the membership (`view`), finding/joining/leaving the cluster (`formation`), administration
+requests (`admin`), and replication itself (`esdb_node.replication.raft`). This class owns
+their life cycle and the upkeep loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from collections.abc import Callable
+from typing import NoReturn
+
+from esdb_node.cluster.admin import ClusterAdmin
+from esdb_node.cluster.formation import Formation
+from esdb_node.cluster.registry import ClusterIdentity, MemberRegistry
+from esdb_node.cluster.view import MembershipView
+from esdb_node.config import NodeConfig, parse_hostport
+from esdb_node.deadline import Deadline
+from esdb_node.discovery import members_hash
+from esdb_node.errors import EsdbError, NotReady
+from esdb_node.layout import DataDir
+from esdb_node.model import MemberRecord
+from esdb_node.raft import RaftConfig, RaftNode
+from esdb_node.raft.node import fatal
+from esdb_node.replication import ReplicationStatus, result_or_raise
+from esdb_node.replication.raft import RaftReplicator
+from esdb_node.storage import commands as cmd
+from esdb_node.storage.store import Store
+
+log = logging.getLogger("esdb.cluster")
+
+UPKEEP_INTERVAL = 1.0
+
+
+def advertised(config: NodeConfig, address: str) -> str:
+    host, port = parse_hostport(address)
+    return f"{config.advertised_host(host)}:{port}"
+
+
+class ClusterNode:
+    def __init__(
+        self,
+        config: NodeConfig,
+        store: Store,
+        *,
+        node_id: str,
+        store_id: str,
+        url: str,
+        on_fatal: Callable[[str], NoReturn] = fatal,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.identity = ClusterIdentity(node_id, store_id, advertised(config, config.raft), url)
+        self._on_fatal = on_fatal
+        self._raft: RaftNode | None = None
+        self.registry = MemberRegistry(store, self.identity)
+        self.view = MembershipView(self.identity, self.registry, config.peers)
+        self.formation = Formation(config, self.identity, self.registry, self.view)
+        self.replicator = RaftReplicator(self.raft, self.registry.url_of, self.status)
+        self.admin = ClusterAdmin(
+            secret=config.secret or "",
+            identity=self.identity,
+            registry=self.registry,
+            view=self.view,
+            raft=self.raft,
+            replicator=self.replicator,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._left = False
+
+    def raft(self) -> RaftNode:
+        if self._raft is None:
+            raise NotReady("raft is not running yet")
+        return self._raft
+
+    def status(self) -> ReplicationStatus:
+        return self.view.status(self._raft)
+
+    def _raft_config(self, peers: tuple[str, ...]) -> RaftConfig:
+        cfg = self.config
+        host, _ = parse_hostport(cfg.raft)
+        return RaftConfig(
+            self_addr=self.identity.raft,
+            peers=tuple(sorted(set(peers) - {self.identity.raft})),
+            data_dir=cfg.data_dir,
+            secret=cfg.secret or "",
+            durability=cfg.durability,
+            bind_host=host,
+            cluster_id=self.identity.store_id,
+            election_timeout_min=cfg.election_timeout,
+            election_timeout_max=cfg.election_timeout * 2,
+            leader_fallback_timeout=cfg.leader_fallback_timeout,
+            connection_timeout=cfg.raft_connection_timeout,
+            compaction_min_entries=cfg.compaction_entries,
+        )
+
+    # --- life cycle -----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Find or form the cluster (first start only), then start Raft in the main thread."""
+        found = await self.formation.find()
+        self._raft = RaftNode(self._raft_config(found.peers), self.store, on_fatal=self._on_fatal)
+        log.info(
+            "raft member %s (node %s), peers: %s",
+            self.identity.raft,
+            self.identity.node_id,
+            ", ".join(found.peers) or "none (single-member cluster)",
+        )
+        if found.join_via is not None:
+            # Raft runs before the change is proposed: growing a one-node cluster needs our
+            # acknowledgement to commit it. Until then the members refuse our traffic.
+            await self.formation.join(found.join_via)
+        self._announce()
+
+    async def start(self) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(self._upkeep()))
+
+    def stop_forming(self) -> None:
+        self.formation.stop_discovery()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        layout = DataDir(self.config.data_dir)
+        if self._raft is not None and layout.leave.exists():
+            self._left = await self.formation.leave(self._raft)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.formation.stop_discovery)
+        if self._raft is not None:
+            await loop.run_in_executor(None, self._raft.destroy)
+        if self._left:
+            # Next start is a fresh member: it finds (or is given) the cluster and joins
+            # again. The store stays: its applied index lets it skip what it already has.
+            shutil.rmtree(layout.raft, ignore_errors=True)
+            layout.leave.unlink(missing_ok=True)
+
+    # --- upkeep ---------------------------------------------------------------------------------
+
+    async def _upkeep(self) -> None:
+        """Keep this node's registry entry current and remember when peers were last seen."""
+        while not self._stopping:
+            try:
+                self.view.sample(self.raft().status())
+                self._announce()
+                await self._register_self()
+            except EsdbError as exc:
+                log.debug("cluster upkeep: %s", exc)
+            except Exception:
+                log.exception("cluster upkeep failed")
+            await asyncio.sleep(UPKEEP_INTERVAL)
+
+    def _announce(self) -> None:
+        discovery = self.formation.discovery
+        if discovery is not None and self._raft is not None:
+            discovery.set_cluster_state(
+                True, self._raft.leader(), members_hash(self._raft.members())
+            )
+
+    async def _register_self(self) -> None:
+        mine = MemberRecord(self.identity.raft, self.identity.node_id, self.identity.url)
+        if self.raft().leader() is None or mine in self.store.members():
+            return
+        command = cmd.member_set(mine.raft, mine.node_id, mine.url)
+        result_or_raise(await self.replicator.submit(command, Deadline.after(10.0)))
+        log.info("registered %s as %s at %s", mine.node_id, mine.raft, mine.url)
