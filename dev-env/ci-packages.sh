@@ -7,6 +7,7 @@
 # Installs only what is missing; a no-op (with a message) when not root or nothing is missing.
 # The tests that need a package skip with the reason when it is absent.
 set -euo pipefail
+export PATH="$PATH:/usr/sbin:/sbin"  # mkfs.ext4 and losetup live there
 
 # command -> Debian package that provides it
 declare -A need=(
@@ -22,8 +23,7 @@ missing=()
 for cmd in "${!need[@]}"; do
   case "$cmd" in
     libc-dev) [ -e /usr/include/dlfcn.h ] || missing+=("${need[$cmd]}") ;;
-    *) command -v "$cmd" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" \
-         >/dev/null 2>&1 || missing+=("${need[$cmd]}") ;;
+    *) command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}") ;;
   esac
 done
 
@@ -37,5 +37,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "dev-env/ci-packages.sh: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
-apt-get -o DPkg::Lock::Timeout=300 update -q >/dev/null
-apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+# A failed install is reported, not fatal: the tests that need a package skip and say why.
+if ! { apt-get -o DPkg::Lock::Timeout=300 update -q >/dev/null &&
+  apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends "${missing[@]}" \
+    >/dev/null; }; then
+  echo "dev-env/ci-packages.sh: WARNING: could not install ${missing[*]}" >&2
+fi
