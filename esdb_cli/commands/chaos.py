@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import signal
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -222,6 +223,14 @@ def heal() -> None:
     _run(Heal())
 
 
+def _drill_unavailable(name: str, netns: bool, reason: Callable[[str], str | None]) -> str | None:
+    from esdb_cli.chaos import netns as nx
+
+    if netns and name == "one-way":
+        return nx.nft_unavailable_reason()
+    return reason(name)
+
+
 @app.command()
 @client_command
 def drill(
@@ -230,9 +239,9 @@ def drill(
         typer.Option(
             "--scenario",
             "-s",
-            help="leader-kill, "
-            "follower-kill, pause, partition, flapping, rolling-restart, random, "
-            "or all.",
+            help="leader-kill, follower-kill, pause, partition, flapping, rolling-restart, "
+            "random, one-way, slow-disk, clock-skew, disk-full (root), or all (every one this "
+            "machine can run).",
         ),
     ] = "leader-kill",
     duration: Annotated[float, typer.Option(help="Seconds of load and faults.")] = 30.0,
@@ -272,15 +281,32 @@ def drill(
     """
     from esdb_cli.chaos import netns as nx
     from esdb_cli.chaos.checker import render_text, report_to_json
-    from esdb_cli.chaos.drill import SCENARIOS, DrillOptions, run_drill, write_history
+    from esdb_cli.chaos.drill import (
+        SCENARIOS,
+        DrillOptions,
+        run_drill,
+        unavailable_reason,
+        write_history,
+    )
     from esdb_cli.chaos.faults import ChaosEnv
     from esdb_cli.localcluster import LocalCluster
 
-    names = list(SCENARIOS) if scenario == "all" else [scenario]
-    if any(n not in SCENARIOS for n in names):
+    if scenario != "all" and scenario not in SCENARIOS:
         raise InvalidInput(
             f"unknown scenario {scenario!r}", hint="one of " + ", ".join((*SCENARIOS, "all"))
         )
+    names = list(SCENARIOS) if scenario == "all" else [scenario]
+    inside = netns or netns_inside is not None
+    unable = {n: r for n in names if (r := _drill_unavailable(n, inside, unavailable_reason))}
+    if scenario != "all" and unable:
+        raise InvalidInput(
+            f"scenario {scenario} {unable[scenario]}",
+            hint="dev-env/ci-packages.sh installs what the fault scenarios need (as root)",
+        )
+    if not netns_inside:  # (the drill re-run in the namespaces: its parent said so)
+        for name, reason in unable.items():
+            say(f"skipping scenario {name}: it {reason}")
+    names = [n for n in names if n not in unable]
     directory = cluster_dir()
     if netns and not netns_inside:
         if directory is not None or keep:
