@@ -46,16 +46,21 @@ def _copy_contents(src: Path, dst: Path) -> None:
             shutil.copy2(entry, dst / entry.name, follow_symlinks=False)
 
 
-def move_onto_image(cluster: LocalCluster, node: LocalNode, size_mib: int) -> LocalNode:
-    """With `node` stopped: its data onto a new `size_mib` MiB image mounted at data_dir."""
-    data = Path(node.data_dir)
-    used = _used_bytes(data)
+def check_fits(node: LocalNode, size_mib: int) -> None:
+    """Refuse a disk less than twice the node's data (ext4's own metadata takes some)."""
+    used = _used_bytes(Path(node.data_dir))
     if used > (size_mib << 20) // 2:
         raise InvalidInput(
             f"{node.id} holds {used / 2**20:.1f} MiB of data; a {size_mib} MiB disk would be "
             "full before the filler",
             hint=f"pass --size {max(2 * size_mib, (4 * used >> 20) + 16)} or more",
         )
+
+
+def move_onto_image(cluster: LocalCluster, node: LocalNode, size_mib: int) -> LocalNode:
+    """With `node` stopped: its data onto a new `size_mib` MiB image mounted at data_dir."""
+    data = Path(node.data_dir)
+    check_fits(node, size_mib)
     image = cluster.dir / "disks" / f"{node.id}.ext4"
     loopfs.create(image, size_mib)
     # Recorded before the mount: whatever fails from here on, heal or down --purge undo it.

@@ -256,7 +256,12 @@ def restart(
         env.cluster.stop_node(node, timeout=stop_timeout if graceful else 0.0, force=True)
     down_ns = time.monotonic_ns()  # down now; writes must not wait for the start
     if change is not None:
-        node = change(node)
+        try:
+            node = change(node)
+        except BaseException:
+            with contextlib.suppress(EsdbError):  # back up as it was; the error says why
+                env.cluster.start_node(env.node(target))
+            raise
     env.cluster.start_node(node)
     env.killed.discard(target)
     return (f"{'SIGTERM' if graceful else 'SIGKILL'} + start" if pid else "start"), down_ns
@@ -305,8 +310,10 @@ def _restart_under(env: ChaosEnv, target: str, faults: dict[str, str]) -> tuple[
     """Restart `target` with `faults` added to those it already runs under; check the
     process really loaded its shims."""
 
+    # Built (gcc) before the node stops: a build error leaves it running as it was.
+    launch = shims.launch_env({**shims.faults_of(env.node(target).env), **faults})
+
     def change(node: LocalNode) -> LocalNode:
-        launch = shims.launch_env({**shims.faults_of(node.env), **faults})
         return env.cluster.replace_node(replace(node, env=launch))
 
     how, down_ns = restart(env, target, change=change)
@@ -338,6 +345,7 @@ class DiskFull:
         how = ""
         if env.node(target).disk_image is None:
             size = self.size_mib
+            disk.check_fits(env.node(target), size)  # before the node stops
             how, _ = restart(
                 env, target, change=lambda n: disk.move_onto_image(env.cluster, n, size)
             )

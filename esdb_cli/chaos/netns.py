@@ -227,9 +227,13 @@ NFT_TABLE = "esdb_chaos"
 _MAX_EMPTY_SEGMENT = 80
 
 
+def nft_path() -> str | None:
+    return shutil.which("nft", path=os.pathsep.join((os.environ.get("PATH", ""), "/usr/sbin")))
+
+
 def nft_unavailable_reason() -> str | None:
     """Why nftables cuts cannot be made here (None: they can)."""
-    if shutil.which("nft", path=os.pathsep.join((os.environ.get("PATH", ""), "/usr/sbin"))):
+    if nft_path():
         return None
     return "needs nftables (`nft`) for one-way and multi-node cuts under --netns"
 
@@ -327,7 +331,7 @@ class SwitchPorts:
 def nft(ns: str, rules: str) -> None:
     """Run an nftables script in namespace `ns`."""
     proc = subprocess.run(
-        ["ip", "netns", "exec", ns, "nft", "-f", "-"],
+        ["ip", "netns", "exec", ns, nft_path() or "nft", "-f", "-"],
         input=rules,
         capture_output=True,
         text=True,

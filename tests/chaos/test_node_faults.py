@@ -292,3 +292,21 @@ def test_missing_requirements_exit_2_before_touching_a_node(
     r = esdb("--cluster-dir", d, "chaos", "slow-disk", "n1")
     assert r.code == 2 and "error: chaos slow-disk needs gcc" in r.err, r.err
     assert all(LocalCluster.load(stopped.dir).running_pid(n) is None for n in stopped.nodes)
+
+
+def test_disk_full_refuses_a_disk_too_small_before_stopping_anything(
+    stopped: LocalCluster, esdb: Callable[..., Run]
+) -> None:
+    _need(loopfs.unavailable_reason())
+    data = Path(stopped.node("n1").data_dir)
+    data.mkdir(parents=True)
+    (data / "big").write_bytes(os.urandom(9 << 20))
+
+    r = esdb("--cluster-dir", str(stopped.dir), "chaos", "disk-full", "n1", "--size", "16")
+
+    assert r.code == 2, r.err
+    assert "n1 holds 9.0 MiB of data; a 16 MiB disk would be full" in r.err
+    assert "hint: pass --size 52 or more" in r.err
+    assert not loopfs.is_mounted(data) and not (stopped.dir / "disks").exists()
+    assert LocalCluster.load(stopped.dir).node("n1").disk_image is None
+    assert (data / "big").stat().st_size == 9 << 20
