@@ -23,6 +23,7 @@ from typing import Any
 
 from esdb_cli import loopfs
 from esdb_cli.chaos import history as h
+from esdb_cli.chaos import netns as nx
 from esdb_cli.chaos import shims
 from esdb_cli.chaos.checker import CheckReport, check
 from esdb_cli.chaos.faults import (
@@ -184,8 +185,10 @@ def schedule(scenario: str, rng: random.Random, env: ChaosEnv) -> Iterator[tuple
             raise ValueError(f"unknown scenario {scenario!r}")
 
 
-def unavailable_reason(scenario: str) -> str | None:
-    """Why `scenario` cannot run on this machine (None: it can)."""
+def unavailable_reason(scenario: str, *, netns: bool = False) -> str | None:
+    """Why `scenario` cannot run on this machine (None: it can); `netns`: with --netns."""
+    if scenario == "one-way" and netns:
+        return nx.nft_unavailable_reason()
     if scenario == "disk-full":
         return loopfs.unavailable_reason()
     if scenario == "slow-disk":

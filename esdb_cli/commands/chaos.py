@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -223,14 +222,6 @@ def heal() -> None:
     _run(Heal())
 
 
-def _drill_unavailable(name: str, netns: bool, reason: Callable[[str], str | None]) -> str | None:
-    from esdb_cli.chaos import netns as nx
-
-    if netns and name == "one-way":
-        return nx.nft_unavailable_reason()
-    return reason(name)
-
-
 @app.command()
 @client_command
 def drill(
@@ -297,7 +288,7 @@ def drill(
         )
     names = list(SCENARIOS) if scenario == "all" else [scenario]
     inside = netns or netns_inside is not None
-    unable = {n: r for n in names if (r := _drill_unavailable(n, inside, unavailable_reason))}
+    unable = {n: r for n in names if (r := unavailable_reason(n, netns=inside))}
     if scenario != "all" and unable:
         raise InvalidInput(
             f"scenario {scenario} {unable[scenario]}",

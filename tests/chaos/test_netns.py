@@ -91,6 +91,16 @@ def test_netns_partitions_without_nftables_are_refused(monkeypatch: pytest.Monke
     assert ports.down == set() and ports.filtered == set()
 
 
+def test_one_way_drill_under_netns_needs_nftables(
+    esdb: Callable[..., Run], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(nx, "nft_unavailable_reason", lambda: "needs nftables (`nft`)")
+    r = esdb("chaos", "drill", "--netns", "--scenario", "one-way", "--duration", "1")
+    assert r.code == 2, r.err
+    assert "error: scenario one-way needs nftables" in r.err
+    assert "hint: dev-env/ci-packages.sh installs" in r.err
+
+
 def test_netns_without_root_is_refused(
     esdb: Callable[..., Run], monkeypatch: pytest.MonkeyPatch
 ) -> None:
