@@ -468,7 +468,12 @@ class Heal:
         return "all"
 
     def inject(self, env: ChaosEnv, target: str) -> str:
-        done = [_restore(env, n.id) for n in env.cluster.nodes if n.env or n.disk_image]
+        done, failed = [], []
+        for faulty in [n for n in env.cluster.nodes if n.env or n.disk_image]:
+            try:
+                done.append(_restore(env, faulty.id))
+            except EsdbError as exc:  # heal the rest; say what is left afterwards
+                failed.append(f"{faulty.id}: {exc}")
         for node in env.cluster.nodes:
             pid = env.cluster.running_pid(node)
             # `env.paused` only knows this process's own pauses; `esdb chaos pause` ran in
@@ -492,6 +497,11 @@ class Heal:
                 # an unreachable node has no partition state worth clearing
                 with contextlib.suppress(EsdbError):
                     env.admin_fault(node, set(), set())
+        if failed:
+            raise EsdbError(
+                f"heal could not restore {'; '.join(failed)}",
+                hint="everything else was healed; fix the cause and run heal again",
+            )
         return "; ".join(done) or "partitions cleared"
 
 
