@@ -242,11 +242,18 @@ class AsyncClient:
     async def _stream(
         self, req: ops.Request[Any], *, idle_timeout: float | None = None
     ) -> AsyncIterator[list[bytes]]:
+        """Chunks of a streamed answer. Before the first chunk, a redirect is followed and a
+        transient refusal (no leader yet, an election) is retried until the client's timeout;
+        after it, errors end the stream (the caller knows where it got to)."""
+        deadline = time.monotonic() + self.timeout
         redirects = 0
+        backoff = 0.05
         while True:
             conn = await self._any_connection(req.needs_leader())
+            started = False
             try:
                 async for chunk in conn.stream(req, idle_timeout):
+                    started = True
                     yield chunk
                 return
             except TimeoutError:
@@ -258,11 +265,22 @@ class AsyncClient:
                     f"{req.wire_name()}: {conn.url} sent nothing for {idle_timeout:g}s"
                 ) from None
             except NotLeader as exc:
-                redirects += 1
-                if redirects > 5 or not self._note_redirect(exc):
+                if started:
                     raise
+                redirects += 1
+                if self._note_redirect(exc) and redirects <= 5:
+                    continue
+                self._start_after(conn.address)
+                if time.monotonic() + backoff >= deadline:
+                    raise
+            except (NotReady, Unavailable):
+                if started or time.monotonic() + backoff >= deadline:
+                    raise
+                self._leader = None
             except ConnectionLost as exc:
                 raise Unavailable(f"{exc} during {req.wire_name()}") from None
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 0.5)
 
     # --- writes ---------------------------------------------------------------------------------
 
