@@ -1,0 +1,163 @@
+"""What every peer runner needs: installing its packages, starting servers on free loopback
+ports and stopping exactly the PIDs it started, and bounded child loaders."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from esdb_cli.localcluster import free_ports
+from tests.harness import wait_for
+
+__all__ = [
+    "PeerUnavailable",
+    "Servers",
+    "apt_install",
+    "free_ports",
+    "need_python",
+    "quietly",
+    "run_json_loader",
+    "wait_for",
+]
+
+HERE = Path(__file__).resolve().parent
+T = TypeVar("T")
+
+
+class PeerUnavailable(RuntimeError):
+    """The peer cannot be run here (a package is missing and may not be installed)."""
+
+
+def apt_install(commands: dict[str, str], *, allowed: bool) -> None:
+    """Make sure each command exists, installing its Debian package if allowed.
+    `commands` maps a command name (or an absolute path that must exist) to its package."""
+    missing = sorted({pkg for cmd, pkg in commands.items() if not _present(cmd)})
+    if not missing:
+        return
+    if not allowed:
+        raise PeerUnavailable(f"missing Debian packages {' '.join(missing)} (installs disabled)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    print(f"# apt-get install {' '.join(missing)}", file=sys.stderr, flush=True)
+    subprocess.run(["apt-get", "update", "-q"], env=env, check=True, capture_output=True)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", *missing], env=env, check=True, capture_output=True
+    )
+    still = sorted(cmd for cmd in commands if not _present(cmd))
+    if still:
+        raise PeerUnavailable(f"still missing after apt-get: {' '.join(still)}")
+
+
+def _present(cmd: str) -> bool:
+    return Path(cmd).exists() if cmd.startswith("/") else shutil.which(cmd) is not None
+
+
+def need_python(modules: Sequence[str]) -> None:
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise PeerUnavailable(
+            f"missing Python modules {', '.join(missing)}: pip install -e '.[bench]'"
+        )
+
+
+class Servers:
+    """Server processes this run started; `stop()` ends exactly those PIDs (SIGTERM, then
+    SIGKILL after a grace period), never anything found by name."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, argv: Sequence[str], **popen: Any) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"{name}.log").open("ab")
+        try:
+            proc = subprocess.Popen(
+                list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=log, **popen
+            )
+        finally:
+            log.close()
+        self.procs[name] = proc
+        return proc
+
+    def kill9(self, name: str) -> None:
+        proc = self.procs[name]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def stop(self, name: str | None = None, *, grace: float = 15.0) -> None:
+        names = [name] if name else list(self.procs)
+        for n in names:
+            proc = self.procs[n]
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        for n in names:
+            proc = self.procs.pop(n)
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+    def log_tail(self, name: str, lines: int = 10) -> str:
+        try:
+            text = (self.workdir / f"{name}.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> Servers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_json_loader(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> dict[str, Any]:
+    """Run a loader child that prints one JSON object as its last stdout line; the child is
+    killed (by its PID) if it outlives `timeout`."""
+    proc = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=cwd,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate(timeout=10)
+        raise RuntimeError(f"loader {Path(argv[0]).name} ran past {timeout:g}s") from None
+    if proc.returncode != 0:
+        tail = err.decode(errors="replace").strip().splitlines()[-5:]
+        raise RuntimeError(f"loader {' '.join(argv[:3])} exited {proc.returncode}: {tail}")
+    lines = [ln for ln in out.decode().splitlines() if ln.strip()]
+    if not lines:
+        raise RuntimeError(f"loader {' '.join(argv[:3])} printed nothing")
+    value: dict[str, Any] = json.loads(lines[-1])
+    return value
+
+
+def quietly(fn: Callable[[], T]) -> T | None:
+    """`fn()`, or None if it raised: for polling a server that is not up yet, which fails in
+    its own client's ways (to use with tests.harness.wait_for)."""
+    try:
+        return fn()
+    except Exception:
+        return None

@@ -1,0 +1,247 @@
+"""etcd, 3 members on loopback, default (durable) settings; loaded by the Go loader in
+./etcdload, as in the peer baselines (a Python client would measure the client, not etcd).
+
+Durable per ack: etcd fdatasyncs its WAL per raft batch and commits an entry only once a
+quorum has persisted it (etcd 3.4 has no switch to turn that off).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from bench.peers.common import (
+    HERE,
+    Servers,
+    apt_install,
+    free_ports,
+    quietly,
+    run_json_loader,
+    wait_for,
+)
+from bench.results import APPEND_WORKLOADS, Cell, Failover, PeerReport, Run, RunConfig
+
+GO_DIR = Path(os.environ.get("ESDB_BENCH_GO_DIR", "/tmp/esdb-bench-go"))
+GOCODE = "/usr/share/gocode"
+PACKAGES = {
+    "etcd": "etcd-server",
+    "etcdctl": "etcd-client",
+    "go": "golang-go",
+    f"{GOCODE}/src/go.etcd.io/etcd/clientv3": "golang-etcd-server-dev",
+}
+
+
+def build_loader() -> Path:
+    """Compile etcdload (offline, GOPATH mode, Debian's clientv3); cached across runs."""
+    source = HERE / "etcdload" / "main.go"
+    binary = GO_DIR / "etcdload"
+    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+        return binary
+    GO_DIR.mkdir(parents=True, exist_ok=True)
+    env = dict(
+        os.environ,
+        GO111MODULE="off",
+        GOPATH=f"{GO_DIR}:{GOCODE}",
+        GOCACHE=str(GO_DIR / "cache"),
+        GOFLAGS="",
+    )
+    subprocess.run(
+        ["go", "build", "-o", str(binary), "."],
+        cwd=source.parent,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    return binary
+
+
+class EtcdCluster:
+    def __init__(self, workdir: Path, servers: Servers) -> None:
+        self.workdir = workdir
+        self.servers = servers
+        ports = free_ports(6)
+        self.client = {f"n{i + 1}": f"127.0.0.1:{ports[2 * i]}" for i in range(3)}
+        self.peer = {f"n{i + 1}": f"http://127.0.0.1:{ports[2 * i + 1]}" for i in range(3)}
+
+    @property
+    def endpoints(self) -> str:
+        return ",".join(self.client.values())
+
+    def start(self, name: str) -> None:
+        initial = ",".join(f"{n}={url}" for n, url in self.peer.items())
+        self.servers.start(
+            name,
+            [
+                "etcd",
+                "--name", name,
+                "--data-dir", str(self.workdir / name),
+                "--listen-client-urls", f"http://{self.client[name]}",
+                "--advertise-client-urls", f"http://{self.client[name]}",
+                "--listen-peer-urls", self.peer[name],
+                "--initial-advertise-peer-urls", self.peer[name],
+                "--initial-cluster", initial,
+                "--initial-cluster-token", "esdb-bench",
+                "--initial-cluster-state", "new",
+                "--logger", "zap",
+                "--log-level", "warn",
+            ],
+        )  # fmt: skip
+
+    def status(self) -> list[dict[str, object]]:
+        out = subprocess.run(
+            ["etcdctl", f"--endpoints={self.endpoints}", "endpoint", "status", "-w", "json"],
+            env=dict(os.environ, ETCDCTL_API="3"),
+            capture_output=True,
+            check=False,
+            timeout=15,
+        )
+        rows: list[dict[str, object]] = json.loads(out.stdout or b"[]")
+        return rows
+
+    def leader(self) -> str | None:
+        """The member that every reachable member names as leader, once all three answer."""
+        rows = self.status()
+        if len(rows) < 3:
+            return None
+        leaders = {r["Status"]["leader"] for r in rows}  # type: ignore[index]
+        if len(leaders) != 1:
+            return None
+        (leader_id,) = leaders
+        for r in rows:
+            if r["Status"]["header"]["member_id"] == leader_id:  # type: ignore[index]
+                endpoint = str(r["Endpoint"]).removeprefix("http://")
+                return next(n for n, ep in self.client.items() if ep == endpoint)
+        return None
+
+    def wait_leader(self, timeout: float = 60.0) -> str:
+        name: str = wait_for(
+            lambda: quietly(self.leader), timeout=timeout, what="an etcd leader agreed by all 3"
+        )
+        return name
+
+
+def version() -> str:
+    out = subprocess.run(["etcd", "--version"], capture_output=True, text=True, check=False)
+    return out.stdout.splitlines()[0].split()[-1] if out.stdout else "?"
+
+
+def run(cfg: RunConfig, workdir: Path, *, install: bool) -> PeerReport:
+    apt_install(PACKAGES, allowed=install)
+    loader = build_loader()
+    cells: list[Cell] = []
+    with Servers(workdir) as servers:
+        etcd = EtcdCluster(workdir, servers)
+        for name in etcd.client:
+            etcd.start(name)
+        leader = etcd.wait_leader()
+        for w in APPEND_WORKLOADS:
+            runs = []
+            for r in range(cfg.runs):
+                leader = etcd.wait_leader()
+                out = run_json_loader(
+                    [
+                        str(loader), "-mode", "put", "-endpoints", etcd.client[leader],
+                        "-c", str(w.clients), "-conns", str(min(w.clients, 8)),
+                        "-batch", str(w.batch), "-vsize", str(w.size),
+                        "-total", str(cfg.max_ops), "-maxsec", str(cfg.duration),
+                        "-warmup", str(cfg.warmup), "-prefix", f"b{w.batch}c{w.clients}r{r}-",
+                    ],
+                    timeout=cfg.warmup + cfg.duration + 120,
+                )  # fmt: skip
+                runs.append(_run(out))
+            cells.append(
+                Cell(
+                    w.key,
+                    tuple(runs),
+                    f"Go loader (clientv3) to the leader: {w.clients} goroutines over "
+                    f"{min(w.clients, 8)} gRPC connections, "
+                    + ("one Put each" if w.batch == 1 else f"one Txn of {w.batch} Puts each"),
+                )
+            )
+        read = run_json_loader(
+            [str(loader), "-mode", "read", "-endpoints", etcd.client[leader],
+             "-limit", str(cfg.read_max), "-maxsec", "60"],
+            timeout=120,
+        )  # fmt: skip
+        read_cell = Cell(
+            "read $all",
+            (_read_run(read),),
+            "Go loader: ranges of 1000 keys from the first key, values decoded by clientv3",
+        )
+        failover = _failovers(etcd, servers, loader, cfg.failovers) if cfg.failovers else None
+    return PeerReport(
+        system="etcd",
+        shape="3 nodes",
+        durable="yes: WAL fdatasync on a quorum before the ack",
+        version=version(),
+        cells=tuple(cells),
+        read=read_cell,
+        failover=failover,
+        notes=("etcd defaults: heartbeat 100 ms, election timeout 1 s",),
+    )
+
+
+def _run(out: dict[str, float]) -> Run:
+    return Run(
+        events=int(out["events"]),
+        ops=int(out["ops"]),
+        errors=int(out["errors"]),
+        seconds=float(out["seconds"]),
+        p50_ms=float(out["p50_ms"]),
+        p99_ms=float(out["p99_ms"]),
+        loader_cpu_pct=100 * float(out["cpu_s"]) / max(float(out["seconds"]), 1e-9),
+    )
+
+
+def _read_run(out: dict[str, float]) -> Run:
+    seconds = float(out["seconds"])
+    return Run(
+        events=int(out["events"]),
+        ops=1,
+        errors=0 if out.get("complete") else 1,
+        seconds=seconds,
+        p50_ms=seconds * 1000,
+        p99_ms=seconds * 1000,
+        loader_cpu_pct=100 * float(out["cpu_s"]) / max(seconds, 1e-9),
+    )
+
+
+def _failovers(etcd: EtcdCluster, servers: Servers, loader: Path, trials: int) -> Failover:
+    times = []
+    for i in range(trials):
+        leader = etcd.wait_leader()
+        survivors = ",".join(ep for n, ep in etcd.client.items() if n != leader)
+        probe = subprocess.Popen(
+            [str(loader), "-mode", "failover", "-endpoints", survivors, "-prefix", f"f{i}-"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert probe.stdin is not None and probe.stdout is not None
+            if probe.stdout.readline().strip() != b"ready":
+                raise RuntimeError("the etcd failover probe did not start")
+            killed_ns = time.time_ns()
+            servers.kill9(leader)
+            probe.stdin.write(b"go\n")
+            probe.stdin.flush()
+            out, _ = probe.communicate(timeout=60)
+        finally:
+            if probe.poll() is None:
+                probe.kill()
+                probe.wait(timeout=10)
+        if probe.returncode != 0:
+            raise RuntimeError("no acknowledged etcd put within 30 s of the leader kill")
+        acked_ns = json.loads(out.decode().strip().splitlines()[-1])["acked_ns"]
+        times.append((acked_ns - killed_ns) / 1e9)
+        etcd.start(leader)  # same data dir: it rejoins as a member
+        etcd.wait_leader()
+    return Failover(
+        tuple(times),
+        "SIGKILL the leader, then a Put every 20 ms (1 s timeout each) to the two survivors "
+        "from the Go loader until one is acknowledged; the killed member restarted in between",
+    )
