@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         doc = {
             "started": started,
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-            "command": ["python", "bench/compare.py", *(argv if argv is not None else sys.argv[1:])],
+            "command": ["python", "bench/compare.py", *(sys.argv[1:] if argv is None else argv)],
             "config": {
                 "duration_s": cfg.duration, "warmup_s": cfg.warmup, "runs": cfg.runs,
                 "read_max": cfg.read_max, "failovers": cfg.failovers, "max_ops": cfg.max_ops,
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "machine": machine.to_json() | {"load_avg_end": load_avg()},
             "systems": [
-                r.to_json() | {"load_avg_before": loads.get(r.system), "wall_s": walls.get(r.system)}
+                r.to_json() | {"load_avg_before": loads.get(r.system), "wall_s": walls[r.system]}
                 for r in reports
             ],
             "ratios_esdb_over": ratios(reports),

@@ -26,6 +26,7 @@ import argparse
 import array
 import asyncio
 import contextlib
+import inspect
 import json
 import multiprocessing
 import os
@@ -46,7 +47,6 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 import msgpack
 
 from bench.results import Run
-from esdb_cli.bench import percentile
 
 FRAME = struct.Struct(">I")
 U64 = struct.Struct(">Q")
@@ -155,7 +155,7 @@ async def connect(
     token: str | None = None,
     timeout: float = 5.0,
     unpack: Callable[[Any], Any] = msgpack.unpackb,
-) -> tuple[FrameConn, dict]:
+) -> tuple[FrameConn, dict[str, Any]]:
     """Open a connection, send `hello` and wait for its reply; then route replies to
     `on_reply`. Returns the connection and the hello reply's `ok` map."""
     loop = asyncio.get_running_loop()
@@ -218,7 +218,7 @@ class AppendSpec:
     token: str | None = None
 
 
-def _cpu_seconds() -> float:
+def cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
@@ -284,7 +284,7 @@ async def _append_worker(
     window[0], window[1] = begin + spec.warmup, begin + spec.warmup + spec.duration
 
     def mark(i: int) -> None:
-        cpu[i] = _cpu_seconds()
+        cpu[i] = cpu_seconds()
 
     loop.call_later(spec.warmup, mark, 0)
     loop.call_later(spec.warmup + spec.duration, mark, 1)
@@ -301,7 +301,7 @@ async def _append_worker(
         if c.transport is not None:
             c.transport.close()
     if cpu[1] == 0.0:  # the run ended early (connection lost): CPU until now
-        cpu[1] = _cpu_seconds()
+        cpu[1] = cpu_seconds()
     return {
         "latencies": latencies.tobytes(),
         "errors": state["errors"] + (1 if closed else 0),
@@ -313,17 +313,22 @@ async def _append_worker(
 
 def _child(target: Callable[..., Any], args: tuple[Any, ...], out: Connection) -> None:
     try:
-        out.send(asyncio.run(target(*args)))
+        result = target(*args)
+        if inspect.iscoroutine(result):
+            result = asyncio.run(result)
+        out.send(result)
     except BaseException as exc:
         out.send({"failed": f"{type(exc).__name__}: {exc}"})
     finally:
         out.close()
 
 
-def _in_processes(
+def in_processes(
     target: Callable[..., Any], arglists: list[tuple[Any, ...]], timeout: float
-) -> list[dict[str, Any]]:
-    """Run `asyncio.run(target(*args))` in one forked process per arglist; their results."""
+) -> list[Any]:
+    """Run `target(*args)` (a coroutine function is run with asyncio.run) in one forked
+    process per arglist, all at once; their results, in order. A child still running after
+    `timeout` is killed (by its pid) and the run fails."""
     ctx = multiprocessing.get_context("fork")
     pipes, procs = [], []
     for args in arglists:
@@ -346,7 +351,7 @@ def _in_processes(
             if proc.is_alive():
                 proc.kill()
                 proc.join(timeout=5)
-    failed = [r["failed"] for r in results if "failed" in r]
+    failed = [r["failed"] for r in results if isinstance(r, dict) and "failed" in r]
     if failed:
         raise RuntimeError(f"load process failed: {failed[0]}")
     return results
@@ -357,32 +362,28 @@ def run_append(spec: AppendSpec) -> tuple[Run, dict[str, int]]:
     nproc = max(1, min(spec.processes, spec.clients))
     shares = [spec.clients // nproc + (1 if i < spec.clients % nproc else 0) for i in range(nproc)]
     run_id = os.urandom(4).hex()
-    start_at = time.time() + 0.5 + 0.05 * spec.clients  # all connected first, then all start
-    outs = _in_processes(
+    # every process forks, connects and says hello first; then all start at once
+    start_at = time.time() + 0.5 + 0.02 * nproc * spec.conns
+    outs = in_processes(
         _append_worker,
         [(spec, share, i, start_at, run_id) for i, share in enumerate(shares)],
-        timeout=spec.warmup + spec.duration + 120 + 0.05 * spec.clients,
+        timeout=spec.warmup + spec.duration + 120,
     )
-    latencies = array.array("d")
+    merged = array.array("d")
     for o in outs:
-        latencies.frombytes(o["latencies"])
-    ordered = sorted(latencies)
+        merged.frombytes(o["latencies"])
     codes: dict[str, int] = {}
     for o in outs:
         for code, n in o["error_codes"].items():
             codes[code] = codes.get(code, 0) + n
-    return (
-        Run(
-            events=len(ordered) * spec.batch,
-            ops=len(ordered),
-            errors=sum(o["errors"] for o in outs),
-            seconds=spec.duration,
-            p50_ms=percentile(ordered, 0.50) * 1000,
-            p99_ms=percentile(ordered, 0.99) * 1000,
-            loader_cpu_pct=100 * sum(o["cpu_s"] for o in outs) / spec.duration,
-        ),
-        codes,
+    run = Run.from_latencies(
+        merged.tobytes(),
+        batch=spec.batch,
+        seconds=spec.duration,
+        errors=sum(o["errors"] for o in outs),
+        cpu_s=sum(o["cpu_s"] for o in outs),
     )
+    return run, codes
 
 
 # --- $all streamed to one client ---------------------------------------------------------------
@@ -392,22 +393,23 @@ async def _read_worker(url: str, limit: int, max_s: float, token: str | None) ->
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
     unpackb = msgpack.unpackb
-    state = {"events": 0, "bytes": 0, "error": ""}
+    counts = {"events": 0, "bytes": 0}
+    errors: list[str] = []
 
     def on_reply(conn: FrameConn, reply: dict[str, Any]) -> None:
         if "err" in reply:
-            state["error"] = str(reply["err"][:2])
+            errors.append(str(reply["err"][:2]))
         else:
             for record in reply["ok"]:
                 # decoded: each record is unpacked into its fields, as a reader would
                 fields = unpackb(record)
-                state["bytes"] += len(fields[6])
-            state["events"] += len(reply["ok"])
+                counts["bytes"] += len(fields[6])
+            counts["events"] += len(reply["ok"])
         if not reply.get("more") and not done.done():
             done.set_result(None)
 
     conn, _ = await connect(url, on_reply, token=token)
-    cpu0 = _cpu_seconds()
+    cpu0 = cpu_seconds()
     t0 = time.perf_counter()
     conn.write(
         encode({"id": 1, "op": "read_all", "from": 0, "limit": limit, "consistency": "local"})
@@ -416,16 +418,16 @@ async def _read_worker(url: str, limit: int, max_s: float, token: str | None) ->
         [done, conn.lost], timeout=max_s, return_when=asyncio.FIRST_COMPLETED
     )
     elapsed = time.perf_counter() - t0
-    cpu = _cpu_seconds() - cpu0
+    cpu = cpu_seconds() - cpu0
     if done not in finished and not conn.lost.done():
         conn.write(encode({"id": 2, "op": "cancel", "target": 1}))
     if conn.transport is not None:
         conn.transport.close()
     return {
-        "events": state["events"],
+        "events": counts["events"],
         "seconds": elapsed,
         "cpu_s": cpu,
-        "error": state["error"],
+        "error": "; ".join(errors),
         "complete": done in finished,
     }
 
@@ -433,18 +435,14 @@ async def _read_worker(url: str, limit: int, max_s: float, token: str | None) ->
 def run_read_all(url: str, *, limit: int, max_s: float = 60.0, token: str | None = None) -> Run:
     """Stream `$all` from position 0 (at most `limit` events, at most `max_s` seconds) to one
     connection in a separate process, unpacking every record."""
-    (out,) = _in_processes(_read_worker, [(url, limit, max_s, token)], timeout=max_s + 60)
+    (out,) = in_processes(_read_worker, [(url, limit, max_s, token)], timeout=max_s + 60)
     if out["error"]:
         raise RuntimeError(f"read_all failed: {out['error']}")
-    seconds = out["seconds"]
-    return Run(
+    return Run.streamed(
         events=out["events"],
-        ops=1,
-        errors=0,
-        seconds=seconds,
-        p50_ms=seconds * 1000,
-        p99_ms=seconds * 1000,
-        loader_cpu_pct=100 * out["cpu_s"] / seconds if seconds else None,
+        seconds=out["seconds"],
+        cpu_s=out["cpu_s"],
+        errors=0 if out["complete"] else 1,
     )
 
 

@@ -7,8 +7,11 @@ come from one real run rather than from medians of different runs.
 
 from __future__ import annotations
 
+import array
 from dataclasses import dataclass, field
 from typing import Any
+
+from esdb_cli.bench import percentile
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +51,38 @@ class Run:
     p50_ms: float
     p99_ms: float
     loader_cpu_pct: float | None  # the load generator's CPU over the run, % of one core
+
+    @classmethod
+    def from_latencies(
+        cls, latencies: bytes, *, batch: int, seconds: float, errors: int, cpu_s: float
+    ) -> Run:
+        """A run from the latencies (seconds, an array('d') as bytes) of the requests that
+        completed in a measured window of `seconds`, and the loader's CPU seconds in it."""
+        values = array.array("d")
+        values.frombytes(latencies)
+        ordered = sorted(values)
+        return cls(
+            events=len(ordered) * batch,
+            ops=len(ordered),
+            errors=errors,
+            seconds=seconds,
+            p50_ms=percentile(ordered, 0.50) * 1000,
+            p99_ms=percentile(ordered, 0.99) * 1000,
+            loader_cpu_pct=100 * cpu_s / seconds if seconds > 0 else None,
+        )
+
+    @classmethod
+    def streamed(cls, *, events: int, seconds: float, cpu_s: float, errors: int = 0) -> Run:
+        """A read of `events` events as one request taking `seconds`."""
+        return cls(
+            events=events,
+            ops=1,
+            errors=errors,
+            seconds=seconds,
+            p50_ms=seconds * 1000,
+            p99_ms=seconds * 1000,
+            loader_cpu_pct=100 * cpu_s / seconds if seconds > 0 else None,
+        )
 
     @property
     def events_per_s(self) -> float:

@@ -21,6 +21,7 @@ from tests.harness import wait_for
 __all__ = [
     "PeerUnavailable",
     "Servers",
+    "apt_get",
     "apt_install",
     "free_ports",
     "need_python",
@@ -40,20 +41,23 @@ class PeerUnavailable(RuntimeError):
 def apt_install(commands: dict[str, str], *, allowed: bool) -> None:
     """Make sure each command exists, installing its Debian package if allowed.
     `commands` maps a command name (or an absolute path that must exist) to its package."""
-    missing = sorted({pkg for cmd, pkg in commands.items() if not _present(cmd)})
-    if not missing:
-        return
-    if not allowed:
-        raise PeerUnavailable(f"missing Debian packages {' '.join(missing)} (installs disabled)")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    print(f"# apt-get install {' '.join(missing)}", file=sys.stderr, flush=True)
-    subprocess.run(["apt-get", "update", "-q"], env=env, check=True, capture_output=True)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-q", *missing], env=env, check=True, capture_output=True
-    )
+    apt_get(sorted({pkg for cmd, pkg in commands.items() if not _present(cmd)}), allowed=allowed)
     still = sorted(cmd for cmd in commands if not _present(cmd))
     if still:
         raise PeerUnavailable(f"still missing after apt-get: {' '.join(still)}")
+
+
+def apt_get(packages: list[str], *, allowed: bool) -> None:
+    if not packages:
+        return
+    if not allowed:
+        raise PeerUnavailable(f"missing Debian packages {' '.join(packages)} (installs disabled)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    print(f"# apt-get install {' '.join(packages)}", file=sys.stderr, flush=True)
+    subprocess.run(["apt-get", "update", "-q"], env=env, check=True, capture_output=True)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", *packages], env=env, check=True, capture_output=True
+    )
 
 
 def _present(cmd: str) -> bool:
@@ -75,8 +79,11 @@ class Servers:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.stop_signals: dict[str, int] = {}
 
-    def start(self, name: str, argv: Sequence[str], **popen: Any) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, argv: Sequence[str], stop_signal: int = signal.SIGTERM, **popen: Any
+    ) -> subprocess.Popen[bytes]:
         log = (self.workdir / f"{name}.log").open("ab")
         try:
             proc = subprocess.Popen(
@@ -85,6 +92,7 @@ class Servers:
         finally:
             log.close()
         self.procs[name] = proc
+        self.stop_signals[name] = stop_signal
         return proc
 
     def kill9(self, name: str) -> None:
@@ -98,7 +106,7 @@ class Servers:
             proc = self.procs[n]
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
+                    proc.send_signal(self.stop_signals[n])
         for n in names:
             proc = self.procs.pop(n)
             try:

@@ -198,15 +198,11 @@ def _run(out: dict[str, float]) -> Run:
 
 
 def _read_run(out: dict[str, float]) -> Run:
-    seconds = float(out["seconds"])
-    return Run(
+    return Run.streamed(
         events=int(out["events"]),
-        ops=1,
+        seconds=float(out["seconds"]),
+        cpu_s=float(out["cpu_s"]),
         errors=0 if out.get("complete") else 1,
-        seconds=seconds,
-        p50_ms=seconds * 1000,
-        p99_ms=seconds * 1000,
-        loader_cpu_pct=100 * float(out["cpu_s"]) / max(seconds, 1e-9),
     )
 
 
