@@ -25,6 +25,7 @@ import argparse
 import importlib
 import json
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -257,6 +258,8 @@ def print_tables(
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = config(args)
+    # a SIGTERM unwinds like Ctrl-C, so every runner stops the servers it started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     install = not (args.quick or args.no_install)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     workdir = Path(tempfile.mkdtemp(prefix="esdb-compare-"))

@@ -4,6 +4,7 @@ ports and stopping exactly the PIDs it started, and bounded child loaders."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.util
 import json
 import os
@@ -11,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +33,7 @@ __all__ = [
 ]
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
 T = TypeVar("T")
 
 
@@ -64,12 +67,38 @@ def _present(cmd: str) -> bool:
     return Path(cmd).exists() if cmd.startswith("/") else shutil.which(cmd) is not None
 
 
-def need_python(modules: Sequence[str]) -> None:
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
+def need_python(modules: Sequence[str], *, allowed: bool) -> None:
+    """Make sure the Python modules import, pip-installing the project's `bench` extra (the
+    one list of the peers' Python clients, in pyproject.toml) into this interpreter if
+    allowed."""
+    if not _missing_modules(modules):
+        return
+    if not allowed:
         raise PeerUnavailable(
-            f"missing Python modules {', '.join(missing)}: pip install -e '.[bench]'"
+            f"missing Python modules {', '.join(_missing_modules(modules))}: "
+            "pip install -e '.[bench]'"
         )
+    requirements = bench_requirements()
+    print(f"# pip install {' '.join(requirements)}", file=sys.stderr, flush=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+         *requirements],
+        check=True, capture_output=True, timeout=900,
+    )  # fmt: skip
+    importlib.invalidate_caches()
+    still = _missing_modules(modules)
+    if still:
+        raise PeerUnavailable(f"still missing after pip install: {', '.join(still)}")
+
+
+def _missing_modules(modules: Sequence[str]) -> list[str]:
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+def bench_requirements() -> list[str]:
+    with (ROOT / "pyproject.toml").open("rb") as fh:
+        extras = tomllib.load(fh)["project"]["optional-dependencies"]
+    return list(extras["bench"])
 
 
 class Servers:

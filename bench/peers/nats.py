@@ -177,7 +177,7 @@ def version() -> str:
 
 def run(cfg: RunConfig, workdir: Path, *, install: bool) -> PeerReport:
     apt_install(PACKAGES, allowed=install)
-    need_python(["nats"])
+    need_python(["nats"], allowed=install)
     cells = []
     with Servers(workdir) as servers:
         cluster = NatsCluster(workdir, servers)

@@ -44,7 +44,7 @@ def _as_user() -> dict[str, Any]:
 def run(cfg: RunConfig, workdir: Path, *, install: bool) -> PeerReport:
     if pg_bin() is None:
         apt_get(["postgresql"], allowed=install)
-    need_python(["eventsourcing", "psycopg"])
+    need_python(["eventsourcing", "psycopg"], allowed=install)
     import psycopg
 
     pgbin = pg_bin()

@@ -134,7 +134,7 @@ def version() -> str:
 
 def run(cfg: RunConfig, workdir: Path, *, install: bool) -> PeerReport:
     apt_install(PACKAGES, allowed=install)
-    need_python(["redis"])
+    need_python(["redis"], allowed=install)
     import redis
 
     (port,) = free_ports(1)

@@ -15,8 +15,7 @@ SYNCHRONOUS = {"0": "OFF", "1": "NORMAL", "2": "FULL", "3": "EXTRA"}
 
 
 def run(cfg: RunConfig, workdir: Path, *, install: bool) -> PeerReport:
-    del install  # Python's sqlite3 is all it needs, besides the `bench` extra
-    need_python(["eventsourcing"])
+    need_python(["eventsourcing"], allowed=install)
     env = {
         "PERSISTENCE_MODULE": "eventsourcing.sqlite",
         "SQLITE_DBNAME": str(workdir / "es.sqlite"),
