@@ -30,7 +30,10 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +41,8 @@ if __package__ in (None, ""):  # run as a script: make `bench` and esdb importab
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import Machine, describe, load_avg
-from bench.results import APPEND_WORKLOADS, PeerReport, RunConfig
+from bench.peers.common import Peer
+from bench.results import APPEND_WORKLOADS, Cell, Failover, PeerReport, Run, RunConfig, Workload
 
 PEERS = ("etcd", "nats", "postgres", "sqlite", "redis")
 BASELINE = "etcd"
@@ -83,21 +87,103 @@ def config(args: argparse.Namespace) -> RunConfig:
     )
 
 
-def run_system(name: str, cfg: RunConfig, workdir: Path, install: bool) -> PeerReport:
-    module = importlib.import_module(f"bench.peers.{name}")
-    directory = workdir / name
-    directory.mkdir()
-    try:
-        report: PeerReport = module.run(cfg, directory, install=install)
-        return report
-    except Exception as exc:
-        print(f"# {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        traceback.print_exc(file=sys.stderr)
-        return PeerReport(
-            system=name, shape="?", durable="?", version="?", error=f"{type(exc).__name__}: {exc}"
+class Session:
+    """Every system of the run, started together and measured cell by cell in turn, so that a
+    change in the machine's background load hits all of them alike. A system that fails is
+    stopped, reported with its error, and the others go on."""
+
+    def __init__(self, names: list[str], cfg: RunConfig, workdir: Path, install: bool) -> None:
+        self.cfg = cfg
+        self.peers: dict[str, Peer] = {}
+        self.errors: dict[str, str] = {}
+        self.runs: dict[str, dict[str, list[Run]]] = {n: {} for n in names}
+        self.reads: dict[str, Run] = {}
+        self.failovers: dict[str, Failover] = {}
+        self.order = names
+        for name in names:
+            directory = workdir / name
+            directory.mkdir()
+            module = importlib.import_module(f"bench.peers.{name}")
+            self.peers[name] = module.PEER(cfg, directory, install=install)
+
+    def _guard(self, name: str, what: str, action: Callable[[Peer], None]) -> None:
+        """`action(peer)` unless the system already failed; a failure stops it."""
+        peer = self.peers.get(name)
+        if peer is None or name in self.errors:
+            return
+        try:
+            action(peer)
+        except Exception as exc:
+            self.errors[name] = f"{what}: {type(exc).__name__}: {exc}"
+            say(f"{name} failed at {self.errors[name]}")
+            traceback.print_exc(file=sys.stderr)
+            self._stop(name)
+
+    def _stop(self, name: str) -> None:
+        peer = self.peers.pop(name, None)
+        if peer is not None:
+            try:
+                peer.stop()
+            except Exception as exc:
+                say(f"{name}: stopping failed: {exc}")
+
+    def _append(self, name: str, w: Workload, r: int, peer: Peer) -> None:
+        run = replace(peer.append(w, r), load_avg=load_avg()[0])
+        self.runs[name].setdefault(w.key, []).append(run)
+        say(
+            f"run {r + 1}/{self.cfg.runs} {w.key} {name}: {run.events_per_s:,.0f} events/s, "
+            f"p50 {run.p50_ms:.2f} ms, p99 {run.p99_ms:.2f} ms, "
+            f"loader CPU {run.loader_cpu_pct or 0:.0f}% (load average {run.load_avg})"
         )
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+
+    def _read(self, name: str, peer: Peer) -> None:
+        run = replace(peer.read(), load_avg=load_avg()[0])
+        self.reads[name] = run
+        say(f"read $all {name}: {run.events:,} events, {run.events_per_s:,.0f} events/s")
+
+    def _failover(self, name: str, peer: Peer) -> None:
+        result = peer.failover()
+        if result is not None:
+            self.failovers[name] = result
+            say(f"failover {name}: median {result.median_s:.2f} s of {result.times_s}")
+
+    def run(self) -> None:
+        for name in self.order:
+            say(f"starting {name}")
+            self._guard(name, "start", lambda peer: peer.start())
+        for r in range(self.cfg.runs):
+            for w in APPEND_WORKLOADS:
+                for name in self.order:
+                    self._guard(name, w.key, partial(self._append, name, w, r))
+        for name in self.order:
+            self._guard(name, "read $all", partial(self._read, name))
+        if self.cfg.failovers:
+            for name in self.order:
+                self._guard(name, "failover", partial(self._failover, name))
+
+    def stop(self) -> None:
+        for name in reversed(self.order):
+            self._stop(name)
+
+    def reports(self, started: dict[str, Peer]) -> list[PeerReport]:
+        out = []
+        for name in self.order:
+            peer = started[name]
+            cells = tuple(
+                Cell(w.key, tuple(self.runs[name][w.key]), peer.method(w))
+                for w in APPEND_WORKLOADS
+                if self.runs[name].get(w.key)
+            )
+            out.append(
+                peer.report(
+                    cells, self.reads.get(name), self.failovers.get(name), self.errors.get(name)
+                )
+            )
+        return out
+
+
+def say(text: str) -> None:
+    print(f"# {text}", file=sys.stderr, flush=True)
 
 
 # --- printing ----------------------------------------------------------------------------------
@@ -144,36 +230,30 @@ def ratios(reports: list[PeerReport]) -> dict[str, dict[str, float | None]]:
     return out
 
 
-def print_tables(
-    machine: Machine,
-    cfg: RunConfig,
-    reports: list[PeerReport],
-    loads: dict[str, tuple[float, float, float]],
-) -> None:
-    ok = [r for r in reports if not r.error]
+def print_tables(machine: Machine, cfg: RunConfig, reports: list[PeerReport]) -> None:
+    ok = reports  # a system that failed part way still shows what it measured
     esdb = next((r for r in ok if r.system == "esdb"), None)
     print(
         f"# {machine.cores} cores ({machine.cpu}), {machine.mem_gib} GiB, {machine.os}, "
         f"Python {machine.python}; disk: {machine.fsync_per_s:,.0f} fsyncs/s (4 KiB appends); "
         f"load average {machine.load_avg[0]} at the start\n"
         f"# {cfg.runs} run(s) per cell, {cfg.duration:g} s each after {cfg.warmup:g} s warm-up; "
-        "the median run is shown; 100-byte events\n"
+        "the median run is shown; 100-byte events; systems measured in turn, cell by cell\n"
     )
-    print("| system | shape | version | durable per ack | load avg before |")
-    print("|---|---|---|---|---:|")
+    print("| system | shape | version | durable per ack |")
+    print("|---|---|---|---|")
     for r in reports:
-        load = loads.get(r.system)
         print(
-            f"| {r.system} | {r.shape} | {r.version} | {r.durable} | "
-            f"{load[0] if load else '-'} |" + (f" FAILED: {r.error}" if r.error else "")
+            f"| {r.system} | {r.shape} | {r.version} | {r.durable} |"
+            + (f" FAILED: {r.error}" if r.error else "")
         )
     for w in APPEND_WORKLOADS:
         print(f"\n## append, batch {w.batch}, {w.clients} client(s)\n")
         print(
             "| system | events/s | appends/s | p50 ms | p99 ms | errors | loader CPU % "
-            "| esdb ÷ system |"
+            "| load avg | esdb ÷ system |"
         )
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         mine = esdb.cell(w.key) if esdb else None
         for r in ok:
             cell = r.cell(w.key)
@@ -183,7 +263,7 @@ def print_tables(
             print(
                 f"| {r.system} | {_num(m.events_per_s)} | {_num(m.ops_per_s)} "
                 f"| {m.p50_ms:.2f} | {m.p99_ms:.2f} | {m.errors} "
-                f"| {_num(m.loader_cpu_pct)} "
+                f"| {_num(m.loader_cpu_pct)} | {_num(m.load_avg, 1)} "
                 f"| {_ratio(mine.median.events_per_s if mine else None, m.events_per_s)} |"
             )
     print("\n## $all (every event) streamed to one client, decoded\n")
@@ -263,27 +343,21 @@ def main(argv: list[str] | None = None) -> int:
     install = not (args.quick or args.no_install)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     workdir = Path(tempfile.mkdtemp(prefix="esdb-compare-"))
-    reports: list[PeerReport] = []
-    loads: dict[str, tuple[float, float, float]] = {}
-    walls: dict[str, float] = {}
+    names = ["esdb", *args.peer_list]
+    session = Session(names, cfg, workdir, install)
+    peers = dict(session.peers)
+    t0 = time.monotonic()
     try:
         machine = describe(workdir)
-        print(
-            f"# machine: {machine.cores} cores, load {machine.load_avg}, "
-            f"{machine.fsync_per_s:,.0f} fsyncs/s",
-            file=sys.stderr,
-            flush=True,
-        )
-        for name in ["esdb", *args.peer_list]:
-            loads[name] = load_avg()
-            print(f"# {name} ... (load average {loads[name][0]})", file=sys.stderr, flush=True)
-            t0 = time.monotonic()
-            reports.append(run_system(name, cfg, workdir, install))
-            walls[name] = round(time.monotonic() - t0, 1)
-            print(f"# {name} done in {walls[name]:.0f} s", file=sys.stderr, flush=True)
+        say(f"machine: {machine.cores} cores, load {machine.load_avg}, "
+            f"{machine.fsync_per_s:,.0f} fsyncs/s")  # fmt: skip
+        session.run()
     finally:
+        session.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    print_tables(machine, cfg, reports, loads)
+    wall = round(time.monotonic() - t0, 1)
+    reports = session.reports(peers)
+    print_tables(machine, cfg, reports)
     if args.json:
         doc = {
             "started": started,
@@ -296,9 +370,9 @@ def main(argv: list[str] | None = None) -> int:
             },
             "machine": machine.to_json() | {"load_avg_end": load_avg()},
             "systems": [
-                r.to_json() | {"load_avg_before": loads.get(r.system), "wall_s": walls[r.system]}
-                for r in reports
+                r.to_json() for r in reports
             ],
+            "wall_s": wall,
             "ratios_esdb_over": ratios(reports),
         }  # fmt: skip
         args.json.write_text(json.dumps(doc, indent=2) + "\n")

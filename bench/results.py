@@ -51,6 +51,7 @@ class Run:
     p50_ms: float
     p99_ms: float
     loader_cpu_pct: float | None  # the load generator's CPU over the run, % of one core
+    load_avg: float | None = None  # the machine's 1-minute load average as the run ended
 
     @classmethod
     def from_latencies(
@@ -103,6 +104,7 @@ class Run:
             "p50_ms": round(self.p50_ms, 3),
             "p99_ms": round(self.p99_ms, 3),
             "loader_cpu_pct": None if self.loader_cpu_pct is None else round(self.loader_cpu_pct),
+            "load_avg": self.load_avg,
         }
 
 

@@ -17,10 +17,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bench.results import Cell, Failover, PeerReport, Run, RunConfig, Workload
 from esdb_cli.localcluster import free_ports
 from tests.harness import wait_for
 
 __all__ = [
+    "Peer",
     "PeerUnavailable",
     "Servers",
     "apt_get",
@@ -198,3 +200,60 @@ def quietly(fn: Callable[[], T]) -> T | None:
         return fn()
     except Exception:
         return None
+
+
+class Peer:
+    """One system under test. compare.py calls `start()`, then measures cells in any order
+    (interleaved with the other systems, so a change in background load hits them all),
+    then `read()`, `failover()`, and always `stop()`, which ends every process it started."""
+
+    system = ""
+    shape = ""
+    durable = ""  # what an acknowledgement means
+    notes: tuple[str, ...] = ()
+    read_method = ""
+
+    def __init__(self, cfg: RunConfig, workdir: Path, *, install: bool) -> None:
+        self.cfg = cfg
+        self.workdir = workdir
+        self.install = install
+        self.version = "?"
+        self.settings: dict[str, str] = {}  # read back from the running system
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def method(self, w: Workload) -> str:
+        """How the workload is mapped onto this system, and by which loader."""
+        raise NotImplementedError
+
+    def append(self, w: Workload, run: int) -> Run:
+        raise NotImplementedError
+
+    def read(self) -> Run:
+        """Every event written so far (at most cfg.read_max), to one client, decoded."""
+        raise NotImplementedError
+
+    def failover(self) -> Failover | None:
+        """cfg.failovers leader kills; None for systems without replication."""
+        return None
+
+    def report(
+        self, cells: tuple[Cell, ...], read: Run | None, failover: Failover | None,
+        error: str | None = None,
+    ) -> PeerReport:  # fmt: skip
+        return PeerReport(
+            system=self.system,
+            shape=self.shape,
+            durable=self.durable,
+            version=self.version,
+            cells=cells,
+            read=Cell("read $all", (read,), self.read_method) if read else None,
+            failover=failover,
+            notes=self.notes,
+            error=error,
+            settings=self.settings,
+        )

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from bench.loadgen import AppendSpec, find_leader, first_ack, run_append, run_read_all
-from bench.peers.common import quietly, wait_for
-from bench.results import APPEND_WORKLOADS, Cell, Failover, PeerReport, RunConfig
+from bench.peers.common import Peer, quietly, wait_for
+from bench.results import Failover, Run, RunConfig, Workload
 from esdb_cli.localcluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,61 +34,67 @@ def loader_shape(clients: int) -> tuple[int, int]:
     return processes, max(1, min(4, clients // processes))
 
 
-def run(cfg: RunConfig, workdir: Path, *, install: bool = False) -> PeerReport:
-    del install  # esdb is this checkout: nothing to install
-    cluster = LocalCluster.create(
-        workdir / "esdb", nodes=3, base_port=None, secret=None, store_id="bench",
-        durability="fsync",
-    )  # fmt: skip
-    cells: list[Cell] = []
-    notes: list[str] = []
-    try:
-        cluster.start(60)
-        cluster.wait_leader(60)
-        for w in APPEND_WORKLOADS:
-            processes, conns = loader_shape(w.clients)
-            runs = []
-            for _ in range(cfg.runs):
-                leader = find_leader(cluster.urls)
-                run, codes = run_append(
-                    AppendSpec(
-                        leader, clients=w.clients, batch=w.batch, duration=cfg.duration,
-                        size=w.size, processes=processes, conns=conns, max_ops=cfg.max_ops,
-                        warmup=cfg.warmup,
-                    )
-                )  # fmt: skip
-                if codes:
-                    notes.append(f"{w.key}: errors {codes}")
-                runs.append(run)
-            cells.append(
-                Cell(
-                    w.key,
-                    tuple(runs),
-                    f"bench/loadgen.py to the leader: {w.clients} closed-loop slots in "
-                    f"{processes} process(es) x {conns} pipelined connection(s), "
-                    f"pre-encoded appends of {w.batch} event(s)",
-                )
-            )
-        leader = find_leader(cluster.urls)
-        read = Cell(
-            "read $all",
-            (run_read_all(leader, limit=cfg.read_max),),
-            "bench/loadgen.py: one read_all from position 0 on one connection, every record "
-            "unpacked with msgpack",
-        )
-        failover = _failovers(cluster, cfg.failovers) if cfg.failovers else None
-    finally:
-        cluster.down(purge=True)
-    return PeerReport(
-        system="esdb",
-        shape="3 nodes",
-        durable="yes: LMDB commit with fsync on a majority before the ack (durability fsync)",
-        version=version(),
-        cells=tuple(cells),
-        read=read,
-        failover=failover,
-        notes=("election timeouts 1-2 s (defaults)", *notes),
+class EsdbPeer(Peer):
+    system = "esdb"
+    shape = "3 nodes"
+    durable = "yes: LMDB commit with fsync on a majority before the ack (durability fsync)"
+    notes: tuple[str, ...] = ("election timeouts 1-2 s (defaults)",)
+    read_method = (
+        "bench/loadgen.py: one read_all from position 0 on one connection, every record "
+        "unpacked with msgpack (not into esdb_node's RecordedEvent)"
     )
+
+    def __init__(self, cfg: RunConfig, workdir: Path, *, install: bool) -> None:
+        super().__init__(cfg, workdir, install=install)  # this checkout: nothing to install
+        self.cluster: LocalCluster | None = None
+
+    def start(self) -> None:
+        self.version = version()
+        self.cluster = LocalCluster.create(
+            self.workdir / "cluster", nodes=3, base_port=None, secret=None, store_id="bench",
+            durability="fsync",
+        )  # fmt: skip
+        self.cluster.start(60)
+        self.cluster.wait_leader(60)
+
+    def stop(self) -> None:
+        if self.cluster is not None:
+            self.cluster.down(purge=True)
+
+    def _urls(self) -> str:
+        assert self.cluster is not None
+        return self.cluster.urls
+
+    def method(self, w: Workload) -> str:
+        processes, conns = loader_shape(w.clients)
+        return (
+            f"bench/loadgen.py to the leader: {w.clients} closed-loop slot(s) in "
+            f"{processes} process(es) x {conns} pipelined connection(s), pre-encoded appends "
+            f"of {w.batch} event(s)"
+        )
+
+    def append(self, w: Workload, run: int) -> Run:
+        processes, conns = loader_shape(w.clients)
+        result, codes = run_append(
+            AppendSpec(
+                find_leader(self._urls()), clients=w.clients, batch=w.batch,
+                duration=self.cfg.duration, size=w.size, processes=processes, conns=conns,
+                max_ops=self.cfg.max_ops, warmup=self.cfg.warmup,
+            )
+        )  # fmt: skip
+        if codes:
+            self.notes = (*self.notes, f"{w.key} run {run + 1}: errors {codes}")
+        return result
+
+    def read(self) -> Run:
+        return run_read_all(find_leader(self._urls()), limit=self.cfg.read_max)
+
+    def failover(self) -> Failover:
+        assert self.cluster is not None
+        return _failovers(self.cluster, self.cfg.failovers)
+
+
+PEER = EsdbPeer
 
 
 def _failovers(cluster: LocalCluster, trials: int) -> Failover:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bench.peers.common import (
     HERE,
+    Peer,
     Servers,
     apt_install,
     free_ports,
@@ -22,7 +23,7 @@ from bench.peers.common import (
     run_json_loader,
     wait_for,
 )
-from bench.results import APPEND_WORKLOADS, Cell, Failover, PeerReport, Run, RunConfig
+from bench.results import Failover, Run, RunConfig, Workload
 
 GO_DIR = Path(os.environ.get("ESDB_BENCH_GO_DIR", "/tmp/esdb-bench-go"))
 GOCODE = "/usr/share/gocode"
@@ -129,60 +130,69 @@ def version() -> str:
     return out.stdout.splitlines()[0].split()[-1] if out.stdout else "?"
 
 
-def run(cfg: RunConfig, workdir: Path, *, install: bool) -> PeerReport:
-    apt_install(PACKAGES, allowed=install)
-    loader = build_loader()
-    cells: list[Cell] = []
-    with Servers(workdir) as servers:
-        etcd = EtcdCluster(workdir, servers)
-        for name in etcd.client:
-            etcd.start(name)
-        leader = etcd.wait_leader()
-        for w in APPEND_WORKLOADS:
-            runs = []
-            for r in range(cfg.runs):
-                leader = etcd.wait_leader()
-                out = run_json_loader(
-                    [
-                        str(loader), "-mode", "put", "-endpoints", etcd.client[leader],
-                        "-c", str(w.clients), "-conns", str(min(w.clients, 8)),
-                        "-batch", str(w.batch), "-vsize", str(w.size),
-                        "-total", str(cfg.max_ops), "-maxsec", str(cfg.duration),
-                        "-warmup", str(cfg.warmup), "-prefix", f"b{w.batch}c{w.clients}r{r}-",
-                    ],
-                    timeout=cfg.warmup + cfg.duration + 120,
-                )  # fmt: skip
-                runs.append(_run(out))
-            cells.append(
-                Cell(
-                    w.key,
-                    tuple(runs),
-                    f"Go loader (clientv3) to the leader: {w.clients} goroutines over "
-                    f"{min(w.clients, 8)} gRPC connections, "
-                    + ("one Put each" if w.batch == 1 else f"one Txn of {w.batch} Puts each"),
-                )
-            )
-        read = run_json_loader(
-            [str(loader), "-mode", "read", "-endpoints", etcd.client[leader],
-             "-limit", str(cfg.read_max), "-maxsec", "60"],
+class EtcdPeer(Peer):
+    system = "etcd"
+    shape = "3 nodes"
+    durable = "yes: WAL fdatasync on a quorum before the ack"
+    notes = ("etcd defaults: heartbeat 100 ms, election timeout 1 s",)
+    read_method = (
+        "Go loader: one Watch from revision 1 over all keys (etcd's stream of every write, "
+        "in order), events decoded by clientv3"
+    )
+
+    def __init__(self, cfg: RunConfig, workdir: Path, *, install: bool) -> None:
+        super().__init__(cfg, workdir, install=install)
+        self.servers = Servers(workdir)
+        self.etcd = EtcdCluster(workdir, self.servers)
+        self.loader = Path()
+
+    def start(self) -> None:
+        apt_install(PACKAGES, allowed=self.install)
+        self.loader = build_loader()
+        self.version = version()
+        for name in self.etcd.client:
+            self.etcd.start(name)
+        self.etcd.wait_leader()
+
+    def stop(self) -> None:
+        self.servers.stop()
+
+    def method(self, w: Workload) -> str:
+        return (
+            f"Go loader (clientv3) to the leader: {w.clients} goroutine(s) over "
+            f"{min(w.clients, 8)} gRPC connection(s), "
+            + ("one Put each" if w.batch == 1 else f"one Txn of {w.batch} Puts each")
+        )
+
+    def append(self, w: Workload, run: int) -> Run:
+        cfg = self.cfg
+        leader = self.etcd.wait_leader()
+        out = run_json_loader(
+            [
+                str(self.loader), "-mode", "put", "-endpoints", self.etcd.client[leader],
+                "-c", str(w.clients), "-conns", str(min(w.clients, 8)),
+                "-batch", str(w.batch), "-vsize", str(w.size),
+                "-total", str(cfg.max_ops), "-maxsec", str(cfg.duration),
+                "-warmup", str(cfg.warmup), "-prefix", f"b{w.batch}c{w.clients}r{run}-",
+            ],
+            timeout=cfg.warmup + cfg.duration + 120,
+        )  # fmt: skip
+        return _run(out)
+
+    def read(self) -> Run:
+        leader = self.etcd.wait_leader()
+        out = run_json_loader(
+            [str(self.loader), "-mode", "read", "-endpoints", self.etcd.client[leader],
+             "-limit", str(self.cfg.read_max), "-maxsec", "60"],
             timeout=120,
         )  # fmt: skip
-        read_cell = Cell(
-            "read $all",
-            (_read_run(read),),
-            "Go loader: ranges of 1000 keys from the first key, values decoded by clientv3",
-        )
-        failover = _failovers(etcd, servers, loader, cfg.failovers) if cfg.failovers else None
-    return PeerReport(
-        system="etcd",
-        shape="3 nodes",
-        durable="yes: WAL fdatasync on a quorum before the ack",
-        version=version(),
-        cells=tuple(cells),
-        read=read_cell,
-        failover=failover,
-        notes=("etcd defaults: heartbeat 100 ms, election timeout 1 s",),
-    )
+        return _read_run(out)
+
+    def failover(self) -> Failover:
+        return _failovers(self.etcd, self.servers, self.loader, self.cfg.failovers)
+
+
+PEER = EtcdPeer
 
 
 def _run(out: dict[str, float]) -> Run:

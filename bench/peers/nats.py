@@ -17,11 +17,23 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadgen import cpu_seconds, in_processes
-from bench.peers.common import Servers, apt_install, free_ports, need_python, quietly, wait_for
-from bench.results import APPEND_WORKLOADS, Cell, Failover, PeerReport, Run, RunConfig, Workload
+from bench.peers.common import (
+    Peer,
+    Servers,
+    apt_install,
+    free_ports,
+    need_python,
+    quietly,
+    wait_for,
+)
+from bench.results import Failover, Run, RunConfig, Workload
 
 PACKAGES = {"nats-server": "nats-server"}
 STREAM = "EV"
+
+
+async def _ignore(exc: Exception) -> None:
+    """nats-py logs every refused connect to stderr: expected while a server is down."""
 
 
 class NatsCluster:
@@ -48,8 +60,10 @@ class NatsCluster:
     async def _stream_leader(self, create: bool) -> str | None:
         import nats
 
-        nc = await nats.connect(list(self.client.values()), connect_timeout=2,
-                                max_reconnect_attempts=0)  # fmt: skip
+        nc = await nats.connect(
+            list(self.client.values()), connect_timeout=2, max_reconnect_attempts=0,
+            error_cb=_ignore,
+        )  # fmt: skip
         try:
             js = nc.jetstream(timeout=5)
             if create:
@@ -155,7 +169,7 @@ async def _first_ack(urls: list[str], deadline_s: float = 30.0) -> float:
     """Publish to the stream through the survivors until one publish is acknowledged."""
     import nats
 
-    nc = await nats.connect(urls, connect_timeout=1, max_reconnect_attempts=-1)
+    nc = await nats.connect(urls, connect_timeout=1, max_reconnect_attempts=-1, error_cb=_ignore)
     js = nc.jetstream(timeout=1)
     until = time.perf_counter() + deadline_s
     try:
@@ -175,60 +189,61 @@ def version() -> str:
     return out.stdout.strip().split()[-1].lstrip("v") if out.stdout else "?"
 
 
-def run(cfg: RunConfig, workdir: Path, *, install: bool) -> PeerReport:
-    apt_install(PACKAGES, allowed=install)
-    need_python(["nats"], allowed=install)
-    cells = []
-    with Servers(workdir) as servers:
-        cluster = NatsCluster(workdir, servers)
-        for name in cluster.client:
-            cluster.start(name)
-        cluster.create_stream()
-        for w in APPEND_WORKLOADS:
-            runs = []
-            for r in range(cfg.runs):
-                url = cluster.client[cluster.stream_leader()]
-                (out,) = in_processes(
-                    _publish_load,
-                    [(url, w, cfg, f"ev.b{w.batch}c{w.clients}r{r}")],
-                    cfg.warmup + cfg.duration + 120,
-                )
-                runs.append(
-                    Run.from_latencies(
-                        out["latencies"],
-                        batch=w.batch,
-                        seconds=cfg.duration,
-                        errors=out["errors"],
-                        cpu_s=out["cpu_s"],
-                    )
-                )
-            method = (
-                f"nats-py to the stream leader, one process: {w.clients} coroutine(s) each "
-                + (
-                    "awaiting js.publish"
-                    if w.batch == 1
-                    else f"sending {w.batch} js.publish at once and awaiting all acks (not atomic)"
-                )
-            )
-            cells.append(Cell(w.key, tuple(runs), method))
-        url = cluster.client[cluster.stream_leader()]
-        (out,) = in_processes(_read_load, [(url, cfg.read_max)], 120)
-        read = Cell(
-            "read $all",
-            (Run.streamed(events=out["events"], seconds=out["seconds"], cpu_s=out["cpu_s"]),),
-            "nats-py: ephemeral pull consumer (no acks) on the stream, fetch(1000) until all read",
-        )
-        failover = _failovers(cluster, servers, cfg.failovers) if cfg.failovers else None
-    return PeerReport(
-        system="nats",
-        shape="3 nodes",
-        durable="no: ack = in the page cache of 2 of 3 replicas; fsync in the background",
-        version=version(),
-        cells=tuple(cells),
-        read=read,
-        failover=failover,
-        notes=("JetStream R=3, file storage; nats-server 2.9 has no per-write fsync option",),
+class NatsPeer(Peer):
+    system = "nats"
+    shape = "3 nodes"
+    durable = "no: ack = in the page cache of 2 of 3 replicas; fsync in the background"
+    notes = ("JetStream R=3, file storage; nats-server 2.9 has no per-write fsync option",)
+    read_method = (
+        "nats-py: ephemeral pull consumer (no acks) on the stream, fetch(1000) until all read"
     )
+
+    def __init__(self, cfg: RunConfig, workdir: Path, *, install: bool) -> None:
+        super().__init__(cfg, workdir, install=install)
+        self.servers = Servers(workdir)
+        self.cluster = NatsCluster(workdir, self.servers)
+
+    def start(self) -> None:
+        apt_install(PACKAGES, allowed=self.install)
+        need_python(["nats"], allowed=self.install)
+        self.version = version()
+        for name in self.cluster.client:
+            self.cluster.start(name)
+        self.cluster.create_stream()
+
+    def stop(self) -> None:
+        self.servers.stop()
+
+    def method(self, w: Workload) -> str:
+        return f"nats-py to the stream leader, one process: {w.clients} coroutine(s) each " + (
+            "awaiting js.publish"
+            if w.batch == 1
+            else f"sending {w.batch} js.publish at once and awaiting all acks (not atomic)"
+        )
+
+    def append(self, w: Workload, run: int) -> Run:
+        cfg = self.cfg
+        url = self.cluster.client[self.cluster.stream_leader()]
+        (out,) = in_processes(
+            _publish_load,
+            [(url, w, cfg, f"ev.b{w.batch}c{w.clients}r{run}")],
+            cfg.warmup + cfg.duration + 120,
+        )
+        return Run.from_latencies(
+            out["latencies"], batch=w.batch, seconds=cfg.duration, errors=out["errors"],
+            cpu_s=out["cpu_s"],
+        )  # fmt: skip
+
+    def read(self) -> Run:
+        url = self.cluster.client[self.cluster.stream_leader()]
+        (out,) = in_processes(_read_load, [(url, self.cfg.read_max)], 120)
+        return Run.streamed(events=out["events"], seconds=out["seconds"], cpu_s=out["cpu_s"])
+
+    def failover(self) -> Failover:
+        return _failovers(self.cluster, self.servers, self.cfg.failovers)
+
+
+PEER = NatsPeer
 
 
 def _failovers(cluster: NatsCluster, servers: Servers, trials: int) -> Failover:

@@ -19,8 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadgen import cpu_seconds, in_processes
-from bench.peers.common import Servers, apt_install, free_ports, need_python, quietly, wait_for
-from bench.results import APPEND_WORKLOADS, Cell, PeerReport, Run, RunConfig
+from bench.peers.common import (
+    Peer,
+    Servers,
+    apt_install,
+    free_ports,
+    need_python,
+    quietly,
+    wait_for,
+)
+from bench.results import Run, RunConfig, Workload
 
 PACKAGES = {"redis-server": "redis-server", "redis-benchmark": "redis-tools"}
 
@@ -132,55 +140,61 @@ def version() -> str:
     return next((t.split("=", 1)[1] for t in out.stdout.split() if t.startswith("v=")), "?")
 
 
-def run(cfg: RunConfig, workdir: Path, *, install: bool) -> PeerReport:
-    apt_install(PACKAGES, allowed=install)
-    need_python(["redis"], allowed=install)
-    import redis
+class RedisPeer(Peer):
+    system = "redis"
+    shape = "1 node"
+    durable = "yes on one node: AOF appendfsync always (one fsync per event-loop pass)"
+    notes = ("no replication, so no failover figure",)
+    read_method = "redis-py: XRANGE of each stream written, pages of 1000, entries decoded"
 
-    (port,) = free_ports(1)
-    value = "v" * 100
-    cells: list[Cell] = []
-    keys: list[str] = []
-    with Servers(workdir) as servers:
-        servers.start(
+    def __init__(self, cfg: RunConfig, workdir: Path, *, install: bool) -> None:
+        super().__init__(cfg, workdir, install=install)
+        self.servers = Servers(workdir)
+        (self.port,) = free_ports(1)
+        self.keys: list[str] = []
+
+    def start(self) -> None:
+        apt_install(PACKAGES, allowed=self.install)
+        need_python(["redis"], allowed=self.install)
+        import redis
+
+        self.version = version()
+        self.servers.start(
             "redis",
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "",
-             "--daemonize", "no", "--protected-mode", "yes"],
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", str(self.workdir), "--appendonly", "yes", "--appendfsync", "always",
+             "--save", "", "--daemonize", "no", "--protected-mode", "yes"],
         )  # fmt: skip
-        client = redis.Redis(host="127.0.0.1", port=port)
-        wait_for(lambda: quietly(client.ping), timeout=30, what="redis to answer PING")
-        settings = {k: str(client.config_get(k)[k]) for k in ("appendonly", "appendfsync")}
-        for w in APPEND_WORKLOADS:
-            runs = []
-            for r in range(cfg.runs):
-                key = f"bench:b{w.batch}c{w.clients}r{r}"
-                keys.append(key)
-                if w.batch == 1:
-                    runs.append(_single(port, w.clients, cfg, key, value))
-                else:
-                    runs.append(_batch(port, w.batch, cfg, key))
-            method = (
-                f"redis-benchmark (C) -c {w.clients} -P 1 XADD, count sized to the duration "
-                "from a first short run"
-                if w.batch == 1
-                else f"redis-py, 1 connection, pipeline(transaction=False) of {w.batch} XADD"
+        client = redis.Redis(host="127.0.0.1", port=self.port)
+        try:
+            wait_for(lambda: quietly(client.ping), timeout=30, what="redis to answer PING")
+            self.settings = {k: str(client.config_get(k)[k]) for k in ("appendonly", "appendfsync")}
+        finally:
+            client.close()
+        if self.settings["appendfsync"] != "always":
+            raise RuntimeError(f"redis is not fsyncing every write: {self.settings}")
+
+    def stop(self) -> None:
+        self.servers.stop()
+
+    def method(self, w: Workload) -> str:
+        if w.batch == 1:
+            return (
+                f"redis-benchmark (C) -c {w.clients} -P 1 XADD, the count sized to the "
+                "duration from a first short run"
             )
-            cells.append(Cell(w.key, tuple(runs), method))
-        (out,) = in_processes(_read_load, [(port, keys, cfg.read_max)], 120)
-        read = Cell(
-            "read $all",
-            (Run.streamed(events=out["events"], seconds=out["seconds"], cpu_s=out["cpu_s"]),),
-            "redis-py: XRANGE of each stream written, pages of 1000, entries decoded",
-        )
-        client.close()
-    return PeerReport(
-        system="redis",
-        shape="1 node",
-        durable="yes on one node: AOF appendfsync always (one fsync per event-loop pass)",
-        version=version(),
-        cells=tuple(cells),
-        read=read,
-        settings=settings,
-        notes=("no replication, so no failover figure",),
-    )
+        return f"redis-py, 1 connection, pipeline(transaction=False) of {w.batch} XADD"
+
+    def append(self, w: Workload, run: int) -> Run:
+        key = f"bench:b{w.batch}c{w.clients}r{run}"
+        self.keys.append(key)
+        if w.batch == 1:
+            return _single(self.port, w.clients, self.cfg, key, "v" * w.size)
+        return _batch(self.port, w.batch, self.cfg, key)
+
+    def read(self) -> Run:
+        (out,) = in_processes(_read_load, [(self.port, self.keys, self.cfg.read_max)], 120)
+        return Run.streamed(events=out["events"], seconds=out["seconds"], cpu_s=out["cpu_s"])
+
+
+PEER = RedisPeer

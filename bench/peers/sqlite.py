@@ -8,41 +8,46 @@ import sqlite3
 from pathlib import Path
 
 from bench.peers import eventsourcing_load as es
-from bench.peers.common import need_python
-from bench.results import APPEND_WORKLOADS, Cell, PeerReport, RunConfig
+from bench.peers.common import Peer, need_python
+from bench.results import Run, RunConfig, Workload
 
 SYNCHRONOUS = {"0": "OFF", "1": "NORMAL", "2": "FULL", "3": "EXTRA"}
 
 
-def run(cfg: RunConfig, workdir: Path, *, install: bool) -> PeerReport:
-    need_python(["eventsourcing"], allowed=install)
-    env = {
-        "PERSISTENCE_MODULE": "eventsourcing.sqlite",
-        "SQLITE_DBNAME": str(workdir / "es.sqlite"),
-    }
-    settings = es.pragma(env, "journal_mode", "synchronous")
-    settings["synchronous"] = SYNCHRONOUS.get(settings["synchronous"], settings["synchronous"])
-    if settings["journal_mode"].lower() != "wal" or settings["synchronous"] not in (
-        "FULL",
-        "EXTRA",
-    ):
-        raise RuntimeError(f"SQLite is not WAL + synchronous=FULL here: {settings}")
-    cells = [
-        Cell(
-            w.key,
-            tuple(es.append_run(env, w, cfg) for _ in range(cfg.runs)),
-            es.METHOD.format(clients=w.clients, batch=w.batch),
-        )
-        for w in APPEND_WORKLOADS
-    ]
-    read = Cell("read $all", (es.read_run(env, cfg.read_max),), es.READ_METHOD)
-    return PeerReport(
-        system="sqlite",
-        shape="1 file",
-        durable="yes on one disk: WAL, synchronous=FULL (fsync per commit)",
-        version=f"{sqlite3.sqlite_version}, eventsourcing {es.library_version()}",
-        cells=tuple(cells),
-        read=read,
-        settings=settings,
-        notes=("in-process library: no network hop, no replication, no failover figure",),
-    )
+class SqlitePeer(Peer):
+    system = "sqlite"
+    shape = "1 file"
+    durable = "yes on one disk: WAL, synchronous=FULL (fsync per commit)"
+    notes = ("in-process library: no network hop, no replication, no failover figure",)
+    read_method = es.READ_METHOD
+
+    def __init__(self, cfg: RunConfig, workdir: Path, *, install: bool) -> None:
+        super().__init__(cfg, workdir, install=install)
+        self.env = {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": str(workdir / "es.sqlite"),
+        }
+
+    def start(self) -> None:
+        need_python(["eventsourcing"], allowed=self.install)
+        self.version = f"{sqlite3.sqlite_version}, eventsourcing {es.library_version()}"
+        shown = es.pragma(self.env, "journal_mode", "synchronous")
+        shown["synchronous"] = SYNCHRONOUS.get(shown["synchronous"], shown["synchronous"])
+        self.settings = shown
+        if shown["journal_mode"].lower() != "wal" or shown["synchronous"] not in ("FULL", "EXTRA"):
+            raise RuntimeError(f"SQLite is not WAL + synchronous=FULL here: {shown}")
+
+    def stop(self) -> None:
+        """No server: the loaders are children that have ended by now."""
+
+    def method(self, w: Workload) -> str:
+        return es.METHOD.format(clients=w.clients, batch=w.batch)
+
+    def append(self, w: Workload, run: int) -> Run:
+        return es.append_run(self.env, w, self.cfg)
+
+    def read(self) -> Run:
+        return es.read_run(self.env, self.cfg.read_max)
+
+
+PEER = SqlitePeer
