@@ -8,10 +8,11 @@
 //	          requests until -total requests or -warmup + -maxsec seconds. A request is one
 //	          Put (-batch 1) or one Txn of -batch Puts. Keys are -prefix + 8-digit sequence,
 //	          values -vsize random bytes. Only requests completing after the warm-up count.
-//	read:     one Watch from revision 1 over every key: etcd's stream of all writes in order
-//	          (decoded by the client), until the revision current at the start, -limit events
-//	          or -maxsec seconds. (A paged Range is no alternative on etcd 3.4: every page
-//	          walks the index of the whole remaining range, so a full read is quadratic.)
+//	read:     every key, decoded by the client, at most -limit: -read range is one Range
+//	          (etcd 3.4's fastest full read), pages is Ranges of 1000 (each page walks the
+//	          index of the whole remaining range on 3.4, so the read is quadratic), watch is
+//	          one Watch from revision 1 up to the revision current at the start (etcd's
+//	          stream of every write, in order).
 //	failover: connect to -endpoints, print "ready", wait for a line on stdin (sent right
 //	          after the leader's SIGKILL), then start a Put every 20 ms (each with a 1 s
 //	          timeout) until one is acknowledged; print its wall time in ns.
@@ -68,6 +69,7 @@ func main() {
 	vsize := flag.Int("vsize", 100, "value size")
 	batch := flag.Int("batch", 1, "puts per request (a Txn when > 1)")
 	limit := flag.Int("limit", 100000, "read: max keys")
+	how := flag.String("read", "range", "read: range (one Range of every key) | pages (Ranges of 1000) | watch (from revision 1)")
 	prefix := flag.String("prefix", "k", "key prefix")
 	flag.Parse()
 
@@ -78,7 +80,7 @@ func main() {
 	case "put":
 		put(*eps, *conc, *conns, *total, *maxsec, *warmup, *batch, *prefix, sval)
 	case "read":
-		read(*eps, *limit, *maxsec)
+		read(*eps, *how, *limit, *maxsec)
 	case "failover":
 		failover(*eps, *prefix, sval)
 	default:
@@ -164,12 +166,12 @@ func put(eps string, conc, conns, total int, maxsec, warmup float64, batch int, 
 	}
 }
 
-func read(eps string, limit int, maxsec float64) {
+func read(eps, how string, limit int, maxsec float64) {
 	cli := dial(eps)
 	defer cli.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(maxsec*float64(time.Second)))
 	defer cancel()
-	// the newest revision now: the watch below ends when it has delivered it
+	// the newest revision now: a watch ends when it has delivered it
 	head, err := cli.Get(ctx, "\x00", clientv3.WithFromKey(), clientv3.WithCountOnly())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -180,23 +182,55 @@ func read(eps string, limit int, maxsec float64) {
 	t0 := time.Now()
 	n, bytes := 0, 0
 	complete := false
-	wch := cli.Watch(ctx, "\x00", clientv3.WithFromKey(), clientv3.WithRev(1))
-	for wresp := range wch {
-		if err := wresp.Err(); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
+	switch how {
+	case "range", "pages":
+		page := limit
+		if how == "pages" {
+			page = 1000
 		}
-		for _, ev := range wresp.Events {
-			bytes += len(ev.Kv.Key) + len(ev.Kv.Value)
-			n++
-			if n >= limit || ev.Kv.ModRevision >= last {
-				complete = true
+		key := "\x00"
+		for n < limit {
+			want := limit - n
+			if want > page {
+				want = page
+			}
+			resp, err := cli.Get(ctx, key, clientv3.WithFromKey(), clientv3.WithLimit(int64(want)))
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
+			for _, kv := range resp.Kvs {
+				bytes += len(kv.Key) + len(kv.Value)
+			}
+			n += len(resp.Kvs)
+			if len(resp.Kvs) == 0 || !resp.More {
+				break
+			}
+			key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		}
+		complete = true
+	case "watch":
+		wch := cli.Watch(ctx, "\x00", clientv3.WithFromKey(), clientv3.WithRev(1))
+		for wresp := range wch {
+			if err := wresp.Err(); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
+			for _, ev := range wresp.Events {
+				bytes += len(ev.Kv.Key) + len(ev.Kv.Value)
+				n++
+				if n >= limit || ev.Kv.ModRevision >= last {
+					complete = true
+					break
+				}
+			}
+			if complete {
 				break
 			}
 		}
-		if complete {
-			break
-		}
+	default:
+		fmt.Fprintln(os.Stderr, "unknown -read", how)
+		os.Exit(2)
 	}
 	el := time.Since(t0).Seconds()
 	emit(map[string]interface{}{
