@@ -106,13 +106,9 @@ class AppendTemplate:
 class FrameConn(asyncio.Protocol):
     """A connection that hands each decoded reply map to `on_reply`."""
 
-    def __init__(
-        self,
-        on_reply: Callable[[FrameConn, dict[str, Any]], None],
-        unpack: Callable[[Any], Any] = msgpack.unpackb,
-    ) -> None:
+    def __init__(self, on_reply: Callable[[FrameConn, dict[str, Any]], None]) -> None:
         self.on_reply = on_reply
-        self.unpack = unpack
+        self.unpack = msgpack.unpackb
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
         self.lost = asyncio.get_running_loop().create_future()
@@ -147,6 +143,10 @@ class FrameConn(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(data)
 
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
 
 async def connect(
     url: str,
@@ -154,7 +154,6 @@ async def connect(
     *,
     token: str | None = None,
     timeout: float = 5.0,
-    unpack: Callable[[Any], Any] = msgpack.unpackb,
 ) -> tuple[FrameConn, dict[str, Any]]:
     """Open a connection, send `hello` and wait for its reply; then route replies to
     `on_reply`. Returns the connection and the hello reply's `ok` map."""
@@ -168,12 +167,16 @@ async def connect(
 
     host, port = address(url)
     _, conn = await asyncio.wait_for(
-        loop.create_connection(lambda: FrameConn(first, unpack), host, port), timeout
+        loop.create_connection(lambda: FrameConn(first), host, port), timeout
     )
     conn.write(hello(token))
-    reply = await asyncio.wait_for(greeted, timeout)
+    try:
+        reply = await asyncio.wait_for(greeted, timeout)
+    except TimeoutError:
+        conn.close()
+        raise
     if "ok" not in reply:
-        conn.transport.close() if conn.transport else None
+        conn.close()
         raise ConnectionError(f"hello refused by {url}: {reply.get('err')}")
     return conn, reply["ok"]
 
@@ -189,8 +192,7 @@ def find_leader(urls: str, timeout: float = 5.0) -> str:
             except (OSError, TimeoutError, ConnectionError) as exc:
                 last = f"{url}: {exc}"
                 continue
-            assert conn.transport is not None
-            conn.transport.close()
+            conn.close()
             if info.get("role") == "leader":
                 return url
             if info.get("leader_url"):
@@ -298,8 +300,7 @@ async def _append_worker(
     )
     closed = done not in finished
     for c in conns:
-        if c.transport is not None:
-            c.transport.close()
+        c.close()
     if cpu[1] == 0.0:  # the run ended early (connection lost): CPU until now
         cpu[1] = cpu_seconds()
     return {
@@ -421,8 +422,7 @@ async def _read_worker(url: str, limit: int, max_s: float, token: str | None) ->
     cpu = cpu_seconds() - cpu0
     if done not in finished and not conn.lost.done():
         conn.write(encode({"id": 2, "op": "cancel", "target": 1}))
-    if conn.transport is not None:
-        conn.transport.close()
+    conn.close()
     return {
         "events": counts["events"],
         "seconds": elapsed,
@@ -468,40 +468,42 @@ async def first_ack(
             fut.set_result(reply)
 
     k = 0
-    while time.perf_counter() < until:
-        url = urls[k % len(urls)]
-        k += 1
-        try:
-            conn = conns.get(url)
-            if conn is None or conn.lost.done():
-                conn, info = await connect(url, on_reply, token=token, timeout=0.5)
-                conns[url] = conn
-                leader = info.get("leader_url")
-                if info.get("role") != "leader" and leader in urls and leader != url:
-                    k = urls.index(leader)  # go to the leader it names next
-                    continue
-            fut: asyncio.Future[dict[str, Any]] = loop.create_future()
-            replies[id(conn)] = fut
-            conn.write(template.next(counter))
-            counter += 1
-            reply = await asyncio.wait_for(fut, 2.0)
-        except (OSError, TimeoutError, ConnectionError):
-            conns.pop(url, None)
-            await asyncio.sleep(0.01)
-            continue
-        if "ok" in reply:
-            acked = time.perf_counter()
-            for c in conns.values():
-                if c.transport is not None:
-                    c.transport.close()
-            return acked
-        details = reply["err"][2] if len(reply["err"]) > 2 else {}
-        leader = details.get("leader_url") if isinstance(details, dict) else None
-        if leader in urls and leader != url:
-            k = urls.index(leader)
-        else:
-            await asyncio.sleep(0.01)
-    raise TimeoutError(f"no acknowledged append within {deadline_s:g}s")
+    try:
+        while time.perf_counter() < until:
+            url = urls[k % len(urls)]
+            k += 1
+            try:
+                conn = conns.get(url)
+                if conn is None or conn.lost.done():
+                    conn, info = await connect(url, on_reply, token=token, timeout=0.5)
+                    conns[url] = conn
+                    leader = info.get("leader_url")
+                    if info.get("role") != "leader" and leader in urls and leader != url:
+                        k = urls.index(leader)  # go to the leader it names next
+                        continue
+                fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+                replies[id(conn)] = fut
+                conn.write(template.next(counter))
+                counter += 1
+                reply = await asyncio.wait_for(fut, 2.0)
+            except (OSError, TimeoutError, ConnectionError):
+                dropped = conns.pop(url, None)
+                if dropped is not None:
+                    dropped.close()
+                await asyncio.sleep(0.01)
+                continue
+            if "ok" in reply:
+                return time.perf_counter()
+            details = reply["err"][2] if len(reply["err"]) > 2 else {}
+            leader = details.get("leader_url") if isinstance(details, dict) else None
+            if leader in urls and leader != url:
+                k = urls.index(leader)
+            else:
+                await asyncio.sleep(0.01)
+        raise TimeoutError(f"no acknowledged append within {deadline_s:g}s")
+    finally:
+        for c in conns.values():
+            c.close()
 
 
 # --- as a script -------------------------------------------------------------------------------
