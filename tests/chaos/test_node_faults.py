@@ -5,6 +5,7 @@ was acknowledged is lost."""
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from esdb_cli.chaos import disk, shims
 from esdb_cli.localcluster import LocalCluster
 from esdb_node.client import Client
 from esdb_node.errors import EsdbError
-from esdb_node.model import EventData
+from esdb_node.model import EventData, StreamMetadata
 from tests.chaos.conftest import status_of, wait_converged
 from tests.cli_runner import Run
 from tests.harness import wait_for
@@ -135,6 +136,28 @@ def test_clock_shifts_only_the_wall_clock_until_heal(
     assert environ["FAKETIME"] == "+7200" and environ["FAKETIME_DONT_FAKE_MONOTONIC"] == "1"
     # Its Raft timers still work (monotonic clocks are true): it follows, and it can lead.
     wait_converged(skewed)
+
+    # It measures its offset against the leader, and max-age follows the leader's clock on
+    # it too: a local read there hides what the leader hides (nothing, here), not every
+    # event it thinks is two hours old.
+    with Client(skewed.urls, timeout=10) as client:
+        client.append("aged", [EventData.from_json("Aged", {"i": i}) for i in range(5)])
+        client.set_stream_metadata("aged", StreamMetadata(max_age=3600))
+    wait_for(
+        lambda: abs((status_of(skewed, node).clock_offset_ms or 0) - 7_200_000) < 60_000,
+        timeout=30,
+        what=f"{node} to measure its clock against the leader's",
+    )
+    with Client(skewed.node(node).url, timeout=10, consistency="local") as client:
+        wait_for(
+            lambda: len(client.read_stream("aged")) == 5,
+            timeout=15,
+            what="the skewed follower to show the 5 fresh events",
+        )
+    r = esdb("--cluster-dir", d, "cluster", "health")
+    assert r.code == 5, (r.out, r.err)
+    assert re.search(rf"\({node}\) is unhealthy: clock \+7[12]\d\d\.\d+ s off", r.out), r.out
+
     ahead = _created_on(skewed, node, "clock-ahead") - datetime.now(UTC)
     assert timedelta(hours=2) - timedelta(minutes=5) < ahead < timedelta(hours=2, minutes=5)
     wait_converged(skewed)
@@ -149,8 +172,13 @@ def test_clock_shifts_only_the_wall_clock_until_heal(
     pid = healed.running_pid(healed.node(node))
     assert pid is not None and "FAKETIME" not in _environ(pid)
     wait_converged(healed)
-    now = _created_on(healed, node, "clock-healed") - datetime.now(UTC)
-    assert abs(now) < timedelta(minutes=5)
+    # The node stamps with a true clock again, but `created` never goes backwards in $all
+    # order: after the events stamped two hours ahead, new ones are stamped no earlier.
+    healed_stamp = _created_on(healed, node, "clock-healed")
+    assert healed_stamp >= datetime.now(UTC) + ahead - timedelta(minutes=5)
+    with Client(healed.urls, timeout=10) as client:
+        created = [e.created for e in client.read_all()]
+    assert created == sorted(created)
     wait_converged(healed)
 
 
