@@ -26,7 +26,7 @@ EXIT_CODES = """\
 Exit codes: 0 ok; 1 other error; 2 usage or invalid input; 3 unavailable (no node or no
 leader reachable); 4 conflict (wrong expected version, stream deleted); 5 unhealthy; 6 timeout
 or unknown outcome (the write may have happened: retry with the same event ids); 7 not found;
-130 interrupted."""
+8 storage (disk full: nothing was written; disk failing; damaged data); 130 interrupted."""
 
 app = typer.Typer(
     name="esdb",

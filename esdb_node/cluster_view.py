@@ -150,6 +150,11 @@ def readiness(status: NodeStatus | EsdbError) -> Verdict:
                 st.ready,
                 f"{st.last_position + 1} events" if st.ready else "not caught up",
             ),
+            Check(
+                "disk",
+                st.storage == "ok",
+                "writable" if st.storage == "ok" else f"{st.storage}: {st.storage_error}",
+            ),
         )
     )
 

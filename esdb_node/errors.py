@@ -19,6 +19,7 @@ class ExitCode(IntEnum):
     UNHEALTHY = 5
     UNKNOWN = 6
     NOT_FOUND = 7
+    STORAGE = 8
     INTERRUPTED = 130
 
 
@@ -156,19 +157,38 @@ class SnapshotNotFound(NotFound):
     code = "snapshot_not_found"
 
 
-# --- exit 1: everything else -------------------------------------------------------------------
+# --- exit 8: the node's storage ----------------------------------------------------------------
 
 
-class CorruptRecord(EsdbError):
+class StorageError(EsdbError):
+    """The node's disk: full, failing or holding damaged data."""
+
+    code = "storage_error"
+    exit_code = ExitCode.STORAGE
+
+
+class StorageFull(StorageError):
+    """The disk is full: the write definitely did not happen (LMDB wrote no meta page).
+    The node takes writes again once space is freed."""
+
+    code = "storage_full"
+
+
+class StorageFailure(StorageError):
+    """The disk refused a write (an I/O error). The node must not acknowledge anything."""
+
+    code = "storage_failed"
+
+
+class CorruptStore(StorageError):
+    """Stored data is damaged; the message names the table and the key or position.
+    `esdb node verify` checks a whole store; `esdb node repair` rebuilds a member."""
+
+    code = "corrupt_store"
+
+
+class CorruptRecord(CorruptStore):
     """A stored record failed its checksum; the message names the record."""
-
-    code = "corrupt_record"
-
-
-class StorageFailure(EsdbError):
-    """The disk refused a write (full, I/O error). The node must not acknowledge anything."""
-
-    code = "storage_failure"
 
 
 def _all_subclasses(cls: type[EsdbError]) -> list[type[EsdbError]]:

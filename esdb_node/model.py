@@ -331,3 +331,5 @@ class NodeStatus:
     # This node's clock minus the leader's, as it last measured it (None: not measured yet).
     clock_offset_ms: float | None = None
     max_clock_offset: float = 1.0  # seconds; beyond this `cluster health` fails
+    storage: str = "ok"  # ok | full | failed: whether this node can write its disk
+    storage_error: str | None = None

@@ -33,6 +33,7 @@ from esdb_node.errors import (
     InvalidInput,
     NotLeader,
     NotReady,
+    StorageFull,
     Timeout,
     Unavailable,
     UnknownOutcome,
@@ -180,6 +181,7 @@ class AsyncClient:
         backoff = 0.05
         last_error: EsdbError | None = None
         maybe_applied = False
+        full: set[Address] = set()
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -196,6 +198,15 @@ class AsyncClient:
                 # first again on every retry; try the next address instead.
                 if conn is not None:
                     self._start_after(conn.address)
+            except StorageFull as exc:
+                # Definitely not written; another node (a new leader) may have room.
+                assert conn is not None
+                full.add(conn.address)
+                self._leader = None
+                self._start_after(conn.address)
+                if full >= set(self.addresses):
+                    raise
+                last_error = exc
             except (NotReady, Unavailable) as exc:
                 # Definitely not applied: the node refused, or nothing was reachable.
                 last_error = exc

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -31,7 +32,8 @@ import lmdb
 from pysyncobj.journal import Journal
 
 from esdb_node.codec import pack, unpack_trusted
-from esdb_node.errors import StorageFailure
+from esdb_node.errors import StorageFailure, StorageFull
+from esdb_node.storage.health import DiskHealth, classify
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ FLUSH_BYTES = 8 << 20
 # Keys below the first index are deleted a chunk at a time, never in one long transaction.
 PRUNE_CHUNK = 20_000
 _READ_CHUNK = 256
+# While the disk is full, a write is retried at most this often (each attempt writes pages).
+BLOCKED_RETRY = 1.0
 
 
 def _fail_default(message: str) -> NoReturn:
@@ -65,10 +69,16 @@ class LmdbJournal(Journal):
         fsync: bool = True,
         map_size: int = 64 << 30,
         on_failure: Callable[[str], NoReturn] = _fail_default,
+        health: DiskHealth | None = None,
     ) -> None:
         self.path = Path(path)
         self.fsync = fsync
         self._on_failure = on_failure
+        self.health = health or DiskHealth()
+        self._map_size = map_size
+        self._vote_pending: tuple[int, str | None] | None = None
+        self._blocked_since: float | None = None
+        self._retry_at = 0.0
         self.path.mkdir(parents=True, exist_ok=True)
         # fsync mode: every commit is synced (data pages, then the meta page), so a commit is
         # either entirely on disk or not at all. os mode (NOSYNC): commits reach the page cache
@@ -132,37 +142,69 @@ class LmdbJournal(Journal):
 
     # --- durability ------------------------------------------------------------------------------
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
         """Durability point: write (and in fsync mode sync) every buffered log change.
+        Returns False when the disk is full: the changes stay buffered, nothing that depends
+        on them may leave this node, and a later flush writes them once space is back.
 
         A changed commit index alone does not need a sync (Raft keeps it volatile); it rides
         along with the next entries or the once-a-second timer."""
-        if self._pending or self._clear_pending or self._first_dirty:
-            self._commit()
+        if self._pending or self._clear_pending or self._first_dirty or self._vote_pending:
+            if self.blocked and time.monotonic() < self._retry_at:
+                return False
+            return self._commit()
+        return True
 
-    def _commit(self, vote: tuple[int, str | None] | None = None) -> None:
+    @property
+    def blocked(self) -> bool:
+        """The last write failed because the disk is full (and no write succeeded since)."""
+        return self._blocked_since is not None
+
+    def _commit(self) -> bool:
         if self._closed:
             self._on_failure("raft journal used after close")
+        while True:
+            try:
+                self._write()
+                break
+            except lmdb.MapFullError:
+                self._map_size *= 2
+                self._env.set_mapsize(self._map_size)
+                log.info("raft journal map grown to %d MiB", self._map_size >> 20)
+            except lmdb.Error as exc:
+                error = classify(self.path, f"raft journal write failed: {exc}")
+                if not isinstance(error, StorageFull):
+                    self._on_failure(error.message)
+                if self._blocked_since is None:
+                    self._blocked_since = time.monotonic()
+                self._retry_at = time.monotonic() + BLOCKED_RETRY
+                self.health.failed(error)
+                return False
+        if self._blocked_since is not None:
+            self._blocked_since = None
+            self.health.recovered()
+        return True
+
+    def _write(self) -> None:
         n = self._pending
-        try:
-            with self._env.begin(write=True) as txn:
-                if self._clear_pending:
-                    txn.drop(self._log, delete=False)
-                    self._prune_from = None
-                if n:
-                    put = txn.put
-                    db = self._log
-                    for i in range(len(self._cache) - n, len(self._cache)):
-                        command, idx, term = self._cache[i]
-                        put(_U64.pack(idx), _U64.pack(term) + command, db=db)
-                if self._first_dirty or self._clear_pending:
-                    txn.put(_META_FIRST, _U64.pack(self._first), db=self._meta)
-                if self._commit_dirty:
-                    txn.put(_META_COMMIT, _U64.pack(self._commit_index), db=self._meta)
-                if vote is not None:
-                    txn.put(_META_VOTE, pack(list(vote)), db=self._meta)
-        except lmdb.Error as exc:
-            self._on_failure(f"raft journal write failed: {exc}")
+        vote = self._vote_pending
+        with self._env.begin(write=True) as txn:
+            if self._clear_pending:
+                txn.drop(self._log, delete=False)
+                self._prune_from = None
+            if n:
+                put = txn.put
+                db = self._log
+                for i in range(len(self._cache) - n, len(self._cache)):
+                    command, idx, term = self._cache[i]
+                    put(_U64.pack(idx), _U64.pack(term) + command, db=db)
+            if self._first_dirty or self._clear_pending:
+                txn.put(_META_FIRST, _U64.pack(self._first), db=self._meta)
+            if self._commit_dirty:
+                txn.put(_META_COMMIT, _U64.pack(self._commit_index), db=self._meta)
+            if vote is not None:
+                txn.put(_META_VOTE, pack(list(vote)), db=self._meta)
+        self._vote_pending = None
         self._pending = 0
         self._pending_bytes = 0
         self._clear_pending = False
@@ -318,7 +360,10 @@ class LmdbJournal(Journal):
     def setCurrentTerm(self, term: int, votedForNodeId: str | None) -> None:
         self._term = term
         self._voted = votedForNodeId
-        self._commit(vote=(term, votedForNodeId))
+        # Written at once; when the disk is full it stays pending, and no message leaves
+        # until it is written (every durability point flushes it first).
+        self._vote_pending = (term, votedForNodeId)
+        self._commit()
 
     def getCurrentTerm(self) -> int:
         return self._term
@@ -415,7 +460,10 @@ class LmdbJournal(Journal):
                     while _U64.unpack(cur.key())[0] < hi and cur.delete():
                         pass
         except lmdb.Error as exc:
-            self._on_failure(f"raft journal prune failed: {exc}")
+            error = classify(self.path, f"raft journal prune failed: {exc}")
+            if isinstance(error, StorageFull):
+                return  # pruning frees space later; try again next second
+            self._on_failure(error.message)
         self._prune_from = hi if hi < first else None
 
 

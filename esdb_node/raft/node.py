@@ -31,10 +31,12 @@ from pysyncobj.node import Node, TCPNode
 
 from esdb_node.deadline import Deadline
 from esdb_node.errors import (
+    CorruptStore,
     EsdbError,
     InvalidInput,
     NotLeader,
     StorageFailure,
+    StorageFull,
     Timeout,
     Unavailable,
     UnknownOutcome,
@@ -68,6 +70,8 @@ log = logging.getLogger(__name__)
 EXIT_STORAGE_FAILURE = 70
 BIND_TIMEOUT = 3.0
 STATUS_REFRESH = 0.1
+FULL_DISK_RETRY = 1.0
+FOLLOWER_STATE = 0  # pysyncobj's _RAFT_STATE.FOLLOWER
 LEADER_STATE = 2  # pysyncobj's _RAFT_STATE.LEADER
 
 
@@ -106,12 +110,14 @@ class EsdbNode(TCPNode):
 
 
 class _ApplyFailed:
-    """apply() raised something that is not a storage failure: the entry changed nothing."""
+    """apply() raised something that is not a storage failure: the entry changed nothing
+    (or, `unknown`, it was not applied here yet and its fate is not known)."""
 
-    __slots__ = ("message",)
+    __slots__ = ("message", "unknown")
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, unknown: bool = False) -> None:
         self.message = message
+        self.unknown = unknown
 
 
 class _Pending:
@@ -223,13 +229,20 @@ class _EsdbSyncObj(
 
     # --- durability points -----------------------------------------------------------------------
 
-    def _esdb_durability_point(self, message: Any) -> None:
-        self._esdb_journal.flush()
+    def _esdb_durability_point(self, message: Any) -> bool:
+        """Whether `message` may leave: only once everything it vouches for is durable."""
+        return self._esdb_journal.flush()
 
     def _onTick(self, timeToWait: float = 0.0) -> None:
         # The leader's commit computation (start of stock _onTick) counts its own copy of the
         # log; make that copy durable first. Followers' entries were flushed when acked.
-        self._esdb_journal.flush()
+        if not self._esdb_journal.flush() and self._isLeader():
+            # The disk is full: this leader cannot make its log durable, so it must not count
+            # its own copy toward a commit, and should not lead. Followers elect another;
+            # its uncommitted entries are resolved as unknown (see _on_state_changed).
+            log.error("raft: the journal cannot be written (disk full); stepping down")
+            self._SyncObj__setState(FOLLOWER_STATE)
+            self._SyncObj__raftLeader = None
         if self._SyncObj__needLoadDumpFile:
             self._esdb_check_missing_dump()
         super()._onTick(timeToWait)
@@ -348,6 +361,7 @@ class RaftNode:
             fsync=config.durability == "fsync",
             map_size=config.journal_map_size,
             on_failure=on_fatal,
+            health=store.health,
         )
         self.guard_cipher = FrameCipher(config.secret, config.cluster_id)
         self._guard = PeerGuard(self.guard_cipher, config.preauth_frame_bytes, config.frame_cap)
@@ -426,19 +440,38 @@ class RaftNode:
 
     def _apply(self, obj: _EsdbSyncObj, batch: bytes) -> Any:
         """Never raises: a raise would stall the log for ever (the entry is retried each tick).
-        A storage failure stops the process instead: skipping the entry would diverge."""
+        A full disk holds the entry until space is back (skipping it would diverge); damaged
+        data or a failing disk stops the process (the member is repaired from a peer)."""
         try:
             index = obj.raftLastApplied + 1
             term = self._journal.term_at(index)
-            results = self.store.apply(batch, index, term)
+            results = self._apply_when_writable(batch, index, term)
             if results is None:
                 self.replays_skipped += 1
             return results
+        except StorageFull:
+            # Stopping while the disk is full: not applied here; the journal replays it at
+            # the next start. Its callers cannot know whether it committed elsewhere.
+            return _ApplyFailed("the node stopped before applying (disk full)", unknown=True)
+        except CorruptStore as exc:
+            self._on_fatal(f"raft: {exc.message}; repair this member (`esdb node repair`)")
         except (StorageFailure, OSError, MemoryError) as exc:
             self._on_fatal(f"raft: applying a committed entry failed: {exc}")
         except Exception as exc:
             log.exception("raft: applying a committed entry raised; the entry changed nothing")
             return _ApplyFailed(f"{type(exc).__name__}: {exc}")
+
+    def _apply_when_writable(self, batch: bytes, index: int, term: int) -> list[Any] | None:
+        """Store.apply, waiting out a full disk. This holds the tick thread: the member stops
+        acknowledging (a leader stops leading: its followers elect another) and resumes by
+        itself once space is freed."""
+        while True:
+            try:
+                return self.store.apply(batch, index, term)
+            except StorageFull:
+                if self._stopped:
+                    raise
+                time.sleep(FULL_DISK_RETRY)
 
     def _on_state_changed(self, old: int, new: int) -> None:
         # Called before pysyncobj updates the term of a new election, so none is logged here.
@@ -471,6 +504,16 @@ class RaftNode:
                 )
             )
             return
+        if self._journal.blocked:
+            pending.resolve(
+                Rejected(
+                    StorageFull(
+                        "this node's disk is full: it cannot journal the write",
+                        hint="free space on the node's disk; another member may lead meanwhile",
+                    )
+                )
+            )
+            return
         if not self._deadlines.add(pending):  # destroy() ran since the check above
             pending.resolve(Rejected(Unavailable("raft node is stopped")))
             return
@@ -488,6 +531,8 @@ class RaftNode:
             return failure_outcome(reason, self.leader())
         if isinstance(result, list):
             return Applied(result)
+        if isinstance(result, _ApplyFailed) and result.unknown:
+            return Unknown(result.message)
         if isinstance(result, _ApplyFailed):
             return Rejected(EsdbError(f"applying the batch failed: {result.message}"))
         # None: the store had already applied this index before a restart, so the original

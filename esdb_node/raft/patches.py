@@ -67,7 +67,11 @@ class AppendEntriesFix:
     at the first real conflict, and when the message brings nothing new, acknowledge what the
     message proved (or its whole log, when its last entry is from the leader's term, because
     then its log is a prefix of the leader's) without truncating anything.
-    Leader: a success reply never moves nextIndex backwards.
+    Leader: a success reply never moves nextIndex backwards, and a failure (reset) reply never
+    moves it forwards. Stock sets nextIndex to whatever a reset reply says; with several
+    append_entries in flight, the reply to a later batch ("my log ends at N") can undo the
+    reply to an earlier one ("index N conflicts, send from N"), and the two alternate for
+    ever: a deposed leader whose last entry conflicts never caught up again.
     """
 
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> Any:
@@ -79,6 +83,19 @@ class AppendEntriesFix:
             result = super()._SyncObj__onMessageReceived(node, message)  # type: ignore[misc]
             if claim is not None:
                 self._SyncObj__sendNextNodeIdx(node, nextNodeIdx=claim + 1, success=True)  # type: ignore[attr-defined]
+            return result
+        if (
+            mtype == "next_node_idx"
+            and message.get("reset")
+            and not message.get("success")
+            and self._isLeader()  # type: ignore[attr-defined]
+        ):
+            next_index = self._SyncObj__raftNextIndex  # type: ignore[attr-defined]
+            before = next_index.get(node)
+            result = super()._SyncObj__onMessageReceived(node, message)  # type: ignore[misc]
+            after = next_index.get(node)
+            if before is not None and after is not None and after > before:
+                next_index[node] = before
             return result
         if (
             mtype == "next_node_idx"

@@ -451,14 +451,20 @@ class EsdbTransport(TCPTransport):
     def send(self, node: Any, message: Any) -> bool:
         if node.id in self.drop_out or not self.connected(node):
             return False
-        if message.get("type") in DURABLE_TYPES:
-            self._syncObj._esdb_durability_point(message)
+        if message.get("type") in DURABLE_TYPES and not self._syncObj._esdb_durability_point(
+            message
+        ):
+            return False  # the journal cannot be written (disk full): say nothing it vouches for
         return bool(super().send(node, message))
 
     def _onMessageReceived(self, node: Any, message: Any) -> None:
         if node.id in self.drop_in:
             return
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            return
+        if message["type"] in DURABLE_TYPES and not self._syncObj._esdb_durability_point(message):
+            # Disk full: entries and votes could not be made durable, so they are not taken
+            # (like a lost message); the sender retries, and this node resumes once it can write.
             return
         super()._onMessageReceived(node, message)
 

@@ -6,7 +6,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 from esdb_node.deadline import Deadline
-from esdb_node.errors import StorageFailure, UnknownOutcome
+from esdb_node.errors import StorageFailure, StorageFull, UnknownOutcome
 from esdb_node.replication import ReplicationStatus
 from esdb_node.replication.group_commit import GroupCommitter, with_deadline
 from esdb_node.storage.commands import Command
@@ -36,6 +36,8 @@ class LocalReplicator:
         loop = asyncio.get_running_loop()
         try:
             results = await loop.run_in_executor(self._writer, self.store.apply, batch)
+        except StorageFull:
+            raise  # no page of the batch was committed (LMDB never wrote the meta page)
         except StorageFailure as exc:
             # LMDB aborted the transaction, but a failed fsync does not prove that nothing
             # reached the disk: report unknown, never "failed".

@@ -253,6 +253,7 @@ class NodeService:
 
     def status(self) -> NodeStatus:
         rs = self.replicator.status()
+        disk = self.store.health.current
         return NodeStatus(
             node_id=self.identity.node_id,
             store_id=self.identity.store_id,
@@ -279,4 +280,6 @@ class NodeService:
                 None if self.clock.measured_at is None else -self.clock.offset_us / 1000
             ),
             max_clock_offset=self.max_clock_offset,
+            storage=disk.state,
+            storage_error=disk.reason,
         )

@@ -18,6 +18,7 @@ raises `StorageFailure` only when the disk refuses the write, and then nothing w
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import threading
 import time
@@ -32,11 +33,13 @@ from esdb_node import codec
 from esdb_node.codec import U64, pack, seal, unpack_trusted, unseal
 from esdb_node.errors import (
     CorruptRecord,
+    CorruptStore,
     DuplicateEventId,
     EsdbError,
     InvalidInput,
     SnapshotNotFound,
     StorageFailure,
+    StorageFull,
     StreamDeleted,
     StreamNotFound,
     WrongExpectedVersion,
@@ -54,6 +57,9 @@ from esdb_node.model import (
 )
 from esdb_node.ops import EventIn
 from esdb_node.storage import commands as cmd
+from esdb_node.storage.health import DiskHealth, classify, is_full
+
+log = logging.getLogger("esdb.storage")
 
 DEFAULT_MAP_SIZE = 64 << 30  # address space only; the file grows as pages are written
 _DELETED = 1
@@ -167,8 +173,10 @@ class Store:
         sync: bool = True,
         metasync: bool | None = None,
         map_size: int = DEFAULT_MAP_SIZE,
+        health: DiskHealth | None = None,
     ) -> None:
         self.path = Path(path)
+        self.health = health or DiskHealth()
         self.sync = sync
         self.metasync = sync if metasync is None else metasync
         self.map_size = map_size
@@ -247,6 +255,14 @@ class Store:
         for listener in self._listeners:
             listener(self._next_position - 1)
 
+    def _grow_map(self) -> None:
+        """Double the map (address space only; the file grows as pages are written). LMDB
+        resizes only while no transaction of this process is open: hold readers off."""
+        with self._exclusive():
+            self.map_size *= 2
+            self.env.set_mapsize(self.map_size)
+        log.info("store map grown to %d MiB", self.map_size >> 20)
+
     def install_image(self, source: Path, offset: int, length: int) -> None:
         """Replace the whole store with an image (a `copy_to_fd` copy) found at `offset` in
         `source`: copied next to the data file, synced, then swapped in with one rename while
@@ -268,9 +284,14 @@ class Store:
             self._reopen()
 
     @contextmanager
-    def _read(self) -> Iterator[Any]:
-        with self._swap_lock.read(), self.env.begin(buffers=False) as txn:
-            yield txn
+    def _read(self, what: str) -> Iterator[Any]:
+        """A read transaction; LMDB's own errors on a damaged page become CorruptStore
+        naming what was being read."""
+        try:
+            with self._swap_lock.read(), self.env.begin(buffers=False) as txn:
+                yield txn
+        except lmdb.Error as exc:
+            raise _corrupt(f"reading {what}", exc) from None
 
     # --- identity and progress ------------------------------------------------------------------
 
@@ -293,7 +314,7 @@ class Store:
         return self._stream_count
 
     def get_meta(self, key: bytes) -> bytes | None:
-        with self._read() as txn:
+        with self._read("table meta") as txn:
             value = txn.get(key, db=self._meta)
             return bytes(value) if value is not None else None
 
@@ -321,14 +342,28 @@ class Store:
         # `created` never goes backwards in $all order, even when leadership moves to a node
         # whose clock is behind: every member applies the same max to the same batches.
         created_us = max(stamped_us, self._last_created_us)
-        try:
-            with self.env.begin(write=True) as txn:
-                writer, results = self._run_batch(txn, created_us, commands)
-                txn.put(_LAST_CREATED, U64.pack(created_us), db=self._meta)
-                if index:
-                    txn.put(_APPLIED, U64.pack(index) + U64.pack(term), db=self._meta)
-        except lmdb.Error as exc:
-            raise StorageFailure(f"write failed: {exc}") from exc
+        if self.health.full and is_full(self.path):
+            # Still full: refuse at once rather than write pages until the disk says no.
+            raise StorageFull(f"the disk holding {self.path} is full")
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    writer, results = self._run_batch(txn, created_us, commands)
+                    txn.put(_LAST_CREATED, U64.pack(created_us), db=self._meta)
+                    if index:
+                        txn.put(_APPLIED, U64.pack(index) + U64.pack(term), db=self._meta)
+                break
+            except lmdb.MapFullError:
+                self._grow_map()  # the transaction was aborted: run the batch again
+            except CorruptStore:
+                raise
+            except _DAMAGE as exc:
+                raise _corrupt("applying a batch", exc) from exc
+            except lmdb.Error as exc:
+                error = classify(self.path, f"write failed: {exc}")
+                self.health.failed(error)
+                raise error from exc
+        self.health.recovered()
         self._next_position = writer.next_position
         self._stream_count = writer.stream_count
         self._last_created_us = created_us
@@ -352,7 +387,7 @@ class Store:
 
     def stream_info(self, stream: str) -> StreamInfo:
         raw = validate_stream_name(stream, allow_system=True)
-        with self._read() as txn:
+        with self._read(f"table streams, key {stream!r}") as txn:
             info = self._info(txn, stream, raw)
         if info is None:
             raise StreamNotFound(f"stream {stream!r} not found")
@@ -361,7 +396,9 @@ class Store:
     def _get_event(self, txn: Any, position: int) -> bytes:
         value = txn.get(U64.pack(position), db=self._log)
         if value is None:
-            raise CorruptRecord(f"event at position {position} is missing from the log")
+            raise CorruptRecord(
+                f"corrupt store: table log, position {position}: the event is missing"
+            )
         return unseal(value, f"event at position {position}")
 
     def read_stream(
@@ -379,7 +416,7 @@ class Store:
         """
         raw = validate_stream_name(stream, allow_system=True)
         now_us = now_us if now_us is not None else time.time_ns() // 1000
-        with self._read() as txn:
+        with self._read(f"stream {stream!r} (tables streams, sidx, log)") as txn:
             info_rec = self._info(txn, stream, raw)
             if info_rec is None:
                 raise StreamNotFound(f"stream {stream!r} not found")
@@ -405,16 +442,25 @@ class Store:
                 step = 1
             while info.first_visible <= version <= info.last_version and len(out) < limit:
                 pos = txn.get(_stream_key(raw, version), db=self._sidx)
-                if pos is None:
-                    raise CorruptRecord(f"index entry {stream!r}@{version} is missing")
+                if pos is None or len(pos) != U64.size:
+                    raise CorruptRecord(
+                        f"corrupt store: table sidx, key {stream!r}@{version}: "
+                        + ("missing" if pos is None else f"a {len(pos)}-byte value")
+                    )
                 position = U64.unpack(pos)[0]
+                if position >= self._next_position:
+                    raise CorruptRecord(
+                        f"corrupt store: table sidx, key {stream!r}@{version}: points at "
+                        f"position {position}, beyond the end of the log "
+                        f"({self._next_position - 1})"
+                    )
                 payload = self._get_event(txn, position)
                 # The index is not checksummed; cross-checking the record it points at is.
                 s, v, p, created_us, _, _ = codec.record_header(payload)
                 if s != stream or v != version or p != position:
                     raise CorruptRecord(
-                        f"index entry {stream!r}@{version} points at the wrong event "
-                        f"(position {position} holds {s!r}@{v})"
+                        f"corrupt store: table sidx, key {stream!r}@{version}: points at the "
+                        f"wrong event (position {position} holds {s!r}@{v})"
                     )
                 if min_created is None or created_us >= min_created:
                     out.append(payload)
@@ -439,7 +485,7 @@ class Store:
         """
         flt = filter if filter is not None and not filter.is_empty() else None
         out: list[bytes] = []
-        with self._read() as txn:
+        with self._read("table log (the $all log)") as txn:
             cur = txn.cursor(db=self._log)
             if backward:
                 start = self.last_position if from_position is None else from_position
@@ -470,7 +516,7 @@ class Store:
     ) -> list[StreamInfo]:
         raw_prefix = prefix.encode()
         out: list[StreamInfo] = []
-        with self._read() as txn:
+        with self._read("table streams") as txn:
             cur = txn.cursor(db=self._streams)
             start = after.encode() if after is not None else raw_prefix
             if not cur.set_range(start):
@@ -488,7 +534,7 @@ class Store:
 
     def snapshot_get(self, stream: str, at_or_below: int | None = None) -> Snapshot:
         raw = validate_stream_name(stream, allow_system=True)
-        with self._read() as txn:
+        with self._read(f"table snaps, key {stream!r}") as txn:
             cur = txn.cursor(db=self._snaps)
             target = _stream_key(raw, at_or_below if at_or_below is not None else 2**64 - 1)
             found = cur.set_range(target)
@@ -505,7 +551,7 @@ class Store:
     def snapshot_list(self, stream: str) -> list[Snapshot]:
         raw = validate_stream_name(stream, allow_system=True)
         out: list[Snapshot] = []
-        with self._read() as txn:
+        with self._read(f"table snaps, key {stream!r}") as txn:
             cur = txn.cursor(db=self._snaps)
             if not cur.set_range(raw + _SEP):
                 return out
@@ -518,7 +564,7 @@ class Store:
 
     def members(self) -> list[MemberRecord]:
         out: list[MemberRecord] = []
-        with self._read() as txn:
+        with self._read("table members") as txn:
             for key, value in txn.cursor(db=self._members):
                 raft = bytes(key).decode()
                 node_id, url = unpack_trusted(unseal(value, f"member {raft}"))
@@ -530,13 +576,29 @@ class Store:
     def copy_to_fd(self, fd: int) -> tuple[int, int]:
         """Write a compacted, consistent copy of the environment to `fd`; returns its applied
         (index, term), which the copy is guaranteed to match."""
-        with self._read(), self.env.begin() as txn:
+        with self._read("the whole store (copy)") as txn:
             applied = _decode_applied(txn.get(_APPLIED, db=self._meta))
             self.env.copyfd(fd, compact=True, txn=txn)
         return applied
 
 
 _COPY_CHUNK = 8 << 20
+# LMDB's errors that mean a page or value on disk is not what LMDB wrote.
+_DAMAGE = (
+    lmdb.CorruptedError,
+    lmdb.PageNotFoundError,
+    lmdb.BadValsizeError,
+    lmdb.InvalidError,
+    lmdb.PanicError,
+    lmdb.BadTxnError,
+)
+
+
+def _corrupt(doing: str, exc: lmdb.Error) -> CorruptStore:
+    return CorruptStore(
+        f"corrupt store: {doing}: LMDB {type(exc).__name__}: {exc}",
+        hint="run `esdb node verify`; in a cluster `esdb node repair` rebuilds this member",
+    )
 
 
 def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
@@ -593,6 +655,8 @@ class _Writer:
         try:
             command = cmd.decode_command(raw)
             return _APPLY[type(command)](self, command)
+        except CorruptStore:
+            raise  # a damaged replica must stop, not answer differently from the others
         except EsdbError as exc:
             return exc
         except lmdb.Error:

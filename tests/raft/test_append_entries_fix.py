@@ -115,6 +115,22 @@ def test_leader_never_moves_next_index_back_on_a_stale_success(
     assert obj._SyncObj__raftNextIndex[peer] == 8
 
 
+def test_a_stale_failure_reply_does_not_undo_a_conflict_reset(variant: str, tmp_path: Path) -> None:
+    """A deposed leader's last entry conflicts with the new leader's. The new leader has two
+    batches in flight; the follower answers the first "conflict at 11: send from 11" and the
+    second "my log ends at 11: send from 12". Stock applies both in turn and the leader sends
+    from 12 again, for ever; fixed, a failure only ever moves nextIndex back."""
+    obj = follower(variant, tmp_path)
+    fill(obj, 30, term=1)
+    peer = node()
+    obj._SyncObj__onBecomeLeader()
+    obj._SyncObj__raftNextIndex[peer] = 12
+    deliver(obj, {"type": "next_node_idx", "next_node_idx": 11, "success": False, "reset": True})
+    assert obj._SyncObj__raftNextIndex[peer] == 11
+    deliver(obj, {"type": "next_node_idx", "next_node_idx": 12, "success": False, "reset": True})
+    assert obj._SyncObj__raftNextIndex[peer] == (12 if variant == "stock" else 11)
+
+
 def test_reordered_duplicates_never_shrink_the_log(variant: str, tmp_path: Path) -> None:
     """Randomised but seeded: a leader's log sent as overlapping batches, delivered shuffled
     and duplicated. The follower's log must stay a prefix of the leader's and never shrink."""

@@ -3,8 +3,10 @@ retention, snapshots, checksums, reopen."""
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from esdb_node.errors import (
     DuplicateEventId,
     InvalidInput,
     SnapshotNotFound,
-    StorageFailure,
+    StorageFull,
     StreamDeleted,
     StreamNotFound,
     WrongExpectedVersion,
@@ -25,6 +27,7 @@ from esdb_node.model import AllFilter, AppendResult, EventData, StreamMetadata, 
 from esdb_node.ops import EventIn
 from esdb_node.storage import commands as cmd
 from esdb_node.storage.store import Store
+from tests import diskfull
 
 
 def ev(event_type: str = "Happened", n: int = 0, event_id: uuid.UUID | None = None) -> list[Any]:
@@ -436,18 +439,50 @@ def test_flipped_byte_on_disk_is_detected_and_named(tmp_path: Path) -> None:
     s.close()
 
 
-def test_disk_full_is_a_storage_failure_and_keeps_state(tmp_path: Path) -> None:
+def test_a_full_map_grows_instead_of_failing(tmp_path: Path) -> None:
+    """LMDB's map is address space: when a write needs more, the store doubles it and runs
+    the batch again, so nothing fails at a fixed size."""
     s = Store(tmp_path / "store", map_size=1 << 20)
     ok(append(s, "s-1"))
     big = [EventIn.of(EventData("T", b"x" * 200_000, is_json=False)) for _ in range(10)]
-    with pytest.raises(StorageFailure):
-        s.apply(cmd.encode_batch(1, [cmd.append("s-1", -2, big)]))
-    assert versions(s, "s-1") == [0]
-    assert ok(append(s, "s-1")).first_version == 1
+    result = ok(s.apply(cmd.encode_batch(1, [cmd.append("s-1", -2, big)]))[0])
+    assert result.first_version == 1 and result.last_version == 10
+    assert s.map_size > 1 << 20
+    assert versions(s, "s-1") == list(range(11))
     s.close()
+    assert versions(Store(tmp_path / "store"), "s-1") == list(range(11))
 
 
-# --- cluster member registry ------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    with diskfull.small_disk(tmp_path / "disk", 16) as at:
+        yield at
+
+
+def test_full_disk_refuses_writes_definitely_keeps_state_and_recovers(small_disk: Path) -> None:
+    s = Store(small_disk / "store")
+    try:
+        _refuse_and_recover(s, small_disk)
+    finally:
+        s.close()
+    reopened = Store(small_disk / "store")
+    assert versions(reopened, "s-1") == [0, 1, 2, 3]
+    reopened.close()
+
+
+def _refuse_and_recover(s: Store, small_disk: Path) -> None:
+    ok(append(s, "s-1", n=3))
+    filler = diskfull.fill(small_disk)
+    big = [EventIn.of(EventData("T", os.urandom(100_000), is_json=False)) for _ in range(40)]
+    with pytest.raises(StorageFull, match="is full"):
+        s.apply(cmd.encode_batch(1, [cmd.append("s-1", -2, big)]))
+    assert s.health.current.state == "full"
+    with pytest.raises(StorageFull):  # refused at once while the disk stays full
+        s.apply(cmd.encode_batch(2, [cmd.append("s-1", -2, [ev()])]))
+    assert versions(s, "s-1") == [0, 1, 2]  # nothing of the refused batches was written
+    filler.unlink()
+    assert ok(append(s, "s-1")).first_version == 3  # space is back: writes resume by themselves
+    assert s.health.current.state == "ok"
 
 
 def test_member_registry_is_replicated_state(store: Store) -> None:
