@@ -15,18 +15,24 @@ from tests.cli_runner import CLI_ENV, Esdb, Run
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[Any]
 ) -> Generator[None, Any, None]:
+    """The one log dump: when any phase of a test fails, the logs of every node, cluster and
+    namespace the harness started during it go into the report."""
     outcome = yield
     report = outcome.get_result()
-    if report.when == "call" and report.failed:
+    if report.failed:
+        item.stash[harness.FAILED] = True
         logs = harness.dump_logs()
         if logs:
-            report.sections.append(("node logs", logs))
+            report.sections.append((f"node logs ({report.when})", logs))
+    if report.when == "teardown":
+        harness.forget_all()
 
 
 @pytest.fixture(autouse=True)
-def _reap_nodes() -> Iterator[None]:
+def _reap_started() -> Iterator[None]:
+    """Whatever a test started is stopped by PID after it, even if its own fixture did not."""
     yield
-    harness.stop_all()
+    harness.close_all()
 
 
 @pytest.fixture

@@ -12,8 +12,7 @@ import pytest
 
 from esdb_cli import local
 from tests.cli_runner import Esdb
-from tests.cluster.support import FAST, Cluster, wait_gone
-from tests.harness import wait_for
+from tests.harness import FAST, Cluster, wait_for, wait_gone
 
 pytestmark = pytest.mark.cluster
 

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import pytest
-from raft_harness import Cluster, wait_for
+
+from tests.harness import wait_for
+from tests.raft.raft_harness import MakeRaftCluster
 
 pytestmark = pytest.mark.cluster
 
 
-def test_replicates_to_all_nodes(make_cluster: type[Cluster]) -> None:
+def test_replicates_to_all_nodes(make_cluster: MakeRaftCluster) -> None:
     cluster = make_cluster(3).start()
     leader = cluster.leader()
     res = leader.request("append", count=50, events=10, inflight=4)
@@ -14,9 +16,9 @@ def test_replicates_to_all_nodes(make_cluster: type[Cluster]) -> None:
     acked = set(res["acked"])
     for node in cluster.nodes:
         wait_for(
-            f"{node.addr} has every event",
             lambda n=node: set(n.request("read")["ids"]) == acked,
-            20,
+            timeout=20,
+            what=f"{node.addr} has every event",
         )
     st = leader.status()
     assert st["role"] == "leader" and st["has_quorum"]

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from raft_harness import FAST, SECRET, free_ports, wait_for
 
 from esdb_node.raft import RaftConfig, RaftNode
 from esdb_node.raft.transport import FrameCipher
 from esdb_node.storage.store import Store
+from tests.harness import free_ports, wait_for
+from tests.raft.raft_harness import FAST, SECRET
 
 CIPHER = FrameCipher(SECRET, "esdb")
 _LEN = struct.Struct("<I")
@@ -106,7 +107,9 @@ def test_no_raft_message_goes_out_before_the_handshake_completes(members: Member
         # Stalled mid-handshake: the two real nodes elect a leader, which sends append_entries
         # (heartbeats) to every member each 0.1 s; none of them may reach the stalled peer.
         leader = wait_for(
-            "a leader", lambda: next((n for n in members.nodes if n.is_leader()), None), 20
+            lambda: next((n for n in members.nodes if n.is_leader()), None),
+            timeout=20,
+            what="a leader",
         )
         for peer in peers:
             with pytest.raises(TimeoutError):

@@ -8,8 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from inproc import batch, submit_wait
-from raft_harness import SECRET, free_ports, wait_for
 
 from esdb_node.deadline import Deadline
 from esdb_node.errors import InvalidInput, NotLeader, Timeout, Unavailable
@@ -17,6 +15,9 @@ from esdb_node.raft import Applied, RaftConfig, RaftNode, Rejected, Unknown
 from esdb_node.raft import outcome as oc
 from esdb_node.raft.node import _Pending
 from esdb_node.storage.store import Store
+from tests.harness import free_ports, wait_for
+from tests.raft.inproc import batch, submit_wait
+from tests.raft.raft_harness import SECRET
 
 
 def test_failure_reasons_map_to_definite_or_unknown() -> None:
@@ -67,7 +68,7 @@ def make_node(tmp_path: Path, peers: tuple[str, ...] = (), **kw: object) -> tupl
 @pytest.fixture
 def single(tmp_path: Path) -> Iterator[RaftNode]:
     node, store = make_node(tmp_path)
-    wait_for("leader", node.is_leader, 15)
+    wait_for(node.is_leader, timeout=15, what="leader")
     yield node
     node.destroy()
     store.close()
@@ -176,7 +177,7 @@ def test_single_member_commits_without_waiting_a_tick(
         monkeypatch.setattr(_EsdbSyncObj, "_esdb_wake", lambda self: None)
     node, store = make_node(tmp_path)
     try:
-        wait_for("leader", node.is_leader, 15)
+        wait_for(node.is_leader, timeout=15, what="leader")
         latencies = []
         for _ in range(15):
             started = time.monotonic()

@@ -9,9 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pso_fakes import FixedObj, StockObj, append_entries, deliver, make, node, raft_log, transport
 
 from esdb_node.raft import patches
+from tests.raft.pso_fakes import (
+    FixedObj,
+    StockObj,
+    append_entries,
+    deliver,
+    make,
+    node,
+    raft_log,
+    transport,
+)
 
 FAST_ELECTION = {"appendEntriesPeriod": 0.01, "raftMinTimeout": 0.05, "raftMaxTimeout": 0.1}
 
