@@ -10,6 +10,9 @@ from esdb_cli.main import main
 from tests import harness
 from tests.cli_runner import CLI_ENV, Esdb, Run
 
+# `pytester` runs a test session inside a test (tests/test_harness.py checks the log dump).
+pytest_plugins = ["pytester"]
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(

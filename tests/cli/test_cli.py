@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from esdb_node.config import NodeConfig
-from tests.harness import NodeProc, free_port, wait_for
+from tests.harness import NodeProc, PortClash, free_port, port_clash, retry_on_port_clash, wait_for
 
 
 def test_append_and_read_json(esdb, node: NodeProc) -> None:  # type: ignore[no-untyped-def]
@@ -165,7 +165,6 @@ def test_node_status_and_ready(esdb, node: NodeProc) -> None:  # type: ignore[no
 def test_node_detach_and_stop_as_a_newcomer_would(tmp_path: Path) -> None:
     """The real `esdb` executable, in a fresh directory, default data dir."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ESDB_")}
-    port = free_port()
 
     def esdb_bin(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -177,7 +176,14 @@ def test_node_detach_and_stop_as_a_newcomer_would(tmp_path: Path) -> None:
             timeout=60,
         )
 
-    start = esdb_bin("node", "start", "--detach", "--listen", f"127.0.0.1:{port}", "--json")
+    def start_on_a_fresh_port() -> tuple[int, subprocess.CompletedProcess[str]]:
+        port = free_port()
+        start = esdb_bin("node", "start", "--detach", "--listen", f"127.0.0.1:{port}", "--json")
+        if start.returncode != 0 and port_clash(start.stderr):
+            raise PortClash(start.stderr)  # taken meanwhile: the harness tries another one
+        return port, start
+
+    port, start = retry_on_port_clash(start_on_a_fresh_port, what="esdb node start --detach")
     assert start.returncode == 0, start.stderr
     status = json.loads(start.stdout)
     pid = status["pid"]

@@ -6,6 +6,7 @@ import shutil
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from esdb_node.deadline import Deadline
 from esdb_node.raft import Outcome, RaftConfig, RaftNode
 from esdb_node.storage import commands as cmd
 from esdb_node.storage.store import Store
-from tests.harness import free_ports, retry_on_port_clash, wait_for
+from tests.harness import free_port, free_ports, loopback, retry_on_port_clash, wait_for
 from tests.raft.raft_harness import FAST, SECRET
 
 
@@ -59,6 +60,31 @@ class InprocCluster:
             node.destroy()
         for store in self.stores:
             store.close()
+
+
+def start_raft_node(config: RaftConfig) -> tuple[RaftNode, Store]:
+    """A RaftNode and its store for `config`; if `config`'s port turns out to be taken
+    (a clash), what the attempt created is removed so a retry on another port starts fresh."""
+    layout = config.layout
+    made = [p for p in (layout.store, layout.raft) if not p.exists()]
+    store = Store(layout.store, sync=False)
+    try:
+        return RaftNode(config, store), store
+    except BaseException:
+        store.close()
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def start_on_fresh_port(config: RaftConfig) -> tuple[RaftNode, Store]:
+    """`start_raft_node` with `config` on a fresh loopback port, again on another one while
+    the port turns out to be taken (nobody knows this node's address yet)."""
+
+    def attempt() -> tuple[RaftNode, Store]:
+        return start_raft_node(replace(config, self_addr=loopback(free_port())))
+
+    return retry_on_port_clash(attempt, what=f"raft node in {config.data_dir}")
 
 
 def batch(n_events: int = 1, size: int = 100, stream: str = "s-1") -> bytes:

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 SECRET = "test-secret-7f3a"
 
 # Fast enough for tests, slow enough for a shared 2-core machine.
-FAST = {
+FAST: dict[str, Any] = {
     "election_timeout_min": 0.8,
     "election_timeout_max": 1.6,
     "leader_fallback_timeout": 2.0,

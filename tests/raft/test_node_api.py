@@ -16,7 +16,7 @@ from esdb_node.raft import outcome as oc
 from esdb_node.raft.node import _Pending
 from esdb_node.storage.store import Store
 from tests.harness import free_ports, wait_for
-from tests.raft.inproc import batch, submit_wait
+from tests.raft.inproc import batch, start_on_fresh_port, submit_wait
 from tests.raft.raft_harness import SECRET
 
 
@@ -49,10 +49,8 @@ def test_pending_resolves_exactly_once_under_races() -> None:
 
 
 def make_node(tmp_path: Path, peers: tuple[str, ...] = (), **kw: object) -> tuple[RaftNode, Store]:
-    (port,) = free_ports(1)
-    store = Store(tmp_path / "store", sync=False)
     cfg = RaftConfig(
-        self_addr=f"127.0.0.1:{port}",
+        self_addr="127.0.0.1:0",  # a fresh port below
         peers=peers,
         data_dir=tmp_path,
         secret=SECRET,
@@ -62,7 +60,7 @@ def make_node(tmp_path: Path, peers: tuple[str, ...] = (), **kw: object) -> tupl
         connection_timeout=2.0,
         **kw,  # type: ignore[arg-type]
     )
-    return RaftNode(cfg, store), store
+    return start_on_fresh_port(cfg)
 
 
 @pytest.fixture

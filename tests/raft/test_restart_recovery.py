@@ -17,7 +17,7 @@ from esdb_node.raft import node as node_mod
 from esdb_node.raft.snapshot import SnapshotManager
 from esdb_node.storage.store import Store
 from tests.harness import free_ports, wait_for
-from tests.raft.inproc import batch, submit_wait
+from tests.raft.inproc import batch, start_on_fresh_port, start_raft_node, submit_wait
 from tests.raft.raft_harness import SECRET
 
 pytestmark = pytest.mark.cluster
@@ -26,9 +26,8 @@ pytestmark = pytest.mark.cluster
 class Single:
     def __init__(self, data: Path) -> None:
         self.data = data
-        (port,) = free_ports(1)
         self.config = RaftConfig(
-            self_addr=f"127.0.0.1:{port}",
+            self_addr="127.0.0.1:0",  # a fresh port at the first start
             peers=(),
             data_dir=data,
             secret=SECRET,
@@ -40,8 +39,12 @@ class Single:
         self.store: Store | None = None
 
     def start(self) -> RaftNode:
-        self.store = Store(self.data / "store", sync=False)
-        self.node = RaftNode(self.config, self.store)
+        """The first start picks the node's port; restarts keep it (its identity)."""
+        if self.config.self_addr.endswith(":0"):
+            self.node, self.store = start_on_fresh_port(self.config)
+            self.config = self.node.config
+        else:
+            self.node, self.store = start_raft_node(self.config)
         wait_for(self.node.is_leader, timeout=15, what="the single member to lead")
         return self.node
 
