@@ -6,6 +6,7 @@ import dataclasses
 import io
 import random
 from collections.abc import Callable
+from typing import Any
 
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -59,9 +60,9 @@ def _replace(drill: Drill, old: Append | Read, new: Append | Read) -> None:
     drill.ops[drill.ops.index(old)] = new
 
 
-def _new_append(drill: Drill, stream: str, event: str, t0: int, **fields: object) -> Append:
+def _new_append(drill: Drill, stream: str, event: str, t0: int, **fields: Any) -> Append:
     base = Append(drill.next_op(), 9, stream, "n1", t0, t0 + 5, "any", (event,), "info")
-    append = dataclasses.replace(base, **fields)  # type: ignore[arg-type]
+    append = dataclasses.replace(base, **fields)
     drill.ops.append(append)
     return append
 

@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 
@@ -255,7 +255,10 @@ def test_cli_pause_resume_restart(cluster: LocalCluster, esdb: Callable[..., Run
     pid = cluster.running_pid(cluster.node(follower))
     assert pid is not None
 
-    report = _table_report(esdb("--cluster-dir", d, "chaos", "pause", follower))
+    # The table and JSON reports of one fault: the same keys, values as text or JSON.
+    report: Mapping[str, object] = _table_report(
+        esdb("--cluster-dir", d, "chaos", "pause", follower)
+    )
     assert report["action"] == "pause" and report["target"] == follower
     assert report["detail"] == f"SIGSTOP pid {pid}"
     assert report["leader_after"] == leader  # a paused follower costs no election

@@ -245,8 +245,12 @@ def test_all_at_once_forms_exactly_one_cluster_over_10_trials(
                 )
             urls = [f"esdb://127.0.0.1:{c}" for c, _ in ports]
             expected = {f"127.0.0.1:{r}" for _, r in ports}
+
+            def formed(u: list[str] = urls, e: set[str] = expected) -> str | None:
+                return one_cluster(host, u, e)
+
             leader = wait_for(
-                lambda u=urls, e=expected: one_cluster(host, u, e),
+                formed,
                 timeout=90,
                 what=f"trial {trial}: one cluster",
                 interval=POLL,

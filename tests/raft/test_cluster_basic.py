@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from tests.harness import wait_for
-from tests.raft.raft_harness import MakeRaftCluster
+from tests.raft.raft_harness import MakeRaftCluster, Node
 
 pytestmark = pytest.mark.cluster
 
@@ -15,11 +15,11 @@ def test_replicates_to_all_nodes(make_cluster: MakeRaftCluster) -> None:
     assert res["applied"] == 50, res
     acked = set(res["acked"])
     for node in cluster.nodes:
-        wait_for(
-            lambda n=node: set(n.request("read")["ids"]) == acked,
-            timeout=20,
-            what=f"{node.addr} has every event",
-        )
+
+        def has_every_event(n: Node = node) -> bool:
+            return set(n.request("read")["ids"]) == acked
+
+        wait_for(has_every_event, timeout=20, what=f"{node.addr} has every event")
     st = leader.status()
     assert st["role"] == "leader" and st["has_quorum"]
     assert all(m["connected"] for m in st["members"])

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.harness import rss_kib, wait_for
-from tests.raft.raft_harness import MakeRaftCluster, NodeDied
+from tests.raft.raft_harness import MakeRaftCluster, Node, NodeDied
 
 pytestmark = pytest.mark.cluster
 
@@ -23,14 +23,14 @@ DEFAULT_TIMEOUTS = {
 }
 
 
-def ids_on(node: object) -> list[str]:
-    return node.request("read", timeout=30)["ids"]  # type: ignore[attr-defined,no-any-return]
+def ids_on(node: Node) -> list[str]:
+    return list(node.request("read", timeout=30)["ids"])
 
 
-def assert_has_all(nodes: list, acked: set[str], timeout: float = 20.0) -> None:
+def assert_has_all(nodes: list[Node], acked: set[str], timeout: float = 20.0) -> None:
     for node in nodes:
 
-        def complete(n=node) -> bool:
+        def complete(n: Node = node) -> bool:
             ids = ids_on(n)
             assert len(ids) == len(set(ids)), f"{n.addr} has duplicate events"
             return acked <= set(ids)

@@ -86,7 +86,7 @@ def test_journal_written_before_acks_and_votes(
         assert sum(j.synced_commits for j in journals) < total_entries * 2
 
 
-class _Stock(SyncObj):  # type: ignore[misc]
+class _Stock(SyncObj):
     @replicated
     def put(self, value: int) -> int:
         return value
@@ -97,7 +97,7 @@ def test_stock_pysyncobj_never_syncs_its_journal(
 ) -> None:
     """The defect the LMDB journal fixes: stock FileJournal acknowledges from the page cache
     (no msync/fsync before an ack; only at shutdown)."""
-    flushes = Counter()
+    flushes: Counter[str] = Counter()
     orig_flush = ResizableFile.flush
     monkeypatch.setattr(
         ResizableFile, "flush", lambda self: (flushes.update(["msync"]), orig_flush(self))[1]

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tests.harness import wait_for
-from tests.raft.raft_harness import MakeRaftCluster
+from tests.raft.raft_harness import MakeRaftCluster, Node
 
 pytestmark = pytest.mark.cluster
 
@@ -120,6 +120,8 @@ def test_restart_right_after_growing_keeps_the_new_membership(
     leader = cluster.leader(among=[first, joiner], timeout=15)
     assert leader.request("append", count=5, events=1)["applied"] == 5
     for node in (first, joiner):
-        wait_for(
-            lambda n=node: n.status()["last_position"] == 9, timeout=15, what="both members agree"
-        )
+
+        def at_nine(n: Node = node) -> bool:
+            return bool(n.status()["last_position"] == 9)
+
+        wait_for(at_nine, timeout=15, what="both members agree")

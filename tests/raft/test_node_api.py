@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,7 +49,7 @@ def test_pending_resolves_exactly_once_under_races() -> None:
     assert len(calls) == 1
 
 
-def make_node(tmp_path: Path, peers: tuple[str, ...] = (), **kw: object) -> tuple[RaftNode, Store]:
+def make_node(tmp_path: Path, peers: tuple[str, ...] = (), **kw: Any) -> tuple[RaftNode, Store]:
     cfg = RaftConfig(
         self_addr="127.0.0.1:0",  # a fresh port below
         peers=peers,
@@ -58,7 +59,7 @@ def make_node(tmp_path: Path, peers: tuple[str, ...] = (), **kw: object) -> tupl
         election_timeout_max=0.8,
         leader_fallback_timeout=1.0,
         connection_timeout=2.0,
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
     return start_on_fresh_port(cfg)
 
@@ -120,7 +121,12 @@ def test_deadline_gives_unknown_and_late_callbacks_are_ignored(single: RaftNode)
     started = time.monotonic()
     calls: list[object] = []
     done = threading.Event()
-    single.submit(batch(), lambda o: (calls.append(o), done.set()), Deadline.after(0.5))
+
+    def called(outcome: object) -> None:
+        calls.append(outcome)
+        done.set()
+
+    single.submit(batch(), called, Deadline.after(0.5))
     assert done.wait(5)
     assert 0.4 < time.monotonic() - started < 3.0
     assert len(calls) == 1 and isinstance(calls[0], Unknown) and calls[0].reason == "timeout"

@@ -157,7 +157,7 @@ def test_no_more_appends_queued_for_a_backlogged_peer(variant: str) -> None:
     leader._SyncObj__raftCurrentTerm = 1
     leader._SyncObj__onBecomeLeader()
     fake = transport(leader)
-    fake.send_backlog = lambda _node: 64 << 20  # type: ignore[attr-defined]
+    fake.send_backlog = lambda _node: 64 << 20
     fake.sent.clear()
     leader._SyncObj__sendAppendEntries()
     assert len(fake.of_type("append_entries")) == (1 if variant == "stock" else 0)
