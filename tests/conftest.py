@@ -5,10 +5,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from esdb_cli.main import main
 from tests import harness
 from tests.cli_runner import CLI_ENV, Esdb, Run
+
+# Property tests: the default run ("ci") keeps them quick; `pytest --hypothesis-profile=long`
+# runs the long fuzz (more examples than any test had before the profiles). No deadline: the
+# machine is shared and a slow example is not a failure here.
+settings.register_profile(
+    "ci",
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.register_profile("long", settings.get_profile("ci"), max_examples=2_000)
+settings.load_profile("ci")  # hypothesis's --hypothesis-profile option loads another after this
 
 # `pytester` runs a test session inside a test (tests/test_harness.py checks the log dump).
 pytest_plugins = ["pytester"]

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from esdb_node.discovery import Bootstrap, Join, Peer, Wait, decide, members_hash
@@ -188,7 +188,6 @@ def test_decide_is_only_for_unformed_nodes() -> None:
         decide(as_self(node(1, formed=True)), [], 3)
 
 
-@settings(max_examples=300, deadline=None)
 @given(data=st.data(), expect=st.integers(1, 4))
 def test_no_two_different_bootstraps_when_fewer_than_2n_nodes(
     data: st.DataObject, expect: int
