@@ -13,7 +13,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,9 @@ from esdb_cli.localcluster import LocalCluster, LocalNode
 from esdb_node.client import Client
 from esdb_node.errors import EsdbError, StreamNotFound
 from esdb_node.model import NodeStatus, RecordedEvent
+from tests.harness import registry
 from tests.harness.ports import PortClash, free_base, port_clash, retry_on_port_clash
 from tests.harness.procs import our_child, wait_gone
-from tests.harness.registry import log_section, track
 from tests.harness.waiting import wait_for
 
 SECRET = "cluster-tests-secret-9f2c"
@@ -46,7 +46,7 @@ class _Spec:
     durability: str
     secret: str | None
     store_id: str
-    test_flags: tuple[str, ...] = field(default=())
+    test_flags: tuple[str, ...] = ()
 
 
 class Cluster:
@@ -59,7 +59,7 @@ class Cluster:
         self.data_dirs: set[Path] = {Path(n.data_dir) for n in local_cluster.nodes}
         self.ever_started = False
         self.track()
-        track(self)
+        registry.track(self)
 
     @classmethod
     def create(
@@ -207,7 +207,9 @@ class Cluster:
 
     def logs(self) -> str:
         return "\n".join(
-            text for d in sorted(self.data_dirs) if (text := log_section(d.name, d / "esdb.log"))
+            text
+            for d in sorted(self.data_dirs)
+            if (text := registry.log_section(d.name, d / "esdb.log"))
         )
 
     # --- lookups --------------------------------------------------------------------------------
