@@ -5,28 +5,51 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from esdb_cli.main import main
 from tests import harness
 from tests.cli_runner import CLI_ENV, Esdb, Run
+
+# Property tests: the default run ("ci") keeps them quick; `pytest --hypothesis-profile=long`
+# runs the long fuzz (more examples than any test had before the profiles). No deadline: the
+# machine is shared and a slow example is not a failure here.
+settings.register_profile(
+    "ci",
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.register_profile("long", settings.get_profile("ci"), max_examples=2_000)
+settings.load_profile("ci")  # hypothesis's --hypothesis-profile option loads another after this
+
+# `pytester` runs a test session inside a test (tests/test_harness.py checks the log dump).
+pytest_plugins = ["pytester"]
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[Any]
 ) -> Generator[None, Any, None]:
+    """The one log dump: when any phase of a test fails, the logs of every node, cluster and
+    namespace the harness started during it go into the report."""
     outcome = yield
     report = outcome.get_result()
-    if report.when == "call" and report.failed:
+    if report.failed:
+        item.stash[harness.FAILED] = True
         logs = harness.dump_logs()
         if logs:
-            report.sections.append(("node logs", logs))
+            report.sections.append((f"node logs ({report.when})", logs))
+    if report.when == "teardown":
+        harness.forget_all()
 
 
 @pytest.fixture(autouse=True)
-def _reap_nodes() -> Iterator[None]:
+def _reap_started() -> Iterator[None]:
+    """Whatever a test started is stopped by PID after it, even if its own fixture did not."""
     yield
-    harness.stop_all()
+    harness.close_all()
 
 
 @pytest.fixture

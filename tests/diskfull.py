@@ -27,7 +27,7 @@ def small_disk(at: Path, size_mib: int = 32) -> Iterator[Path]:
     try:
         yield at
     finally:
-        harness.stop_all()  # a node still running on the disk would keep it busy
+        harness.close_all()  # a node still running on the disk would keep it busy
         loopfs.release(image, at)
 
 

@@ -292,6 +292,7 @@ class _Namespaces:
         self.procs: list[Proc] = []
         self._tmp = tempfile.TemporaryDirectory(prefix=self.prefix + "-")
         self.workdir = Path(self._tmp.name)
+        self._closed = False
 
     def _add_ns(self, suffix: str) -> str:
         name = f"{self.prefix}-{suffix}"
@@ -308,6 +309,10 @@ class _Namespaces:
         )
 
     def close(self) -> None:
+        """Stop every process, then delete the namespaces; a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         errors: list[str] = []
         for proc in self.procs:  # all at once first: they shut down in parallel
             with contextlib.suppress(Exception):
@@ -406,14 +411,20 @@ class Topology(_Namespaces):
 
     def wait_carrier(self, i: int, up: bool, timeout: float = 5.0) -> None:
         """Wait until host i's eth0 reports carrier (or NO-CARRIER)."""
+        # Imported here: helper programs import this module inside namespaces, without pytest.
+        from tests.harness import wait_for
+
         ns = self.hosts[i - 1].ns
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def carrier_is_as_asked() -> bool:
             link = json.loads(_ip("-n", ns, "-j", "link", "show", "eth0").stdout)[0]
-            if ("NO-CARRIER" not in link.get("flags", [])) == up:
-                return
-            time.sleep(0.05)  # polling link state; bounded by the deadline
-        raise TimeoutError(f"h{i} eth0 carrier did not become {'up' if up else 'down'}")
+            return ("NO-CARRIER" not in link.get("flags", [])) == up
+
+        wait_for(
+            carrier_is_as_asked,
+            timeout=timeout,
+            what=f"h{i} eth0 carrier to become {'up' if up else 'down'}",
+        )
 
 
 @contextlib.contextmanager

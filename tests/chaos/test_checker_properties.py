@@ -6,8 +6,9 @@ import dataclasses
 import io
 import random
 from collections.abc import Callable
+from typing import Any
 
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from esdb_cli.chaos.checker import AnomalyKind, check, render_text
@@ -16,7 +17,6 @@ from esdb_cli.chaos.history import Append, Read, read_history, write_history
 from .model import NODES, Drill, generate
 
 K = AnomalyKind
-SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 drills = st.builds(
     generate,
     st.randoms(use_true_random=False),
@@ -26,7 +26,6 @@ drills = st.builds(
 )
 
 
-@SETTINGS
 @given(drills)
 def test_model_histories_are_clean(drill: Drill) -> None:
     report = check(drill.records())
@@ -35,7 +34,6 @@ def test_model_histories_are_clean(drill: Drill) -> None:
     assert report.unknown_outcomes.torn == 0 and report.unknown_outcomes.unresolved == 0
 
 
-@settings(SETTINGS, max_examples=20)
 @given(drills)
 def test_model_histories_survive_jsonl(drill: Drill) -> None:
     buffer = io.StringIO()
@@ -59,9 +57,9 @@ def _replace(drill: Drill, old: Append | Read, new: Append | Read) -> None:
     drill.ops[drill.ops.index(old)] = new
 
 
-def _new_append(drill: Drill, stream: str, event: str, t0: int, **fields: object) -> Append:
+def _new_append(drill: Drill, stream: str, event: str, t0: int, **fields: Any) -> Append:
     base = Append(drill.next_op(), 9, stream, "n1", t0, t0 + 5, "any", (event,), "info")
-    append = dataclasses.replace(base, **fields)  # type: ignore[arg-type]
+    append = dataclasses.replace(base, **fields)
     drill.ops.append(append)
     return append
 
@@ -240,7 +238,6 @@ def test_every_kind_has_an_injection() -> None:
     assert {kind for _, kind in INJECTIONS.values()} == set(AnomalyKind)
 
 
-@settings(SETTINGS, max_examples=400)
 @given(drills, st.sampled_from(sorted(INJECTIONS)), st.randoms(use_true_random=False))
 def test_injected_anomaly_is_detected(drill: Drill, name: str, rng: random.Random) -> None:
     inject, kind = INJECTIONS[name]

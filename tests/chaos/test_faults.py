@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from esdb_cli.localcluster import LocalCluster
 from esdb_node.client import Client
 from esdb_node.errors import EsdbError, NotLeader, StreamNotFound, Timeout, UnknownOutcome
 from esdb_node.model import EventData
-from tests.chaos.conftest import status_of, wait_converged
+from tests.chaos.support import status_of, wait_converged
 from tests.cli_runner import Run
 from tests.harness import NodeProc, wait_for
 
@@ -258,7 +258,10 @@ def test_cli_pause_resume_restart(cluster: LocalCluster, esdb: Callable[..., Run
     pid = cluster.running_pid(cluster.node(follower))
     assert pid is not None
 
-    report = _table_report(esdb("--cluster-dir", d, "chaos", "pause", follower))
+    # The table and JSON reports of one fault: the same keys, values as text or JSON.
+    report: Mapping[str, object] = _table_report(
+        esdb("--cluster-dir", d, "chaos", "pause", follower)
+    )
     assert report["action"] == "pause" and report["target"] == follower
     assert report["detail"] == f"SIGSTOP pid {pid}"
     assert report["leader_after"] == leader  # a paused follower costs no election

@@ -20,7 +20,7 @@ from esdb_cli.localcluster import LocalCluster
 from esdb_node.client import Client
 from esdb_node.errors import EsdbError
 from esdb_node.model import EventData, StreamMetadata
-from tests.chaos.conftest import status_of, wait_converged
+from tests.chaos.support import status_of, wait_converged
 from tests.cli_runner import Run
 from tests.harness import wait_for
 

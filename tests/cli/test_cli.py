@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from esdb_node.config import NodeConfig
-from tests.harness import NodeProc, free_port, wait_for
+from tests.cli_runner import Esdb
+from tests.harness import NodeProc, PortClash, free_port, port_clash, retry_on_port_clash, wait_for
 
 
-def test_append_and_read_json(esdb, node: NodeProc) -> None:  # type: ignore[no-untyped-def]
+def test_append_and_read_json(esdb: Esdb, node: NodeProc) -> None:
     event_id = str(uuid.uuid4())
     r = esdb(
         "append",
@@ -43,7 +44,7 @@ def test_append_and_read_json(esdb, node: NodeProc) -> None:  # type: ignore[no-
         "last_position": 0,
     }
     r = esdb("--url", node.url, "-o", "json", "read", "order-1")
-    events = r.json()["events"]  # type: ignore[index]
+    events = r.json()["events"]
     assert events[0]["id"] == event_id
     assert events[0]["data"] == {"total": 42}
     assert events[0]["metadata"] == {"user": "ann"}
@@ -64,10 +65,10 @@ def test_append_and_read_json(esdb, node: NodeProc) -> None:  # type: ignore[no-
         node.url,
         "--json",
     )
-    assert r.code == 0 and r.json()["first_version"] == 0  # type: ignore[index]
+    assert r.code == 0 and r.json()["first_version"] == 0
 
 
-def test_exit_codes(esdb, node: NodeProc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_exit_codes(esdb: Esdb, node: NodeProc, tmp_path: Path) -> None:
     url = ["--url", node.url]
     assert esdb("append", "s", "--type", "T", "--data", "{not json", *url).code == 2
     assert esdb("append", "s", "--type", "T", *url).code == 2  # no data
@@ -89,18 +90,18 @@ def test_exit_codes(esdb, node: NodeProc, tmp_path: Path) -> None:  # type: igno
     assert r.code == 3 and "no node reachable" in r.err
 
 
-def test_batch_file_is_atomic(esdb, node: NodeProc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_batch_file_is_atomic(esdb: Esdb, node: NodeProc, tmp_path: Path) -> None:
     batch = tmp_path / "events.jsonl"
     batch.write_text("\n".join(json.dumps({"type": "Line", "data": {"n": i}}) for i in range(5)))
     r = esdb("append", "batch-1", "--file", str(batch), "--url", node.url, "--json")
-    assert r.json()["last_version"] == 4  # type: ignore[index]
+    assert r.json()["last_version"] == 4
     batch.write_text('{"type": "Line", "data": 1}\nnot json\n')
     assert esdb("append", "batch-1", "--file", str(batch), "--url", node.url).code == 2
     r = esdb("read", "batch-1", "--url", node.url, "-o", "jsonl")
     assert len(r.out.splitlines()) == 5
 
 
-def test_tail_count_streams_metadata_snapshots(esdb, node: NodeProc) -> None:  # type: ignore[no-untyped-def]
+def test_tail_count_streams_metadata_snapshots(esdb: Esdb, node: NodeProc) -> None:
     url = ["--url", node.url]
     for i in range(3):
         esdb(
@@ -130,18 +131,18 @@ def test_tail_count_streams_metadata_snapshots(esdb, node: NodeProc) -> None:  #
     )
     assert json.loads(r.out)["stream"] == "cart-2"
     r = esdb("streams", "--prefix", "cart-", "--json", *url)
-    assert [s["stream"] for s in r.json()["streams"]] == ["cart-0", "cart-1", "cart-2"]  # type: ignore[index]
+    assert [s["stream"] for s in r.json()["streams"]] == ["cart-0", "cart-1", "cart-2"]
     r = esdb("metadata", "cart-1", "--max-count", "5", "--json", *url)
-    assert r.json()["max_count"] == 5  # type: ignore[index]
+    assert r.json()["max_count"] == 5
     r = esdb("metadata", "cart-1", "--max-age", "60", "--json", *url)
-    assert r.json()["max_count"] == 5 and r.json()["max_age"] == 60  # type: ignore[index]
+    assert r.json()["max_count"] == 5 and r.json()["max_age"] == 60
     assert (
         esdb("snapshot", "save", "cart-1", "--version", "0", "--data", '{"qty": 1}', *url).code == 0
     )
     r = esdb("snapshot", "get", "cart-1", "--json", *url)
-    assert r.json()["data"] == {"qty": 1}  # type: ignore[index]
+    assert r.json()["data"] == {"qty": 1}
     r = esdb("snapshot", "list", "cart-1", "--json", *url)
-    assert [s["version"] for s in r.json()["snapshots"]] == [0]  # type: ignore[index]
+    assert [s["version"] for s in r.json()["snapshots"]] == [0]
     assert esdb("snapshot", "delete", "cart-1", *url).code == 2  # needs --version or --all
     r = esdb("snapshot", "delete", "cart-1", "--all", *url)
     assert r.code == 0 and "deleted 1 snapshot" in r.err
@@ -149,9 +150,9 @@ def test_tail_count_streams_metadata_snapshots(esdb, node: NodeProc) -> None:  #
     assert esdb("read", "cart-2", *url).code == 7
 
 
-def test_node_status_and_ready(esdb, node: NodeProc) -> None:  # type: ignore[no-untyped-def]
+def test_node_status_and_ready(esdb: Esdb, node: NodeProc) -> None:
     r = esdb("node", "status", "--url", node.url, "--json")
-    assert r.json()["mode"] == "standalone"  # type: ignore[index]
+    assert r.json()["mode"] == "standalone"
     r = esdb("node", "ready", "--url", node.url)
     assert r.code == 0
     assert (
@@ -165,7 +166,6 @@ def test_node_status_and_ready(esdb, node: NodeProc) -> None:  # type: ignore[no
 def test_node_detach_and_stop_as_a_newcomer_would(tmp_path: Path) -> None:
     """The real `esdb` executable, in a fresh directory, default data dir."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ESDB_")}
-    port = free_port()
 
     def esdb_bin(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -177,7 +177,14 @@ def test_node_detach_and_stop_as_a_newcomer_would(tmp_path: Path) -> None:
             timeout=60,
         )
 
-    start = esdb_bin("node", "start", "--detach", "--listen", f"127.0.0.1:{port}", "--json")
+    def start_on_a_fresh_port() -> tuple[int, subprocess.CompletedProcess[str]]:
+        port = free_port()
+        start = esdb_bin("node", "start", "--detach", "--listen", f"127.0.0.1:{port}", "--json")
+        if start.returncode != 0 and port_clash(start.stderr):
+            raise PortClash(start.stderr)  # taken meanwhile: the harness tries another one
+        return port, start
+
+    port, start = retry_on_port_clash(start_on_a_fresh_port, what="esdb node start --detach")
     assert start.returncode == 0, start.stderr
     status = json.loads(start.stdout)
     pid = status["pid"]
@@ -204,7 +211,7 @@ def test_node_detach_and_stop_as_a_newcomer_would(tmp_path: Path) -> None:
     assert again.returncode == 7
 
 
-def test_help_is_actionable_and_lists_exit_codes(esdb) -> None:  # type: ignore[no-untyped-def]
+def test_help_is_actionable_and_lists_exit_codes(esdb: Esdb) -> None:
     r = esdb("--help")
     assert r.code == 0
     assert "Exit codes" in r.out and "unknown outcome" in r.out
@@ -212,19 +219,19 @@ def test_help_is_actionable_and_lists_exit_codes(esdb) -> None:  # type: ignore[
     assert "--expected-version" in r.out and "Example" in r.out
 
 
-def test_bench_reports_the_documented_keys(esdb, node: NodeProc) -> None:  # type: ignore[no-untyped-def]
+def test_bench_reports_the_documented_keys(esdb: Esdb, node: NodeProc) -> None:
     r = esdb("bench", "append", "--clients", "2", "--duration", "0.5", "--url", node.url, "--json")
     assert r.code == 0, r.err
     result = r.json()
     for key in ("events_per_s", "ops_per_s", "p50_ms", "p99_ms", "max_ms", "errors"):
-        assert key in result  # type: ignore[operator]
-    assert result["ops"] > 0 and result["errors"] == 0  # type: ignore[index]
+        assert key in result
+    assert result["ops"] > 0 and result["errors"] == 0
     r = esdb("bench", "read", "--url", node.url, "--json")
-    assert r.json()["events"] >= result["events"]  # type: ignore[index]
+    assert r.json()["events"] >= result["events"]
 
 
 def test_token_from_the_environment_reaches_every_command(
-    esdb,  # type: ignore[no-untyped-def]
+    esdb: Esdb,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -1,39 +1,18 @@
 """Fixtures of the cluster tier: clusters of real node processes on free loopback ports.
 
-Every cluster is torn down by PID (SIGKILL + reap) whatever the outcome; on failure each
-node's esdb.log is attached to the report ("cluster node logs").
+Every cluster is torn down by PID (SIGKILL + reap) whatever the outcome; on failure the root
+conftest attaches each node's esdb.log to the report, and the data stays for a post-mortem.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.cluster.support import FAST, Cluster
-
-_LIVE: list[Cluster] = []
-_FAILED = pytest.StashKey[bool]()
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[Any]
-) -> Generator[None, Any, None]:
-    outcome = yield
-    report = outcome.get_result()
-    if report.when in ("setup", "call"):
-        item.stash.setdefault(_FAILED, False)
-        if report.failed:
-            item.stash[_FAILED] = True
-            logs = "\n".join(c.logs() for c in _LIVE)
-            if logs:
-                report.sections.append(("cluster node logs", logs))
-
-
-MakeCluster = Callable[..., Cluster]
+from tests.harness import FAILED, FAST, Cluster, MakeCluster
 
 
 @pytest.fixture
@@ -52,7 +31,6 @@ def make_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Mak
             tmp_path / name, nodes=nodes, settings=settings, durability=durability
         )
         made.append(cluster)
-        _LIVE.append(cluster)
         if start:
             cluster.start()
         return cluster
@@ -62,8 +40,7 @@ def make_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Mak
     finally:
         for cluster in made:
             cluster.close()
-            _LIVE.remove(cluster)
-            if not request.node.stash.get(_FAILED, False):
+            if not request.node.stash.get(FAILED, False):
                 cluster.purge_data()
 
 
@@ -74,19 +51,6 @@ def cluster(make_cluster: MakeCluster) -> Cluster:
 
 
 @pytest.fixture
-def adopt(request: pytest.FixtureRequest) -> Iterator[Callable[[Path], Cluster]]:
+def adopt() -> Callable[[Path], Cluster]:
     """Track a cluster the CLI created (`esdb cluster up --dir D`) so teardown reaps it."""
-    adopted: list[Cluster] = []
-
-    def attach(directory: Path) -> Cluster:
-        cluster = Cluster.attach(directory)
-        adopted.append(cluster)
-        _LIVE.append(cluster)
-        return cluster
-
-    try:
-        yield attach
-    finally:
-        for cluster in adopted:
-            cluster.close()
-            _LIVE.remove(cluster)
+    return Cluster.attach

@@ -3,6 +3,7 @@ codes, and membership changes (remove, add, stepdown)."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -11,9 +12,16 @@ from pathlib import Path
 import pytest
 
 from esdb_cli import local
-from tests.cli_runner import Esdb
-from tests.cluster.support import FAST, Cluster, wait_gone
-from tests.harness import wait_for
+from tests.cli_runner import Esdb, Run
+from tests.harness import (
+    FAST,
+    Cluster,
+    PortClash,
+    port_clash,
+    retry_on_port_clash,
+    wait_for,
+    wait_gone,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -31,11 +39,20 @@ def test_cluster_up_status_health_leader_members_down(
     tmp_path: Path, esdb: Esdb, adopt: Callable[[Path], Cluster]
 ) -> None:
     d = tmp_path / "cli-cluster"
-    try:
-        up = esdb("cluster", "up", "--dir", d, "--nodes", "3", *FAST_SET)
-    finally:
-        if (d / "cluster.json").exists():
-            cluster = adopt(d)  # reaped by PID at teardown, whatever happens below
+
+    def up_on_free_ports() -> tuple[Run, Cluster]:
+        try:
+            up = esdb("cluster", "up", "--dir", d, "--nodes", "3", *FAST_SET)
+        finally:
+            if (d / "cluster.json").exists():
+                cluster = adopt(d)  # reaped by PID at teardown, whatever happens below
+        if up.code != 0 and port_clash(up.err):  # a port taken meanwhile: all again
+            cluster.close()
+            shutil.rmtree(d)
+            raise PortClash(up.err)
+        return up, cluster
+
+    up, cluster = retry_on_port_clash(up_on_free_ports, what="esdb cluster up")
     assert up.code == 0, up.err
     assert f"use --cluster-dir {d}" in up.err and "n1" in up.out  # talk on stderr, rows on stdout
 

@@ -10,9 +10,7 @@ import pytest
 
 from esdb_node.model import EventData
 from tests import diskfull
-from tests.cluster.conftest import MakeCluster
-from tests.cluster.support import Cluster
-from tests.harness import wait_for
+from tests.harness import Cluster, MakeCluster, wait_for
 
 pytestmark = pytest.mark.cluster
 

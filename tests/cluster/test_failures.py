@@ -15,8 +15,8 @@ from esdb_node.client import Client
 from esdb_node.errors import EsdbError, Unavailable, UnknownOutcome
 from esdb_node.model import EventData
 from tests.cli_runner import Esdb
-from tests.cluster.support import Cluster, check_everywhere, wait_acks, writers
-from tests.harness import wait_for
+from tests.cluster.support import check_everywhere, wait_acks, writers
+from tests.harness import Cluster, wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -10,9 +10,7 @@ import uuid
 import pytest
 
 from esdb_node.model import EventData
-from tests.cluster.conftest import MakeCluster
-from tests.cluster.support import FAST, Cluster
-from tests.harness import wait_for
+from tests.harness import FAST, Cluster, MakeCluster, wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -8,6 +8,7 @@ import os
 import socket
 import struct
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,17 @@ import pytest
 
 from esdb_node.config import NodeConfig
 from esdb_node.model import EventData
-from tests.cluster.conftest import MakeCluster
-from tests.cluster.support import FAST, Cluster
-from tests.harness import NodeProc, free_port, rss_kib, wait_for
+from tests.harness import (
+    FAST,
+    Cluster,
+    MakeCluster,
+    NodeProc,
+    client_and_raft_ports,
+    free_port,
+    loopback,
+    rss_kib,
+    wait_for,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -28,21 +37,6 @@ GARBAGE_CONNECTIONS = 50
 # Default election timeouts (1-2 s, not the fast 0.6-1.2 s): these tests assert that nothing
 # caused an election, so a scheduling hiccup on a busy machine must not cause one either.
 STEADY: dict[str, Any] = {}
-
-
-def free_port_above(port: int) -> int:
-    """A free port whose address sorts after `port`'s: pysyncobj only dials peers whose
-    address sorts lower than its own (the other side dials otherwise), so a rogue must sort
-    higher than the members to send them anything."""
-    for candidate in range(port + 1, min(port + 2000, 65536)):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", candidate))
-            except OSError:
-                continue
-            if f"127.0.0.1:{candidate}" > f"127.0.0.1:{port}":
-                return candidate
-    raise AssertionError(f"no free port above {port}")
 
 
 def keeps_committing(cluster: Cluster, stream: str, count: int = 10) -> None:
@@ -65,12 +59,11 @@ def test_wrong_secret_never_joins_and_cannot_disturb(
         NodeConfig(
             node_id="intruder-join",
             store_id="ctest",
-            listen=f"127.0.0.1:{free_port()}",
-            raft=f"127.0.0.1:{free_port()}",
             join=cluster.urls(),
             secret=WRONG_SECRET,
             **FAST,
         ),
+        ports=client_and_raft_ports,
     ).start(wait=False)
     wait_for(
         lambda: not joiner.alive(),
@@ -82,17 +75,20 @@ def test_wrong_secret_never_joins_and_cannot_disturb(
 
     # 2. A static peer with the wrong secret: it keeps dialling, and every node refuses it
     # before its first message is read (so it never even gets to ask for a vote).
+    highest = max(int(r.rsplit(":", 1)[1]) for r in rafts)
+
+    def rogue_ports(config: NodeConfig) -> NodeConfig:
+        # pysyncobj only dials peers whose address sorts lower than its own (the other side
+        # dials otherwise), so the rogue's must sort after the members' to send them anything.
+        raft = loopback(free_port(above=highest))
+        return replace(config, listen=loopback(free_port()), raft=raft)
+
     rogue = NodeProc(
         tmp_path / "rogue",
         NodeConfig(
-            node_id="intruder-peer",
-            store_id="ctest",
-            listen=f"127.0.0.1:{free_port()}",
-            raft=f"127.0.0.1:{free_port_above(max(int(r.rsplit(':', 1)[1]) for r in rafts))}",
-            peers=rafts,
-            secret=WRONG_SECRET,
-            **FAST,
+            node_id="intruder-peer", store_id="ctest", peers=rafts, secret=WRONG_SECRET, **FAST
         ),
+        ports=rogue_ports,
     ).start()
     wait_for(
         lambda: all(cluster.status(n).rejected_peers >= 3 for n in cluster.ids),

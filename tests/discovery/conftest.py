@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # `tests` importable whether or not it is a package here
-    sys.path.insert(0, str(ROOT))
-
-from tests import netns  # noqa: E402
+from tests import netns
+from tests.harness import track
 
 
 @pytest.fixture(scope="session")
@@ -27,12 +22,12 @@ def netns_ready() -> None:
 @pytest.fixture
 def lo_host(netns_ready: None) -> Iterator[netns.Host]:
     """A fresh namespace with only lo (127.0.0.1); torn down after the test."""
-    with netns.no_root_multicast(), netns.LoopbackNamespace() as host:
+    with netns.no_root_multicast(), track(netns.LoopbackNamespace()) as host:
         yield host
 
 
 @pytest.fixture
 def topo3(netns_ready: None) -> Iterator[netns.Topology]:
     """3 hosts (10.99.0.1-3 on eth0) on one bridge; torn down after the test."""
-    with netns.no_root_multicast(), netns.Topology(3) as topo:
+    with netns.no_root_multicast(), track(netns.Topology(3)) as topo:
         yield topo

@@ -4,20 +4,19 @@ one-by-one vs all-at-once starts, partitions, leave and rejoin, DNS mode."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests import netns
-from tests.harness import wait_for
+from tests.harness import forget, track, wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.cluster]
 
@@ -33,6 +32,7 @@ FAST_ENV = {
     "ESDB_LEADER_FALLBACK_TIMEOUT": "1.5",
     "ESDB_RAFT_CONNECTION_TIMEOUT": "3",
 }
+POLL = 0.3  # every check runs `esdb` subprocesses: poll gently
 
 
 def node_env(
@@ -115,23 +115,9 @@ def one_cluster(driver: netns.Host, urls: list[str], expected: set[str]) -> str 
     return rows[0]["leader"] if all(v == expected for v in views) else None
 
 
-def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    # Every check runs `esdb` subprocesses: poll gently.
-    return wait_for(cond, timeout=timeout, what=what, interval=0.3)
-
-
-@contextlib.contextmanager
-def logs_on_failure(owner: Any) -> Iterator[None]:
-    try:
-        yield
-    except BaseException:
-        print(owner.logs(8000))
-        raise
-
-
 @pytest.fixture
 def topo5(netns_ready: None) -> Iterator[netns.Topology]:
-    with netns.no_root_multicast(), netns.Topology(5) as topo:
+    with netns.no_root_multicast(), track(netns.Topology(5)) as topo:
         yield topo
 
 
@@ -149,82 +135,91 @@ def test_three_nodes_form_one_cluster_then_a_fourth_joins_and_impostors_are_igno
     h = topo5.hosts
     assert topo5.switch is not None
     driver = topo5.switch
-    with logs_on_failure(topo5):
-        start_members(h[:3], tmp_path)
-        urls = [url(x) for x in h[:3]]
-        three = {raft(x) for x in h[:3]}
-        wait_until(lambda: one_cluster(driver, urls, three), 90, "3 nodes to form one cluster")
+    start_members(h[:3], tmp_path)
+    urls = [url(x) for x in h[:3]]
+    three = {raft(x) for x in h[:3]}
+    wait_for(
+        lambda: one_cluster(driver, urls, three),
+        timeout=90,
+        what="3 nodes to form one cluster",
+        interval=POLL,
+    )
 
-        # a node with a wrong secret and a rogue announcement: ignored, never members
-        start_node(h[3], node_env(tmp_path, "imp", h[3].addr, secret="not-the-secret"), "imp")
-        now_ms = str(int(time.time() * 1000))
-        txt = {
-            "v": "1",
-            "store": "formation",
-            "node": "rogue",
-            "proto": "1",
-            "raft": f"{h[3].addr}:2214",
-            "client": f"{h[3].addr}:2213",
-            "ts": now_ms,
-            "cluster": "formed",
-            "mac": "00" * 32,
-        }
-        rogue = h[3].spawn(
-            [
-                PY,
-                str(Path(__file__).parent / "disco_proc.py"),
-                "rogue",
-                "--name",
-                "rogue-1",
-                "--addr",
-                h[3].addr,
-                *[a for k, v in txt.items() for a in ("--txt", f"{k}={v}")],
-            ],
-            label="rogue",
-        )
-        # the 4th genuine node joins automatically
-        start_node(h[4], node_env(tmp_path, "n4", h[4].addr), "n4")
-        four = three | {raft(h[4])}
-        urls4 = [*urls, url(h[4])]
-        wait_until(lambda: one_cluster(driver, urls4, four), 90, "the 4th node to join")
-        assert raft(h[3]) not in members(driver, urls[0])
-        assert f"{h[3].addr}:2214" not in members(driver, urls[0])
-        # the impostor is still alone, waiting: it never joined anything
-        code, data, _ = esdb(driver, "node", "status", "--url", url(h[3]), "--json")
-        assert code == 0 and data["role"] == "forming"
-        rogue.stop()
-        log = "".join(p.stderr_text() for p in topo5.procs if p.label in ("n1", "n2", "n3"))
-        assert "bad_mac" in log  # impostor counted and logged, once per offender
+    # a node with a wrong secret and a rogue announcement: ignored, never members
+    start_node(h[3], node_env(tmp_path, "imp", h[3].addr, secret="not-the-secret"), "imp")
+    now_ms = str(int(time.time() * 1000))
+    txt = {
+        "v": "1",
+        "store": "formation",
+        "node": "rogue",
+        "proto": "1",
+        "raft": f"{h[3].addr}:2214",
+        "client": f"{h[3].addr}:2213",
+        "ts": now_ms,
+        "cluster": "formed",
+        "mac": "00" * 32,
+    }
+    rogue = h[3].spawn(
+        [
+            PY,
+            str(Path(__file__).parent / "disco_proc.py"),
+            "rogue",
+            "--name",
+            "rogue-1",
+            "--addr",
+            h[3].addr,
+            *[a for k, v in txt.items() for a in ("--txt", f"{k}={v}")],
+        ],
+        label="rogue",
+    )
+    # the 4th genuine node joins automatically
+    start_node(h[4], node_env(tmp_path, "n4", h[4].addr), "n4")
+    four = three | {raft(h[4])}
+    urls4 = [*urls, url(h[4])]
+    wait_for(
+        lambda: one_cluster(driver, urls4, four),
+        timeout=90,
+        what="the 4th node to join",
+        interval=POLL,
+    )
+    assert raft(h[3]) not in members(driver, urls[0])
+    assert f"{h[3].addr}:2214" not in members(driver, urls[0])
+    # the impostor is still alone, waiting: it never joined anything
+    code, data, _ = esdb(driver, "node", "status", "--url", url(h[3]), "--json")
+    assert code == 0 and data["role"] == "forming"
+    rogue.stop()
+    log = "".join(p.stderr_text() for p in topo5.procs if p.label in ("n1", "n2", "n3"))
+    assert "bad_mac" in log  # impostor counted and logged, once per offender
 
 
 def test_nodes_started_one_by_one_wait_for_the_third(topo3: netns.Topology, tmp_path: Path) -> None:
     h = topo3.hosts
     assert topo3.switch is not None
     driver = topo3.switch
-    with logs_on_failure(topo3):
-        start_members(h[:2], tmp_path)
-        urls = [url(x) for x in h[:2]]
-        wait_until(
-            lambda: (
-                len(statuses(driver, urls)) == 2
-                and all(r["reachable"] for r in statuses(driver, urls))
-            ),
-            60,
-            "two nodes serving",
-        )
-        # Two of three visible: nobody may bootstrap. Observe for a while (bounded).
-        for _ in range(10):
-            rows = statuses(driver, urls)
-            assert all(r["role"] == "forming" for r in rows), rows
-            assert not (tmp_path / "n1" / "raft").exists()
-            time.sleep(0.5)  # an observation window, not a synchronisation
-        start_node(h[2], node_env(tmp_path, "n3", h[2].addr), "n3")
-        all3 = [url(x) for x in h]
-        wait_until(
-            lambda: one_cluster(driver, all3, {raft(x) for x in h}),
-            90,
-            "the cluster to form once the third arrived",
-        )
+    start_members(h[:2], tmp_path)
+    urls = [url(x) for x in h[:2]]
+    wait_for(
+        lambda: (
+            len(statuses(driver, urls)) == 2 and all(r["reachable"] for r in statuses(driver, urls))
+        ),
+        timeout=60,
+        what="two nodes serving",
+        interval=POLL,
+    )
+    # Two of three visible: nobody may bootstrap. Observe for a while (bounded).
+    for _ in range(10):
+        rows = statuses(driver, urls)
+        assert all(r["role"] == "forming" for r in rows), rows
+        assert not (tmp_path / "n1" / "raft").exists()
+        time.sleep(0.5)  # an observation window, not a synchronisation
+    start_node(h[2], node_env(tmp_path, "n3", h[2].addr), "n3")
+    all3 = [url(x) for x in h]
+    wait_for(
+        lambda: one_cluster(driver, all3, {raft(x) for x in h}),
+        timeout=90,
+        what="the cluster to form once the third arrived",
+        interval=POLL,
+    )
 
 
 def test_all_at_once_forms_exactly_one_cluster_over_10_trials(
@@ -232,72 +227,84 @@ def test_all_at_once_forms_exactly_one_cluster_over_10_trials(
 ) -> None:
     for trial in range(10):
         data = tmp_path / f"trial{trial}"
-        with netns.no_root_multicast(), netns.LoopbackNamespace() as host:
-            owner = host._owner
-            with logs_on_failure(owner):
-                ports = [(21113 + 10 * i, 21114 + 10 * i) for i in range(3)]
-                for i, (client, raft_port) in enumerate(ports):
-                    start_node(
-                        host,
-                        node_env(
-                            data,
-                            f"n{i + 1}",
-                            "127.0.0.1",
-                            client=client,
-                            raft=raft_port,
-                            iface="lo",
-                        ),
-                        f"t{trial}n{i}",
-                    )
-                urls = [f"esdb://127.0.0.1:{c}" for c, _ in ports]
-                expected = {f"127.0.0.1:{r}" for _, r in ports}
-                leader = wait_until(
-                    lambda u=urls, e=expected: one_cluster(host, u, e),
-                    90,
-                    f"trial {trial}: one cluster",
+        namespace = track(netns.LoopbackNamespace())
+        with netns.no_root_multicast(), namespace as host:
+            ports = [(21113 + 10 * i, 21114 + 10 * i) for i in range(3)]
+            for i, (client, raft_port) in enumerate(ports):
+                start_node(
+                    host,
+                    node_env(
+                        data,
+                        f"n{i + 1}",
+                        "127.0.0.1",
+                        client=client,
+                        raft=raft_port,
+                        iface="lo",
+                    ),
+                    f"t{trial}n{i}",
                 )
-                assert leader in {"n1", "n2", "n3"}
+            urls = [f"esdb://127.0.0.1:{c}" for c, _ in ports]
+            expected = {f"127.0.0.1:{r}" for _, r in ports}
+
+            def formed(u: list[str] = urls, e: set[str] = expected) -> str | None:
+                return one_cluster(host, u, e)
+
+            leader = wait_for(
+                formed,
+                timeout=90,
+                what=f"trial {trial}: one cluster",
+                interval=POLL,
+            )
+            assert leader in {"n1", "n2", "n3"}
+        forget(namespace)  # a clean trial: only a failing one's logs go into the report
 
 
 def test_partition_and_heal_keeps_one_cluster(topo3: netns.Topology, tmp_path: Path) -> None:
     h = topo3.hosts
     assert topo3.switch is not None
     driver = topo3.switch
-    with logs_on_failure(topo3):
-        start_members(h, tmp_path)
-        urls = [url(x) for x in h]
-        everyone = {raft(x) for x in h}
-        wait_until(lambda: one_cluster(driver, urls, everyone), 90, "formation")
-        topo3.port_down(3)  # unplug n3 at the switch: silent loss both ways, mDNS too
-        majority = urls[:2]
-        leader = wait_until(
-            lambda: (
-                lambda rows: (
-                    rows[0]["leader"]
-                    if len(rows) == 2
-                    and len({r["leader"] for r in rows}) == 1
-                    and rows[0]["leader"] in ("n1", "n2")
-                    else None
-                )
-            )(statuses(driver, majority)),
-            60,
-            "the majority to have a leader",
-        )
-        code, _, err = esdb(
-            driver, "append", "p-1", "--type", "T", "--data", "{}", "--url", ",".join(majority)
-        )
-        assert code == 0, err
-        # wait past the peers' expiry (4 s with FAST_ENV) so mDNS views really change
-        time.sleep(6)  # the partition must last longer than discovery's expiry; not a sync
-        topo3.port_up(3)
-        wait_until(lambda: one_cluster(driver, urls, everyone), 90, "one cluster after healing")
-        rows = statuses(driver, urls)
-        assert {r["leader"] for r in rows} == {rows[0]["leader"]}
-        code, data, _ = esdb(
-            driver, "read", "p-1", "--url", urls[2], "--consistency", "local", "--json"
-        )
-        assert code == 0 and len(data["events"]) == 1
-        assert leader in {"n1", "n2"}
+    start_members(h, tmp_path)
+    urls = [url(x) for x in h]
+    everyone = {raft(x) for x in h}
+    wait_for(
+        lambda: one_cluster(driver, urls, everyone), timeout=90, what="formation", interval=POLL
+    )
+    topo3.port_down(3)  # unplug n3 at the switch: silent loss both ways, mDNS too
+    majority = urls[:2]
+    leader = wait_for(
+        lambda: (
+            lambda rows: (
+                rows[0]["leader"]
+                if len(rows) == 2
+                and len({r["leader"] for r in rows}) == 1
+                and rows[0]["leader"] in ("n1", "n2")
+                else None
+            )
+        )(statuses(driver, majority)),
+        timeout=60,
+        what="the majority to have a leader",
+        interval=POLL,
+    )
+    code, _, err = esdb(
+        driver, "append", "p-1", "--type", "T", "--data", "{}", "--url", ",".join(majority)
+    )
+    assert code == 0, err
+    # wait past the peers' expiry (4 s with FAST_ENV) so mDNS views really change
+    time.sleep(6)  # the partition must last longer than discovery's expiry; not a sync
+    topo3.port_up(3)
+    wait_for(
+        lambda: one_cluster(driver, urls, everyone),
+        timeout=90,
+        what="one cluster after healing",
+        interval=POLL,
+    )
+    rows = statuses(driver, urls)
+    assert {r["leader"] for r in rows} == {rows[0]["leader"]}
+    code, data, _ = esdb(
+        driver, "read", "p-1", "--url", urls[2], "--consistency", "local", "--json"
+    )
+    assert code == 0 and len(data["events"]) == 1
+    assert leader in {"n1", "n2"}
 
 
 def test_leave_shrinks_membership_and_a_restarted_node_rejoins(
@@ -306,29 +313,48 @@ def test_leave_shrinks_membership_and_a_restarted_node_rejoins(
     h = topo5.hosts[:4]
     assert topo5.switch is not None
     driver = topo5.switch
-    with logs_on_failure(topo5):
-        procs = start_members(h[:3], tmp_path)
-        urls = [url(x) for x in h[:3]]
-        three = {raft(x) for x in h[:3]}
-        wait_until(lambda: one_cluster(driver, urls, three), 90, "formation")
-        start_node(h[3], node_env(tmp_path, "n4", h[3].addr), "n4")
-        four = three | {raft(h[3])}
-        wait_until(lambda: one_cluster(driver, [*urls, url(h[3])], four), 90, "n4 joining")
+    procs = start_members(h[:3], tmp_path)
+    urls = [url(x) for x in h[:3]]
+    three = {raft(x) for x in h[:3]}
+    wait_for(lambda: one_cluster(driver, urls, three), timeout=90, what="formation", interval=POLL)
+    start_node(h[3], node_env(tmp_path, "n4", h[3].addr), "n4")
+    four = three | {raft(h[3])}
+    wait_for(
+        lambda: one_cluster(driver, [*urls, url(h[3])], four),
+        timeout=90,
+        what="n4 joining",
+        interval=POLL,
+    )
 
-        # n4 leaves: the membership shrinks to three
-        code, _, err = esdb(h[3], "node", "stop", "-D", str(tmp_path / "n4"), "--leave", timeout=60)
-        assert code == 0, err
-        wait_until(lambda: one_cluster(driver, urls, three), 60, "membership back to three")
-        assert not (tmp_path / "n4" / "raft").exists()
+    # n4 leaves: the membership shrinks to three
+    code, _, err = esdb(h[3], "node", "stop", "-D", str(tmp_path / "n4"), "--leave", timeout=60)
+    assert code == 0, err
+    wait_for(
+        lambda: one_cluster(driver, urls, three),
+        timeout=60,
+        what="membership back to three",
+        interval=POLL,
+    )
+    assert not (tmp_path / "n4" / "raft").exists()
 
-        # started again, it finds the cluster by mDNS and joins again
-        start_node(h[3], node_env(tmp_path, "n4", h[3].addr), "n4-again")
-        wait_until(lambda: one_cluster(driver, [*urls, url(h[3])], four), 90, "n4 rejoining")
+    # started again, it finds the cluster by mDNS and joins again
+    start_node(h[3], node_env(tmp_path, "n4", h[3].addr), "n4-again")
+    wait_for(
+        lambda: one_cluster(driver, [*urls, url(h[3])], four),
+        timeout=90,
+        what="n4 rejoining",
+        interval=POLL,
+    )
 
-        # a plain restart (no leave) rejoins from the node's own data
-        procs[0].stop()
-        start_node(h[0], node_env(tmp_path, "n1", h[0].addr), "n1-again")
-        wait_until(lambda: one_cluster(driver, [*urls, url(h[3])], four), 90, "n1 back")
+    # a plain restart (no leave) rejoins from the node's own data
+    procs[0].stop()
+    start_node(h[0], node_env(tmp_path, "n1", h[0].addr), "n1-again")
+    wait_for(
+        lambda: one_cluster(driver, [*urls, url(h[3])], four),
+        timeout=90,
+        what="n1 back",
+        interval=POLL,
+    )
 
 
 def test_dns_mode_forms_from_a_name_with_every_a_record(
@@ -346,22 +372,24 @@ def test_dns_mode_forms_from_a_name_with_every_a_record(
             conf.mkdir(parents=True, exist_ok=True)
             made.append(conf)
             (conf / "hosts").write_text("".join(f"{x.addr} esdb-peers\n" for x in h))
-        with logs_on_failure(topo3):
-            for i, host in enumerate(h):
-                env = node_env(
-                    tmp_path,
-                    f"n{i + 1}",
-                    host.addr,
-                    ESDB_DISCOVERY="static",
-                    ESDB_JOIN="dns:esdb-peers:2114",
-                )
-                start_node(host, env, f"n{i + 1}")
-            urls = [url(x) for x in h]
-            wait_until(
-                lambda: one_cluster(driver, urls, {raft(x) for x in h}), 90, "formation from DNS"
+        for i, host in enumerate(h):
+            env = node_env(
+                tmp_path,
+                f"n{i + 1}",
+                host.addr,
+                ESDB_DISCOVERY="static",
+                ESDB_JOIN="dns:esdb-peers:2114",
             )
-            _, data, _ = esdb(driver, "cluster", "members", "--url", urls[0], "--json")
-            assert {m["found_by"] for m in data["members"]} == {"self", "dns"}
+            start_node(host, env, f"n{i + 1}")
+        urls = [url(x) for x in h]
+        wait_for(
+            lambda: one_cluster(driver, urls, {raft(x) for x in h}),
+            timeout=90,
+            what="formation from DNS",
+            interval=POLL,
+        )
+        _, data, _ = esdb(driver, "cluster", "members", "--url", urls[0], "--json")
+        assert {m["found_by"] for m in data["members"]} == {"self", "dns"}
     finally:
         for conf in made:
             shutil.rmtree(conf, ignore_errors=True)

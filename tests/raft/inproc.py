@@ -2,50 +2,89 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
-
-from raft_harness import FAST, SECRET, free_ports, wait_for
 
 from esdb_node.deadline import Deadline
 from esdb_node.raft import Outcome, RaftConfig, RaftNode
 from esdb_node.storage import commands as cmd
 from esdb_node.storage.store import Store
+from tests.harness import free_port, free_ports, loopback, retry_on_port_clash, wait_for
+from tests.raft.raft_harness import FAST, SECRET
 
 
 class InprocCluster:
     def __init__(self, tmp: Path, n: int, **config: Any) -> None:
-        self.addrs = [f"127.0.0.1:{p}" for p in free_ports(n)]
         self.stores: list[Store] = []
         self.nodes: list[RaftNode] = []
-        for i, addr in enumerate(self.addrs):
-            data = tmp / f"n{i}"
-            store = Store(data / "store", sync=False)
-            self.stores.append(store)
-            cfg = RaftConfig(
-                self_addr=addr,
-                peers=tuple(a for a in self.addrs if a != addr),
-                data_dir=data,
-                secret=SECRET,
-                **{**FAST, **config},
-            )
-            self.nodes.append(RaftNode(cfg, store))
+        self.addrs: list[str] = []
+        retry_on_port_clash(lambda: self._build(tmp, n, config), what=f"raft nodes in {tmp}")
+
+    def _build(self, tmp: Path, n: int, config: dict[str, Any]) -> None:
+        """All nodes on fresh ports; if one cannot listen, none are left behind."""
+        self.addrs = [f"127.0.0.1:{p}" for p in free_ports(n)]
+        try:
+            for i, addr in enumerate(self.addrs):
+                data = tmp / f"n{i}"
+                store = Store(data / "store", sync=False)
+                self.stores.append(store)
+                cfg = RaftConfig(
+                    self_addr=addr,
+                    peers=tuple(a for a in self.addrs if a != addr),
+                    data_dir=data,
+                    secret=SECRET,
+                    **{**FAST, **config},
+                )
+                self.nodes.append(RaftNode(cfg, store))
+        except BaseException:
+            self.close()
+            self.nodes, self.stores = [], []
+            for i in range(n):
+                shutil.rmtree(tmp / f"n{i}", ignore_errors=True)
+            raise
 
     def leader(self, timeout: float = 15.0) -> RaftNode:
         def find() -> RaftNode | None:
             leaders = [n for n in self.nodes if n.is_leader()]
             return leaders[0] if len(leaders) == 1 else None
 
-        return wait_for("one leader", find, timeout)  # type: ignore[no-any-return]
+        return wait_for(find, timeout=timeout, what="one leader")
 
     def close(self) -> None:
         for node in self.nodes:
             node.destroy()
         for store in self.stores:
             store.close()
+
+
+def start_raft_node(config: RaftConfig) -> tuple[RaftNode, Store]:
+    """A RaftNode and its store for `config`; if `config`'s port turns out to be taken
+    (a clash), what the attempt created is removed so a retry on another port starts fresh."""
+    layout = config.layout
+    made = [p for p in (layout.store, layout.raft) if not p.exists()]
+    store = Store(layout.store, sync=False)
+    try:
+        return RaftNode(config, store), store
+    except BaseException:
+        store.close()
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def start_on_fresh_port(config: RaftConfig) -> tuple[RaftNode, Store]:
+    """`start_raft_node` with `config` on a fresh loopback port, again on another one while
+    the port turns out to be taken (nobody knows this node's address yet)."""
+
+    def attempt() -> tuple[RaftNode, Store]:
+        return start_raft_node(replace(config, self_addr=loopback(free_port())))
+
+    return retry_on_port_clash(attempt, what=f"raft node in {config.data_dir}")
 
 
 def batch(n_events: int = 1, size: int = 100, stream: str = "s-1") -> bytes:

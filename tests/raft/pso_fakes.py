@@ -15,7 +15,7 @@ PEER = "127.0.0.1:2"
 CMD = b"\x00" + b"c" * 20  # a REGULAR command byte followed by filler (never applied here)
 
 
-class FakeTransport(Transport):  # type: ignore[misc]
+class FakeTransport(Transport):
     """Records what the SyncObj sends; delivers nothing by itself."""
 
     def __init__(self) -> None:
@@ -30,7 +30,7 @@ class FakeTransport(Transport):  # type: ignore[misc]
         return [m for _, m in self.sent if m.get("type") == mtype]
 
 
-class StockObj(SyncObj):  # type: ignore[misc]
+class StockObj(SyncObj):
     @replicated
     def apply(self, batch: bytes) -> bytes:
         return batch
@@ -41,7 +41,7 @@ class FixedObj(
     patches.AppendEntriesFix,
     patches.MembershipGuardFix,
     patches.SendAppendEntriesFix,
-    SyncObj,  # type: ignore[misc]
+    SyncObj,
 ):
     @replicated
     def apply(self, batch: bytes) -> bytes:
@@ -100,7 +100,7 @@ def deliver(obj: Any, message: dict[str, Any], sender: str = PEER) -> None:
 
 
 def transport(obj: Any) -> FakeTransport:
-    return obj._SyncObj__transport  # type: ignore[no-any-return]
+    return obj._SyncObj__transport
 
 
 def log_indexes(obj: Any) -> list[tuple[int, int]]:

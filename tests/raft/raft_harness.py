@@ -1,4 +1,8 @@
-"""Real-process raft clusters on 127.0.0.1 for tests: start, drive, kill, always reap."""
+"""Real-process raft clusters on 127.0.0.1 for tests: start, drive, kill, always reap.
+
+The Raft layer's own harness: bare RaftNodes in driver processes (driver.py), below the node
+and its client protocol. Waits, ports and the failure log dump are the shared harness's
+(tests/harness)."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import itertools
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,37 +21,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from esdb_cli.localcluster import free_ports
+from tests.harness import (
+    PortClash,
+    free_ports,
+    port_clash,
+    retry_on_port_clash,
+    track,
+    wait_for,
+)
+from tests.harness.registry import log_section
 
 DRIVER = Path(__file__).with_name("driver.py")
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "test-secret-7f3a"
 
 # Fast enough for tests, slow enough for a shared 2-core machine.
-FAST = {
+FAST: dict[str, Any] = {
     "election_timeout_min": 0.8,
     "election_timeout_max": 1.6,
     "leader_fallback_timeout": 2.0,
     "connection_timeout": 4.0,
     "connection_retry": 0.5,
 }
-
-
-def wait_for(what: str, cond: Callable[[], Any], timeout: float, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    last_exc: Exception | None = None
-    while True:
-        try:
-            value = cond()
-            if value:
-                return value
-        except Exception as exc:  # a node restarting or killed: keep polling until the deadline
-            last_exc = exc
-        if time.monotonic() >= deadline:
-            raise AssertionError(
-                f"timed out after {timeout}s waiting for {what} (last error: {last_exc})"
-            )
-        time.sleep(step)
 
 
 class NodeDied(AssertionError):
@@ -83,6 +79,7 @@ class Node:
             **self.config,
         }
         env = {**os.environ, "PYTHONPATH": str(REPO), **self.env}
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log_file = open(self.log_path, "a")  # noqa: SIM115 (kept open for the child)
         log_file.write(f"--- start {time.strftime('%H:%M:%S')}\n")
         log_file.flush()
@@ -98,6 +95,11 @@ class Node:
         self._replies = {}
         threading.Thread(target=self._reader, args=(self.proc,), daemon=True).start()
         started = self._next_event(lambda e: e.get("event") == "started", 30)
+        if started is None:
+            self.kill()
+            clash = port_clash(self.log_path.read_text(errors="replace")[offset:])
+            if clash is not None:
+                raise PortClash(f"{self.addr}: {clash}")
         assert started is not None, f"{self.addr} did not start; see {self.log_path}"
         return self
 
@@ -131,6 +133,12 @@ class Node:
             if pred(e):
                 return e
         return None
+
+    def move_to(self, addr: str, peers: list[str]) -> None:
+        """New addresses for a node that never ran (its first ports were taken)."""
+        self.addr = addr
+        self.peers = peers
+        self.log_path = self.log_path.with_name(f"node-{addr.rsplit(':', 1)[1]}.log")
 
     @property
     def alive(self) -> bool:
@@ -204,18 +212,32 @@ class Node:
 class Cluster:
     def __init__(self, tmp: Path, n: int, **config: Any) -> None:
         self.tmp = tmp
-        ports = free_ports(n)
-        self.addrs = [f"127.0.0.1:{p}" for p in ports]
+        self.addrs = [f"127.0.0.1:{p}" for p in free_ports(n)]
         self.nodes = [
             Node(a, [x for x in self.addrs if x != a], tmp / f"n{i}", tmp, **config)
             for i, a in enumerate(self.addrs)
         ]
         self.extra: list[Node] = []
+        track(self)
 
     def start(self) -> Cluster:
-        for node in self.nodes:
-            node.start()
+        """Start every node; if one could not listen (a port taken meanwhile), all of them
+        again on fresh ports (nothing has been written yet)."""
+        retry_on_port_clash(self._start_all, what=f"raft cluster in {self.tmp}")
         return self
+
+    def _start_all(self) -> None:
+        try:
+            for node in self.nodes:
+                node.start()
+        except PortClash:
+            for node in self.nodes:
+                node.kill()
+                shutil.rmtree(node.data_dir, ignore_errors=True)
+            self.addrs = [f"127.0.0.1:{p}" for p in free_ports(len(self.nodes))]
+            for node, addr in zip(self.nodes, self.addrs, strict=True):
+                node.move_to(addr, [x for x in self.addrs if x != addr])
+            raise
 
     def all_nodes(self) -> list[Node]:
         return self.nodes + self.extra
@@ -237,7 +259,7 @@ class Cluster:
                     return node
             return None
 
-        return wait_for("a leader", find, timeout, step=0.1)  # type: ignore[no-any-return]
+        return wait_for(find, timeout=timeout, what="a leader", interval=0.1)
 
     def close(self) -> None:
         for node in self.all_nodes():
@@ -245,9 +267,11 @@ class Cluster:
                 node.kill()
 
     def logs(self) -> str:
-        out = []
-        for node in self.all_nodes():
-            if node.log_path.exists():
-                text = node.log_path.read_text()[-6000:]
-                out.append(f"===== {node.addr} ({node.log_path})\n{text}")
-        return "\n".join(out)
+        return "\n".join(
+            text
+            for node in self.all_nodes()
+            if (text := log_section(f"raft node {node.addr}", node.log_path))
+        )
+
+
+MakeRaftCluster = Callable[..., Cluster]

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pso_fakes import (
+
+from esdb_node.raft.journal import LmdbJournal
+from tests.raft.pso_fakes import (
     FixedObj,
     StockObj,
     append_entries,
@@ -23,8 +25,6 @@ from pso_fakes import (
     raft_log,
     transport,
 )
-
-from esdb_node.raft.journal import LmdbJournal
 
 
 @pytest.fixture(params=["stock", "fixed"])

@@ -7,9 +7,9 @@ import struct
 import time
 
 import pytest
-from raft_harness import Cluster, NodeDied, wait_for
 
-from tests.harness import rss_kib
+from tests.harness import rss_kib, wait_for
+from tests.raft.raft_harness import MakeRaftCluster, Node, NodeDied
 
 pytestmark = pytest.mark.cluster
 
@@ -23,29 +23,34 @@ DEFAULT_TIMEOUTS = {
 }
 
 
-def ids_on(node: object) -> list[str]:
-    return node.request("read", timeout=30)["ids"]  # type: ignore[attr-defined,no-any-return]
+def ids_on(node: Node) -> list[str]:
+    return list(node.request("read", timeout=30)["ids"])
 
 
-def assert_has_all(nodes: list, acked: set[str], timeout: float = 20.0) -> None:
+def assert_has_all(nodes: list[Node], acked: set[str], timeout: float = 20.0) -> None:
     for node in nodes:
 
-        def complete(n=node) -> bool:
+        def complete(n: Node = node) -> bool:
             ids = ids_on(n)
             assert len(ids) == len(set(ids)), f"{n.addr} has duplicate events"
             return acked <= set(ids)
 
-        wait_for(f"{node.addr} to have every acknowledged event", complete, timeout, step=0.2)
+        wait_for(
+            complete,
+            timeout=timeout,
+            what=f"{node.addr} to have every acknowledged event",
+            interval=0.2,
+        )
 
 
-def test_leader_kill_with_appends_in_flight(make_cluster: type[Cluster]) -> None:
+def test_leader_kill_with_appends_in_flight(make_cluster: MakeRaftCluster) -> None:
     cluster = make_cluster(3, **DEFAULT_TIMEOUTS).start()
     leader = cluster.leader()
     driver = next(n for n in cluster.nodes if n is not leader)
     box = driver.send(
         "append", count=800, events=5, inflight=4, timeout=4.0, max_seconds=20, stream_acks=True
     )
-    wait_for("acks before the kill", lambda: driver.events.qsize() >= 30, 20)
+    wait_for(lambda: driver.events.qsize() >= 30, timeout=20, what="acks before the kill")
     leader.kill()
     killed_at = time.monotonic()
     survivors = [n for n in cluster.nodes if n is not leader]
@@ -65,7 +70,7 @@ def test_leader_kill_with_appends_in_flight(make_cluster: type[Cluster]) -> None
     assert_has_all(survivors, acked | set(more["acked"]))
 
 
-def test_follower_restart_catches_up_without_reapplying(make_cluster: type[Cluster]) -> None:
+def test_follower_restart_catches_up_without_reapplying(make_cluster: MakeRaftCluster) -> None:
     cluster = make_cluster(3).start()
     leader = cluster.leader()
     first = leader.request("append", count=100, events=3, inflight=4)
@@ -84,13 +89,13 @@ def test_follower_restart_catches_up_without_reapplying(make_cluster: type[Clust
     assert st["store_applied"][0] <= st["last_applied"]
 
 
-def test_all_nodes_killed_at_once_lose_no_acknowledged_event(make_cluster: type[Cluster]) -> None:
+def test_all_nodes_killed_at_once_lose_no_acknowledged_event(make_cluster: MakeRaftCluster) -> None:
     cluster = make_cluster(3).start()
     leader = cluster.leader()
     leader.send(
         "append", count=5000, events=4, inflight=4, timeout=4.0, max_seconds=30, stream_acks=True
     )
-    wait_for("some acknowledged appends", lambda: leader.events.qsize() >= 150, 30)
+    wait_for(lambda: leader.events.qsize() >= 150, timeout=30, what="some acknowledged appends")
     for node in cluster.nodes:
         node.kill()
     acked: set[str] = set()
@@ -103,7 +108,7 @@ def test_all_nodes_killed_at_once_lose_no_acknowledged_event(make_cluster: type[
     assert_has_all(cluster.nodes, acked, timeout=30)
 
 
-def test_isolated_leader_steps_down_and_commits_nothing(make_cluster: type[Cluster]) -> None:
+def test_isolated_leader_steps_down_and_commits_nothing(make_cluster: MakeRaftCluster) -> None:
     cluster = make_cluster(3, **DEFAULT_TIMEOUTS).start()
     old = cluster.leader()
     others = [n for n in cluster.nodes if n is not old]
@@ -113,7 +118,12 @@ def test_isolated_leader_steps_down_and_commits_nothing(make_cluster: type[Clust
     new = cluster.leader(among=others, timeout=10)
     majority = new.request("append", count=20, events=1, inflight=4)
     assert majority["applied"] == 20
-    wait_for("the old leader to step down", lambda: old.status()["role"] != "leader", 6, step=0.1)
+    wait_for(
+        lambda: old.status()["role"] != "leader",
+        timeout=6,
+        what="the old leader to step down",
+        interval=0.1,
+    )
     stepped_down = time.monotonic() - cut_at
     assert stepped_down < 4.5, f"isolated leader led for {stepped_down:.1f}s"
     result = old.wait_reply(minority, 30)
@@ -126,7 +136,7 @@ def test_isolated_leader_steps_down_and_commits_nothing(make_cluster: type[Clust
     assert old.status()["leader"] == new.addr
 
 
-def test_node_with_wrong_secret_never_joins(make_cluster: type[Cluster]) -> None:
+def test_node_with_wrong_secret_never_joins(make_cluster: MakeRaftCluster) -> None:
     cluster = make_cluster(3)
     bad = cluster.nodes[2]
     bad.config["secret"] = "not-the-cluster-secret"
@@ -140,17 +150,17 @@ def test_node_with_wrong_secret_never_joins(make_cluster: type[Cluster]) -> None
         # Counted by whichever side accepted the connection (the higher address dials).
         return sum(n.status()["rejected"]["bad_frame"] for n in cluster.nodes) > 0
 
-    wait_for("a refused connection", refused, 15, step=0.2)
+    wait_for(refused, timeout=15, what="a refused connection", interval=0.2)
     st = bad.status()
     assert st["leader"] is None and st["role"] != "leader" and st["commit_index"] <= 1
     assert ids_on(bad) == []
     assert leader.request("append", count=10, events=1)["applied"] == 10
 
 
-def test_garbage_and_huge_frames_do_not_hurt(make_cluster: type[Cluster]) -> None:
+def test_garbage_and_huge_frames_do_not_hurt(make_cluster: MakeRaftCluster) -> None:
     cluster = make_cluster(1).start()
     node = cluster.nodes[0]
-    wait_for("single node leads", lambda: node.status()["role"] == "leader", 15)
+    wait_for(lambda: node.status()["role"] == "leader", timeout=15, what="single node leads")
     node.request("append", count=20, events=2)
     host, port = node.addr.rsplit(":", 1)
     before = rss_kib(node.pid)
@@ -176,19 +186,19 @@ def test_garbage_and_huge_frames_do_not_hurt(make_cluster: type[Cluster]) -> Non
         refused = st["rejected"]["bad_frame"] + st["rejected"]["oversized_frame"]
         return st if refused >= 32 else None
 
-    st = wait_for("refusals counted", counted, 10)
+    st = wait_for(counted, timeout=10, what="refusals counted")
     assert st["rejected"]["oversized_frame"] >= 2
     grown = rss_kib(node.pid) - before
     assert grown < 16 << 10, f"RSS grew by {grown} KiB"
     assert node.request("append", count=5, events=1)["applied"] == 5
 
 
-def test_storage_failure_stops_the_node_with_exit_70(make_cluster: type[Cluster]) -> None:
+def test_storage_failure_stops_the_node_with_exit_70(make_cluster: MakeRaftCluster) -> None:
     cluster = make_cluster(1)
     node = cluster.nodes[0]
     node.env["ESDB_TEST_FAIL_APPLY_AFTER"] = "3"
     node.start()
-    wait_for("single node leads", lambda: node.status()["role"] == "leader", 15)
+    wait_for(lambda: node.status()["role"] == "leader", timeout=15, what="single node leads")
     with pytest.raises(NodeDied):
         node.request("append", count=6, events=1, timeout=30)
     node.kill()
@@ -198,7 +208,7 @@ def test_storage_failure_stops_the_node_with_exit_70(make_cluster: type[Cluster]
     assert "injected: No space left on device" in log
 
 
-def test_one_way_partition_old_leader_hears_but_cannot_speak(make_cluster: type[Cluster]) -> None:
+def test_one_way_partition_old_leader_hears_but_cannot_speak(make_cluster: MakeRaftCluster) -> None:
     cluster = make_cluster(3).start()
     old = cluster.leader()
     others = [n for n in cluster.nodes if n is not old]
@@ -206,7 +216,9 @@ def test_one_way_partition_old_leader_hears_but_cannot_speak(make_cluster: type[
     assert old.status()["partition_out"] == sorted(n.addr for n in others)
     new = cluster.leader(among=others, timeout=10)
     # It still receives: it sees the new term and follows the new leader, acking nothing.
-    wait_for("the old leader to follow", lambda: old.status()["leader"] == new.addr, 10)
+    wait_for(
+        lambda: old.status()["leader"] == new.addr, timeout=10, what="the old leader to follow"
+    )
     res = new.request("append", count=10, events=1)
     assert res["applied"] == 10
     old.request("partition", drop_in=[], drop_out=[])

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from inproc import InprocCluster, submit_many
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.journal import FileJournal, ResizableFile
 from pysyncobj.transport import TCPTransport
-from raft_harness import free_ports, wait_for
 
 from esdb_node.raft import Applied
+from tests.harness import free_ports, wait_for
+from tests.raft.inproc import InprocCluster, submit_many
 
 pytestmark = pytest.mark.cluster
 
@@ -86,7 +86,7 @@ def test_journal_written_before_acks_and_votes(
         assert sum(j.synced_commits for j in journals) < total_entries * 2
 
 
-class _Stock(SyncObj):  # type: ignore[misc]
+class _Stock(SyncObj):
     @replicated
     def put(self, value: int) -> int:
         return value
@@ -97,7 +97,7 @@ def test_stock_pysyncobj_never_syncs_its_journal(
 ) -> None:
     """The defect the LMDB journal fixes: stock FileJournal acknowledges from the page cache
     (no msync/fsync before an ack; only at shutdown)."""
-    flushes = Counter()
+    flushes: Counter[str] = Counter()
     orig_flush = ResizableFile.flush
     monkeypatch.setattr(
         ResizableFile, "flush", lambda self: (flushes.update(["msync"]), orig_flush(self))[1]
@@ -118,7 +118,7 @@ def test_stock_pysyncobj_never_syncs_its_journal(
         for i, a in enumerate(addrs)
     ]
     try:
-        wait_for("a stock leader", lambda: any(o._isLeader() for o in objs), 15)
+        wait_for(lambda: any(o._isLeader() for o in objs), timeout=15, what="a stock leader")
         leader = next(o for o in objs if o._isLeader())
         for i in range(20):
             assert leader.put(i, sync=True, timeout=5) == i

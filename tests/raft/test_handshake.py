@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from raft_harness import FAST, SECRET, free_ports, wait_for
 
 from esdb_node.raft import RaftConfig, RaftNode
 from esdb_node.raft.transport import FrameCipher
 from esdb_node.storage.store import Store
+from tests.harness import PortClash, free_ports, retry_on_port_clash, wait_for
+from tests.raft.inproc import start_raft_node
+from tests.raft.raft_harness import FAST, SECRET
 
 CIPHER = FrameCipher(SECRET, "esdb")
 _LEN = struct.Struct("<I")
@@ -57,26 +59,40 @@ class Members:
     address sorts lowest so that both nodes dial it (pysyncobj dials only lower addresses)."""
 
     def __init__(self, tmp: Path) -> None:
+        self.stores: list[Store] = []
+        self.nodes: list[RaftNode] = []
+        self.listener = socket.socket()
+        retry_on_port_clash(lambda: self._build(tmp), what="handshake members")
+
+    def _build(self, tmp: Path) -> None:
+        """On fresh ports; if one turns out to be taken, nothing is left behind."""
         fake, *real = sorted(f"127.0.0.1:{p}" for p in free_ports(3))
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", int(fake.rsplit(":", 1)[1])))
-        self.listener.listen(2)
-        self.listener.settimeout(20)
-        self.stores: list[Store] = []
-        self.nodes: list[RaftNode] = []
-        for addr in real:
-            store = Store(tmp / addr.replace(":", "-") / "store", sync=False)
-            self.stores.append(store)
-            config = RaftConfig(
-                self_addr=addr,
-                peers=tuple(a for a in (fake, *real) if a != addr),
-                data_dir=tmp / addr.replace(":", "-"),
-                secret=SECRET,
-                # Long enough that the stalled handshakes below are not timed out by the nodes.
-                **{**FAST, "connection_timeout": 60.0},
-            )
-            self.nodes.append(RaftNode(config, store))
+        try:
+            try:
+                self.listener.bind(("127.0.0.1", int(fake.rsplit(":", 1)[1])))
+            except OSError as exc:
+                raise PortClash(f"cannot listen on {fake}: {exc.strerror}") from exc
+            self.listener.listen(2)
+            self.listener.settimeout(20)
+            for addr in real:
+                config = RaftConfig(
+                    self_addr=addr,
+                    peers=tuple(a for a in (fake, *real) if a != addr),
+                    data_dir=tmp / addr.replace(":", "-"),
+                    secret=SECRET,
+                    # Long enough that the stalled handshakes below are not timed out by
+                    # the nodes.
+                    **{**FAST, "connection_timeout": 60.0},
+                )
+                node, store = start_raft_node(config)
+                self.stores.append(store)
+                self.nodes.append(node)
+        except BaseException:
+            self.close()
+            self.nodes, self.stores = [], []
+            raise
 
     def close(self) -> None:
         for node in self.nodes:
@@ -106,7 +122,9 @@ def test_no_raft_message_goes_out_before_the_handshake_completes(members: Member
         # Stalled mid-handshake: the two real nodes elect a leader, which sends append_entries
         # (heartbeats) to every member each 0.1 s; none of them may reach the stalled peer.
         leader = wait_for(
-            "a leader", lambda: next((n for n in members.nodes if n.is_leader()), None), 20
+            lambda: next((n for n in members.nodes if n.is_leader()), None),
+            timeout=20,
+            what="a leader",
         )
         for peer in peers:
             with pytest.raises(TimeoutError):

@@ -5,19 +5,21 @@ from __future__ import annotations
 import time
 
 import pytest
-from raft_harness import Cluster, wait_for
+
+from tests.harness import wait_for
+from tests.raft.raft_harness import MakeRaftCluster, Node
 
 pytestmark = pytest.mark.cluster
 
 MiB = 1 << 20
 
 
-def test_new_node_joins_a_large_store_via_snapshot(make_cluster: type[Cluster]) -> None:
+def test_new_node_joins_a_large_store_via_snapshot(make_cluster: MakeRaftCluster) -> None:
     """A store of ~170 MB, sent in one snapshot transfer although it takes longer than
     connection_timeout (1.6 s here) lets a silent connection live: chunk acks keep it alive."""
     cluster = make_cluster(1, compaction_min_entries=1_000_000, connection_timeout=1.6)
     first = cluster.nodes[0].start()
-    wait_for("single node leads", lambda: first.status()["role"] == "leader", 15)
+    wait_for(lambda: first.status()["role"] == "leader", timeout=15, what="single node leads")
     res = first.request(
         "append",
         timeout=150,
@@ -33,10 +35,10 @@ def test_new_node_joins_a_large_store_via_snapshot(make_cluster: type[Cluster]) 
     assert store_size >= 150 * MiB
     first.request("compact")
     wait_for(
-        "the first dump",
         lambda: (st := first.status())["snapshot_dumps"] >= 1 and st["log_length"] <= 3,
-        60,
-        step=0.2,
+        timeout=60,
+        what="the first dump",
+        interval=0.2,
     )
     joiner = cluster.new_node(peers=[first.addr])
     started = time.monotonic()
@@ -45,10 +47,10 @@ def test_new_node_joins_a_large_store_via_snapshot(make_cluster: type[Cluster]) 
     first.wait_reply(pending, 130)
     target = first.status()["last_position"]
     wait_for(
-        "the new node to catch up",
         lambda: joiner.status()["last_position"] == target,
-        120,
-        step=0.5,
+        timeout=120,
+        what="the new node to catch up",
+        interval=0.5,
     )
     took = time.monotonic() - started
     st = joiner.status()
@@ -59,14 +61,14 @@ def test_new_node_joins_a_large_store_via_snapshot(make_cluster: type[Cluster]) 
     more = first.request("append", count=10, events=2, inflight=2)
     assert more["applied"] == 10
     wait_for(
-        "the new node to follow the log",
         lambda: joiner.status()["last_position"] == target + 20,
-        30,
+        timeout=30,
+        what="the new node to follow the log",
     )
     print(f"store {store_size / MiB:.0f} MiB; joined and caught up in {took:.1f}s")
 
 
-def test_transfer_leadership_and_remove_members(make_cluster: type[Cluster]) -> None:
+def test_transfer_leadership_and_remove_members(make_cluster: MakeRaftCluster) -> None:
     cluster = make_cluster(3).start()
     old = cluster.leader()
     target = next(n for n in cluster.nodes if n is not old)
@@ -95,12 +97,14 @@ def test_transfer_leadership_and_remove_members(make_cluster: type[Cluster]) -> 
     assert third.request("append", count=5, events=1)["applied"] == 5
 
 
-def test_restart_right_after_growing_keeps_the_new_membership(make_cluster: type[Cluster]) -> None:
+def test_restart_right_after_growing_keeps_the_new_membership(
+    make_cluster: MakeRaftCluster,
+) -> None:
     """A one-member cluster grows to two; its first member is killed right after the change
     commits and restarted with its original (empty) peer list. It must not lead alone."""
     cluster = make_cluster(1)
     first = cluster.nodes[0].start()
-    wait_for("single node leads", lambda: first.status()["role"] == "leader", 15)
+    wait_for(lambda: first.status()["role"] == "leader", timeout=15, what="single node leads")
     first.request("append", count=5, events=1)
     joiner = cluster.new_node(peers=[first.addr])
     pending = first.send("add_member", addr=joiner.addr, timeout=30)
@@ -109,11 +113,15 @@ def test_restart_right_after_growing_keeps_the_new_membership(make_cluster: type
     first.kill()  # at once: the commit index on disk may still predate the change
     first.start()
     wait_for(
-        "the restarted member to know both members",
         lambda: sorted(first.status()["members_list"]) == sorted([first.addr, joiner.addr]),
-        5,
+        timeout=5,
+        what="the restarted member to know both members",
     )
     leader = cluster.leader(among=[first, joiner], timeout=15)
     assert leader.request("append", count=5, events=1)["applied"] == 5
     for node in (first, joiner):
-        wait_for("both members agree", lambda n=node: n.status()["last_position"] == 9, 15)
+
+        def at_nine(n: Node = node) -> bool:
+            return bool(n.status()["last_position"] == 9)
+
+        wait_for(at_nine, timeout=15, what="both members agree")

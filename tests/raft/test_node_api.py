@@ -6,10 +6,9 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from inproc import batch, submit_wait
-from raft_harness import SECRET, free_ports, wait_for
 
 from esdb_node.deadline import Deadline
 from esdb_node.errors import InvalidInput, NotLeader, Timeout, Unavailable
@@ -17,6 +16,9 @@ from esdb_node.raft import Applied, RaftConfig, RaftNode, Rejected, Unknown
 from esdb_node.raft import outcome as oc
 from esdb_node.raft.node import _Pending
 from esdb_node.storage.store import Store
+from tests.harness import free_ports, wait_for
+from tests.raft.inproc import batch, start_on_fresh_port, submit_wait
+from tests.raft.raft_harness import SECRET
 
 
 def test_failure_reasons_map_to_definite_or_unknown() -> None:
@@ -47,11 +49,9 @@ def test_pending_resolves_exactly_once_under_races() -> None:
     assert len(calls) == 1
 
 
-def make_node(tmp_path: Path, peers: tuple[str, ...] = (), **kw: object) -> tuple[RaftNode, Store]:
-    (port,) = free_ports(1)
-    store = Store(tmp_path / "store", sync=False)
+def make_node(tmp_path: Path, peers: tuple[str, ...] = (), **kw: Any) -> tuple[RaftNode, Store]:
     cfg = RaftConfig(
-        self_addr=f"127.0.0.1:{port}",
+        self_addr="127.0.0.1:0",  # a fresh port below
         peers=peers,
         data_dir=tmp_path,
         secret=SECRET,
@@ -59,15 +59,15 @@ def make_node(tmp_path: Path, peers: tuple[str, ...] = (), **kw: object) -> tupl
         election_timeout_max=0.8,
         leader_fallback_timeout=1.0,
         connection_timeout=2.0,
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
-    return RaftNode(cfg, store), store
+    return start_on_fresh_port(cfg)
 
 
 @pytest.fixture
 def single(tmp_path: Path) -> Iterator[RaftNode]:
     node, store = make_node(tmp_path)
-    wait_for("leader", node.is_leader, 15)
+    wait_for(node.is_leader, timeout=15, what="leader")
     yield node
     node.destroy()
     store.close()
@@ -121,7 +121,12 @@ def test_deadline_gives_unknown_and_late_callbacks_are_ignored(single: RaftNode)
     started = time.monotonic()
     calls: list[object] = []
     done = threading.Event()
-    single.submit(batch(), lambda o: (calls.append(o), done.set()), Deadline.after(0.5))
+
+    def called(outcome: object) -> None:
+        calls.append(outcome)
+        done.set()
+
+    single.submit(batch(), called, Deadline.after(0.5))
     assert done.wait(5)
     assert 0.4 < time.monotonic() - started < 3.0
     assert len(calls) == 1 and isinstance(calls[0], Unknown) and calls[0].reason == "timeout"
@@ -176,7 +181,7 @@ def test_single_member_commits_without_waiting_a_tick(
         monkeypatch.setattr(_EsdbSyncObj, "_esdb_wake", lambda self: None)
     node, store = make_node(tmp_path)
     try:
-        wait_for("leader", node.is_leader, 15)
+        wait_for(node.is_leader, timeout=15, what="leader")
         latencies = []
         for _ in range(15):
             started = time.monotonic()

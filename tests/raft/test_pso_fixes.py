@@ -9,9 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pso_fakes import FixedObj, StockObj, append_entries, deliver, make, node, raft_log, transport
 
 from esdb_node.raft import patches
+from tests.raft.pso_fakes import (
+    FixedObj,
+    StockObj,
+    append_entries,
+    deliver,
+    make,
+    node,
+    raft_log,
+    transport,
+)
 
 FAST_ELECTION = {"appendEntriesPeriod": 0.01, "raftMinTimeout": 0.05, "raftMaxTimeout": 0.1}
 
@@ -148,7 +157,7 @@ def test_no_more_appends_queued_for_a_backlogged_peer(variant: str) -> None:
     leader._SyncObj__raftCurrentTerm = 1
     leader._SyncObj__onBecomeLeader()
     fake = transport(leader)
-    fake.send_backlog = lambda _node: 64 << 20  # type: ignore[attr-defined]
+    fake.send_backlog = lambda _node: 64 << 20
     fake.sent.clear()
     leader._SyncObj__sendAppendEntries()
     assert len(fake.of_type("append_entries")) == (1 if variant == "stock" else 0)

@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from inproc import batch, submit_wait
-from raft_harness import SECRET, free_ports, wait_for
 
 from esdb_node.errors import Timeout
 from esdb_node.raft import Applied, RaftConfig, RaftNode, Unknown, patches
 from esdb_node.raft import node as node_mod
 from esdb_node.raft.snapshot import SnapshotManager
 from esdb_node.storage.store import Store
+from tests.harness import free_ports, wait_for
+from tests.raft.inproc import batch, start_on_fresh_port, start_raft_node, submit_wait
+from tests.raft.raft_harness import SECRET
 
 pytestmark = pytest.mark.cluster
 
@@ -25,9 +26,8 @@ pytestmark = pytest.mark.cluster
 class Single:
     def __init__(self, data: Path) -> None:
         self.data = data
-        (port,) = free_ports(1)
         self.config = RaftConfig(
-            self_addr=f"127.0.0.1:{port}",
+            self_addr="127.0.0.1:0",  # a fresh port at the first start
             peers=(),
             data_dir=data,
             secret=SECRET,
@@ -39,9 +39,13 @@ class Single:
         self.store: Store | None = None
 
     def start(self) -> RaftNode:
-        self.store = Store(self.data / "store", sync=False)
-        self.node = RaftNode(self.config, self.store)
-        wait_for("the single member to lead", self.node.is_leader, 15)
+        """The first start picks the node's port; restarts keep it (its identity)."""
+        if self.config.self_addr.endswith(":0"):
+            self.node, self.store = start_on_fresh_port(self.config)
+            self.config = self.node.config
+        else:
+            self.node, self.store = start_raft_node(self.config)
+        wait_for(self.node.is_leader, timeout=15, what="the single member to lead")
         return self.node
 
     def stop(self) -> None:
@@ -80,7 +84,7 @@ def test_crash_between_dump_and_truncation_keeps_the_log(
     node = single.start()
     assert all(isinstance(o, Applied) for o in single.write(20))
     node.compact()
-    wait_for("the dump file", lambda: node.snapshots.dumps == 1, 20)
+    wait_for(lambda: node.snapshots.dumps == 1, timeout=20, what="the dump file")
     assert all(isinstance(o, Applied) for o in single.write(20))
     last_before = node.status().log_length
     single.stop()
@@ -106,7 +110,7 @@ def test_stock_dump_loading_loses_the_log_tail(
     node = single.start()
     single.write(20)
     node.compact()
-    wait_for("the dump file", lambda: node.snapshots.dumps == 1, 20)
+    wait_for(lambda: node.snapshots.dumps == 1, timeout=20, what="the dump file")
     single.write(20)
     single.stop()
     monkeypatch.setattr(SnapshotManager, "check", self_check)
@@ -127,7 +131,7 @@ def test_unreadable_dump_does_not_leave_the_node_stuck(
     node = single.start()
     single.write(20)
     node.compact()
-    wait_for("compaction", lambda: node.status().log_length <= 3, 20)
+    wait_for(lambda: node.status().log_length <= 3, timeout=20, what="compaction")
     single.write(5)
     single.stop()
     dump = single.data / "raft" / "dump"
@@ -143,7 +147,7 @@ def test_unreadable_dump_does_not_leave_the_node_stuck(
     assert single.store is not None and single.store.last_position == 27
     assert (single.data / "raft" / "dump.corrupt").exists()
     node.compact()  # and it can take a fresh dump afterwards
-    wait_for("a fresh dump", lambda: node.snapshots.dumps == 1, 20)
+    wait_for(lambda: node.snapshots.dumps == 1, timeout=20, what="a fresh dump")
 
 
 @pytest.mark.parametrize("variant", ["stock", "fixed"])

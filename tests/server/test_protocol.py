@@ -10,7 +10,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from esdb_node import ops
@@ -220,7 +220,6 @@ _fields = st.sampled_from(
 )
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=300))
 def test_fuzz_raw_bytes_only_raise_protocol_errors(data: bytes) -> None:
     dec = p.FrameDecoder(max_frame=1 << 16)
@@ -228,7 +227,6 @@ def test_fuzz_raw_bytes_only_raise_protocol_errors(data: bytes) -> None:
         feed(dec, data)
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_ops, st.dictionaries(_fields, _values, max_size=8))
 def test_fuzz_structured_requests_only_raise_invalid_input(op: str, fields: dict[str, Any]) -> None:
     message = {"op": op, **fields}
@@ -240,7 +238,6 @@ def test_fuzz_structured_requests_only_raise_invalid_input(op: str, fields: dict
         feed(p.FrameDecoder(), encoded)
 
 
-@settings(max_examples=300, deadline=None)
 @given(st.lists(_values, min_size=0, max_size=6), st.text(max_size=30))
 def test_fuzz_events_field(events: list[Any], stream: str) -> None:
     with contextlib.suppress(InvalidInput):

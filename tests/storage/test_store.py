@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -30,15 +30,21 @@ from esdb_node.storage.store import Store
 from tests import diskfull
 
 
-def ev(event_type: str = "Happened", n: int = 0, event_id: uuid.UUID | None = None) -> list[Any]:
+def ev(event_type: str = "Happened", n: int = 0, event_id: uuid.UUID | None = None) -> EventIn:
     return EventIn.of(EventData.from_json(event_type, {"n": n}, id=event_id))
 
 
-def run(store: Store, *subs: list[Any], created_us: int | None = None, index: int = 0) -> list[Any]:
+# A raw list stands for a command as the wire carries it, malformed on purpose: the store must
+# refuse it (InvalidInput) without failing the rest of the batch.
+RawCommand = list[Any]
+
+
+def run(
+    store: Store, *subs: cmd.Command | RawCommand, created_us: int | None = None, index: int = 0
+) -> list[Any]:
     created = created_us if created_us is not None else int(time.time() * 1_000_000)
-    results = store.apply(
-        cmd.encode_batch(created, list(subs)), index=index, term=1 if index else 0
-    )
+    batch = cmd.encode_batch(created, cast(list[cmd.Command], list(subs)))  # raw ones too
+    results = store.apply(batch, index=index, term=1 if index else 0)
     assert results is not None
     return results
 
@@ -61,7 +67,7 @@ def versions(store: Store, stream: str, **kw: Any) -> list[int]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
+def store(tmp_path: Path) -> Iterator[Store]:
     s = Store(tmp_path / "store")
     yield s
     s.close()
@@ -190,8 +196,9 @@ def test_subcommands_of_one_batch_are_independent(store: Store) -> None:
 
 
 def test_malformed_batch_is_a_result_not_an_exception(store: Store) -> None:
-    assert isinstance(store.apply(b"\xc1not msgpack")[0], InvalidInput)  # type: ignore[index]
-    assert isinstance(store.apply(codec.pack([99, 0, []]))[0], InvalidInput)  # type: ignore[index]
+    for raw in (b"\xc1not msgpack", codec.pack([99, 0, []])):
+        results = store.apply(raw)
+        assert results is not None and isinstance(results[0], InvalidInput)
     assert isinstance(run(store, cmd.append("$system", -2, [ev()]))[0], InvalidInput)
     assert isinstance(run(store, cmd.append("x", -2, []))[0], InvalidInput)
 
@@ -445,7 +452,7 @@ def test_a_full_map_grows_instead_of_failing(tmp_path: Path) -> None:
     s = Store(tmp_path / "store", map_size=1 << 20)
     ok(append(s, "s-1"))
     big = [EventIn.of(EventData("T", b"x" * 200_000, is_json=False)) for _ in range(10)]
-    result = ok(s.apply(cmd.encode_batch(1, [cmd.append("s-1", -2, big)]))[0])
+    result = ok(run(s, cmd.append("s-1", -2, big))[0])
     assert result.first_version == 1 and result.last_version == 10
     assert s.map_size > 1 << 20
     assert versions(s, "s-1") == list(range(11))
