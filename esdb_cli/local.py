@@ -14,11 +14,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from esdb_node.config import NodeConfig
 from esdb_node.errors import EsdbError, NotFound, Timeout, Unavailable
 from esdb_node.layout import DataDir
-from esdb_node.model import NodeStatus
+from esdb_node.model import NodeStatus, VerifyReport
+
+if TYPE_CHECKING:
+    from esdb_cli.localcluster import LocalCluster
 
 
 def node_env(config: NodeConfig, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -182,3 +186,61 @@ def stop_node(data_dir: Path, *, timeout: float, force: bool) -> int:
             f"node {pid} did not stop within {timeout:g}s", hint="use --force to SIGKILL it"
         )
     return pid
+
+
+# --- verify and repair -------------------------------------------------------------------------
+
+
+def verify_offline(data_dir: Path) -> VerifyReport:
+    """Verify the store of a data directory no node is running on (opens LMDB here)."""
+    from esdb_node.storage.store import Store
+
+    path = DataDir(data_dir).store
+    if not path.exists():
+        raise NotFound(f"no store in {data_dir}", hint="is this a node's data directory (-D)?")
+    store = Store(path, sync=False)
+    try:
+        return store.verify()
+    finally:
+        store.close()
+
+
+def set_aside_damaged(data_dir: Path, *, timeout: float = 30.0) -> Path:
+    """Stop the node of `data_dir` if it runs, and move its store and Raft log into
+    DIR/damaged-TIME; its identity (node id, store id) stays, so it rejoins as itself."""
+    layout = DataDir(data_dir)
+    if not layout.identity.exists():
+        raise NotFound(f"{data_dir} is not a node's data directory (no identity.json)")
+    pid = running_pid(data_dir)
+    if pid is not None and not stop_pid(pid, timeout=timeout, force=True):
+        raise Timeout(f"node {pid} on {data_dir} did not stop")
+    aside = layout.path / time.strftime("damaged-%Y%m%dT%H%M%SZ", time.gmtime())
+    aside.mkdir()
+    for part in (layout.store, layout.raft):
+        if part.exists():
+            part.rename(aside / part.name)
+    return aside
+
+
+def repair_local(cluster: LocalCluster, node_id: str, *, wait: float = 120.0) -> VerifyReport:
+    """Rebuild one member of a local cluster from the others and verify the result."""
+    from esdb_node.client import Client
+
+    node = cluster.node(node_id)
+    others = [n.url for n in cluster.nodes if n.id != node_id]
+    if not others:
+        raise Unavailable("a single-node cluster has nobody to repair from")
+    set_aside_damaged(Path(node.data_dir))
+    cluster.start_node(node, join=",".join(others), wait=wait)
+    with Client(cluster.urls, timeout=10) as client:
+        deadline = time.monotonic() + wait
+        while True:
+            leader = client.cluster_snapshot()
+            member = leader.member(node_id)
+            lag = member.lag if member is not None else None
+            if lag == 0:
+                break
+            if time.monotonic() > deadline:
+                raise Timeout(f"{node_id} did not catch up within {wait:g}s (lag {lag})")
+            time.sleep(0.2)
+        return client.verify(node.url)

@@ -24,6 +24,7 @@ from esdb_node.model import (
     RecordedEvent,
     Snapshot,
     StreamInfo,
+    VerifyReport,
     iso_utc,
 )
 
@@ -189,6 +190,21 @@ def cluster_summary(snapshot: ClusterSnapshot, rows: list[Row]) -> Row:
         "total": snapshot.total,
         "store_id": snapshot.store_id,
         "nodes": rows,
+    }
+
+
+def verify_row(report: VerifyReport) -> Row:
+    return {
+        "ok": report.ok,
+        "events": report.events,
+        "streams": report.streams,
+        "index_entries": report.index_entries,
+        "event_ids": report.event_ids,
+        "snapshots": report.snapshots,
+        "members": report.members,
+        "problems": list(report.problems),
+        "more_problems": report.more_problems,
+        "seconds": report.seconds,
     }
 
 

@@ -333,3 +333,20 @@ class NodeStatus:
     max_clock_offset: float = 1.0  # seconds; beyond this `cluster health` fails
     storage: str = "ok"  # ok | full | failed: whether this node can write its disk
     storage_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """What `esdb node verify` found: counts per table and every problem (up to a limit),
+    each naming the table and the key or position."""
+
+    ok: bool
+    events: int
+    streams: int
+    index_entries: int
+    event_ids: int
+    snapshots: int
+    members: int
+    problems: tuple[str, ...] = ()
+    more_problems: int = 0  # found beyond the listed ones
+    seconds: float = 0.0

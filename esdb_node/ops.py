@@ -34,6 +34,7 @@ from esdb_node.model import (
     Snapshot,
     StreamInfo,
     StreamMetadata,
+    VerifyReport,
     validate_event_type,
     validate_stream_name,
 )
@@ -333,6 +334,14 @@ class SnapshotList(Request[list[Snapshot]], tag="snapshot_list", kw_only=True, f
 
 class Status(Request[NodeStatus], tag="status", kw_only=True, frozen=True):
     result = NodeStatus
+
+
+class Verify(Request[VerifyReport], tag="verify", kw_only=True, frozen=True):
+    """Check every record checksum and cross-check the indexes against the log, on the
+    answering node, read-only (it scans the whole store: minutes for a large one)."""
+
+    result = VerifyReport
+    scope = Scope.ADMIN
 
 
 # --- cluster administration ---------------------------------------------------------------------

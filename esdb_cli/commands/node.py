@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from esdb_cli import local
 from esdb_cli.context import client_command, connect, options, output_command, printer
-from esdb_cli.output import say, status_row, verdict_rows
+from esdb_cli.output import say, status_row, verdict_rows, verify_row
 from esdb_node.config import NodeConfig
-from esdb_node.errors import EsdbError, Unhealthy
+from esdb_node.errors import CorruptStore, EsdbError, InvalidInput, Unhealthy
 from esdb_node.layout import DataDir
 from esdb_node.model import NodeStatus
+
+if TYPE_CHECKING:
+    from esdb_cli.localcluster import LocalCluster
 
 app = typer.Typer(help="Run one node and check on it.", no_args_is_help=True)
 
@@ -256,3 +259,93 @@ def ready(
         out.rows(rows, ["check", "ok", "detail"], key="checks")
     if not verdict.ok:
         raise Unhealthy("node is not ready")
+
+
+AskDataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        "-D",
+        help="The node of this data directory (checked offline when no node runs there).",
+        show_default=False,
+    ),
+]
+
+
+@app.command()
+@client_command
+def verify(data_dir: AskDataDirOpt = None) -> None:
+    """Check a node's whole store, read-only: every record checksum, the $all log dense, and
+    every index entry against the event it names. Exit 8 if anything is damaged.
+
+    Runs online (the node keeps serving) on --url or the node of -D; on a data directory with
+    no node running it opens the store itself.
+    """
+    if data_dir is not None and local.running_pid(data_dir) is None and not options().url:
+        report = local.verify_offline(data_dir)
+    else:
+        url = _node_url(data_dir)
+        with connect() as client:
+            report = client.verify(url)
+    printer().record(verify_row(report))
+    if not report.ok:
+        count = len(report.problems) + report.more_problems
+        raise CorruptStore(
+            f"{count} problem{'s' * (count != 1)} in the store",
+            hint="in a cluster, `esdb node repair` rebuilds this member from a healthy one",
+        )
+
+
+@app.command()
+@client_command
+def repair(
+    node_id: Annotated[
+        str | None,
+        typer.Argument(
+            help="Node of the local cluster (--cluster-dir) to repair.", show_default=False
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir", "-D", help="Data directory of the member to repair.", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Rebuild a damaged cluster member from the healthy ones.
+
+    Stops the member, moves its store and Raft log aside (kept in DIR/damaged-TIME for a
+    post-mortem) and keeps its identity. In a local cluster (--cluster-dir and a node id) it
+    then starts the member again, which rejoins and receives the leader's snapshot, and checks
+    the rebuilt store. Otherwise start the member again yourself with its usual flags plus
+    `--join URL` of a healthy member. Run it while the other members have a leader.
+
+    Examples:
+      esdb --cluster-dir demo node repair n2
+      esdb node repair -D /var/lib/esdb
+    """
+    cluster = _local_cluster()
+    if node_id is not None and cluster is not None:
+        report = local.repair_local(cluster, node_id)
+        say(f"{node_id} rebuilt from the cluster ({report.events} events, verified)")
+        printer().record(verify_row(report))
+        return
+    if data_dir is None:
+        raise InvalidInput(
+            "say which member to repair",
+            hint="`esdb --cluster-dir DIR node repair NODE` or `esdb node repair -D DATA_DIR`",
+        )
+    aside = local.set_aside_damaged(data_dir)
+    say(
+        f"moved the damaged store and Raft log to {aside}; start the node again with its "
+        "usual flags plus --join esdb://HOST:PORT of a healthy member: it rejoins and "
+        "receives a snapshot"
+    )
+
+
+def _local_cluster() -> LocalCluster | None:
+    from esdb_cli.context import cluster_dir
+    from esdb_cli.localcluster import LocalCluster
+
+    path = cluster_dir()
+    return LocalCluster.load(path) if path is not None else None

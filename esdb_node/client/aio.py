@@ -51,6 +51,7 @@ from esdb_node.model import (
     Snapshot,
     StreamInfo,
     StreamMetadata,
+    VerifyReport,
     expected_to_int,
 )
 
@@ -494,6 +495,10 @@ class AsyncClient:
     async def status(self, url: str | None = None) -> NodeStatus:
         """Status of the node at `url`, or of whichever node answers first."""
         return await self.request(ops.Status(), url=url)
+
+    async def verify(self, url: str | None = None, *, timeout: float = 600.0) -> VerifyReport:
+        """Check the whole store of the node at `url` (or any node): checksums and indexes."""
+        return await self.request(ops.Verify(), url=url, timeout=timeout)
 
     async def statuses(self) -> list[NodeStatus | EsdbError]:
         """Status of every configured URL (an error value for the ones that do not answer)."""

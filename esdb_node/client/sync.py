@@ -25,6 +25,7 @@ from esdb_node.model import (
     Snapshot,
     StreamInfo,
     StreamMetadata,
+    VerifyReport,
 )
 
 
@@ -298,3 +299,7 @@ class Client(BlockingClientBase):
         delivered, so nothing is repeated or skipped.
         """
         return self._iter(lambda: self._async.tail(stream, from_=from_, filter=filter))
+
+    def verify(self, url: str | None = None, *, timeout: float = 600.0) -> VerifyReport:
+        """Check the whole store of the node at `url` (or any node): checksums and indexes."""
+        return self._run(self._async.verify(url, timeout=timeout))

@@ -21,6 +21,7 @@ from esdb_node.model import (
     NodeStatus,
     Snapshot,
     StreamInfo,
+    VerifyReport,
 )
 from esdb_node.replication import Replicator, result_or_raise
 from esdb_node.server.dispatch import Context, handles
@@ -248,6 +249,10 @@ class NodeService:
     @handles(ops.Status)
     async def status_request(self, req: ops.Status, ctx: Context) -> NodeStatus:
         return self.status()
+
+    @handles(ops.Verify)
+    async def verify(self, req: ops.Verify, ctx: Context) -> VerifyReport:
+        return await asyncio.get_running_loop().run_in_executor(None, self.store.verify)
 
     # --- status ---------------------------------------------------------------------------------
 

@@ -52,6 +52,7 @@ from esdb_node.model import (
     Snapshot,
     StreamInfo,
     StreamMetadata,
+    VerifyReport,
     expected_from_int,
     validate_stream_name,
 )
@@ -572,6 +573,12 @@ class Store:
         return out
 
     # --- whole-store copies (raft snapshots, backups) -------------------------------------------
+
+    def verify(self) -> VerifyReport:
+        """Check every table of the store (read-only; see storage/verify.py)."""
+        from esdb_node.storage.verify import verify
+
+        return verify(self)
 
     def copy_to_fd(self, fd: int) -> tuple[int, int]:
         """Write a compacted, consistent copy of the environment to `fd`; returns its applied
