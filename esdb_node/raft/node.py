@@ -24,6 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any, NoReturn
 
 from pysyncobj import SyncObj, SyncObjConf, replicated
@@ -31,17 +32,16 @@ from pysyncobj.node import Node, TCPNode
 
 from esdb_node.deadline import Deadline
 from esdb_node.errors import (
-    CorruptStore,
     EsdbError,
     InvalidInput,
     NotLeader,
-    StorageFailure,
     StorageFull,
     Timeout,
     Unavailable,
     UnknownOutcome,
 )
 from esdb_node.raft import patches
+from esdb_node.raft.applier import Applier, Pending
 from esdb_node.raft.config import RaftConfig, split_addr
 from esdb_node.raft.journal import LmdbJournal
 from esdb_node.raft.outcome import (
@@ -70,7 +70,6 @@ log = logging.getLogger(__name__)
 EXIT_STORAGE_FAILURE = 70
 BIND_TIMEOUT = 3.0
 STATUS_REFRESH = 0.1
-FULL_DISK_RETRY = 1.0
 FOLLOWER_STATE = 0  # pysyncobj's _RAFT_STATE.FOLLOWER
 LEADER_STATE = 2  # pysyncobj's _RAFT_STATE.LEADER
 
@@ -107,17 +106,6 @@ class EsdbNode(TCPNode):
 
     def __ne__(self, other: object) -> bool:
         return not self == other
-
-
-class _ApplyFailed:
-    """apply() raised something that is not a storage failure: the entry changed nothing
-    (or, `unknown`, it was not applied here yet and its fate is not known)."""
-
-    __slots__ = ("message", "unknown")
-
-    def __init__(self, message: str, *, unknown: bool = False) -> None:
-        self.message = message
-        self.unknown = unknown
 
 
 class _Pending:
@@ -353,7 +341,6 @@ class RaftNode:
         self._on_fatal = on_fatal
         self._stopped = False
         self._membership_lock = threading.Lock()
-        self.replays_skipped = 0
         layout = config.layout
         layout.raft.mkdir(parents=True, exist_ok=True)
         self._journal = LmdbJournal(
@@ -365,7 +352,8 @@ class RaftNode:
         )
         self.guard_cipher = FrameCipher(config.secret, config.cluster_id)
         self._guard = PeerGuard(self.guard_cipher, config.preauth_frame_bytes, config.frame_cap)
-        self.snapshots = SnapshotManager(store, layout.raft_dump, EsdbNode)
+        self.applier = Applier(store, on_fatal)
+        self.snapshots = SnapshotManager(store, layout.raft_dump, EsdbNode, self.applier)
         self._deadlines = _Deadlines()
         self._status = RaftStatus(
             self_addr=config.self_addr,
@@ -419,6 +407,7 @@ class RaftNode:
             self._obj = _EsdbSyncObj(self, conf)
         except Exception:
             self._deadlines.stop()
+            self.applier.stop(1)
             self._journal._destroy()
             raise
         self._obj.addOnTickCallback(self._on_tick)
@@ -438,40 +427,11 @@ class RaftNode:
 
     # --- the replicated entry point (tick thread) ------------------------------------------------
 
-    def _apply(self, obj: _EsdbSyncObj, batch: bytes) -> Any:
-        """Never raises: a raise would stall the log for ever (the entry is retried each tick).
-        A full disk holds the entry until space is back (skipping it would diverge); damaged
-        data or a failing disk stops the process (the member is repaired from a peer)."""
-        try:
-            index = obj.raftLastApplied + 1
-            term = self._journal.term_at(index)
-            results = self._apply_when_writable(batch, index, term)
-            if results is None:
-                self.replays_skipped += 1
-            return results
-        except StorageFull:
-            # Stopping while the disk is full: not applied here; the journal replays it at
-            # the next start. Its callers cannot know whether it committed elsewhere.
-            return _ApplyFailed("the node stopped before applying (disk full)", unknown=True)
-        except CorruptStore as exc:
-            self._on_fatal(f"raft: {exc.message}; repair this member (`esdb node repair`)")
-        except (StorageFailure, OSError, MemoryError) as exc:
-            self._on_fatal(f"raft: applying a committed entry failed: {exc}")
-        except Exception as exc:
-            log.exception("raft: applying a committed entry raised; the entry changed nothing")
-            return _ApplyFailed(f"{type(exc).__name__}: {exc}")
-
-    def _apply_when_writable(self, batch: bytes, index: int, term: int) -> list[Any] | None:
-        """Store.apply, waiting out a full disk. This holds the tick thread: the member stops
-        acknowledging (a leader stops leading: its followers elect another) and resumes by
-        itself once space is freed."""
-        while True:
-            try:
-                return self.store.apply(batch, index, term)
-            except StorageFull:
-                if self._stopped:
-                    raise
-                time.sleep(FULL_DISK_RETRY)
+    def _apply(self, obj: _EsdbSyncObj, batch: bytes) -> Pending:
+        """Queue the committed entry for the applier thread; its `Pending` is the result
+        pysyncobj hands the submit callback. Never raises (a raise would stall the log)."""
+        index = obj.raftLastApplied + 1
+        return self.applier.enqueue(index, self._journal.term_at(index), batch)
 
     def _on_state_changed(self, old: int, new: int) -> None:
         # Called before pysyncobj updates the term of a new election, so none is logged here.
@@ -518,8 +478,14 @@ class RaftNode:
             pending.resolve(Rejected(Unavailable("raft node is stopped")))
             return
 
-        def done(result: Any, reason: int) -> None:
-            pending.resolve(self._outcome(result, reason))
+        def applied(entry: Pending) -> None:  # applier thread
+            pending.resolve(self._applied(entry))
+
+        def done(result: Any, reason: int) -> None:  # tick thread
+            if reason == SUCCESS and isinstance(result, Pending):
+                result.then(applied)
+            else:
+                pending.resolve(self._outcome(result, reason))
 
         try:
             self._obj.apply(batch, callback=done)
@@ -529,15 +495,19 @@ class RaftNode:
     def _outcome(self, result: Any, reason: int) -> Outcome:
         if reason != SUCCESS:
             return failure_outcome(reason, self.leader())
-        if isinstance(result, list):
-            return Applied(result)
-        if isinstance(result, _ApplyFailed) and result.unknown:
-            return Unknown(result.message)
-        if isinstance(result, _ApplyFailed):
-            return Rejected(EsdbError(f"applying the batch failed: {result.message}"))
-        # None: the store had already applied this index before a restart, so the original
-        # results are gone; a retry with the same event ids returns them.
-        return Unknown("entry was applied before a restart; its results are not available")
+        return Unknown(f"raft returned an unexpected result: {type(result).__name__}")
+
+    @staticmethod
+    def _applied(entry: Pending) -> Outcome:
+        if entry.failure is not None and entry.unknown:
+            return Unknown(entry.failure)
+        if entry.failure is not None:
+            return Rejected(EsdbError(f"applying the batch failed: {entry.failure}"))
+        if entry.results is None:
+            # The store had already applied this index before a restart, so the original
+            # results are gone; a retry with the same event ids returns them.
+            return Unknown("entry was applied before a restart; its results are not available")
+        return Applied(entry.results)
 
     # --- state ------------------------------------------------------------------------------------
 
@@ -554,9 +524,15 @@ class RaftNode:
     def self_addr(self) -> str:
         return self.config.self_addr
 
+    @property
+    def replays_skipped(self) -> int:
+        """Entries replayed at start that the store had applied already (tests)."""
+        return self.applier.replays_skipped
+
     def status(self) -> RaftStatus:
-        """The latest status the tick thread published (at most one tick old)."""
-        return self._status
+        """The latest status the tick thread published (at most one tick old), with the
+        applier's progress now: "applied" means in the store, which may trail Raft a little."""
+        return replace(self._status, last_applied=self.applier.applied_index)
 
     def rejected(self) -> RejectedPeers:
         return self._guard.counts()
@@ -574,7 +550,7 @@ class RaftNode:
             obj._SyncObj__raftLeader,
             obj.raftCurrentTerm,
             obj.raftCommitIndex,
-            obj.raftLastApplied,
+            self.applier.applied_index,
             len(obj._SyncObj__otherNodes),
             sum(obj._SyncObj__raftMatchIndex.values()),  # a follower's progress (leader)
             obj._SyncObj__transport.drop_in,
@@ -586,7 +562,7 @@ class RaftNode:
         self._status_key = key
         self._status_refresh_at = now + STATUS_REFRESH
         transport = obj._SyncObj__transport
-        self._status = parse_status(
+        status = parse_status(
             obj.getStatus(),
             ready=bool(obj.isReady()),
             rejected=self.rejected(),
@@ -596,6 +572,7 @@ class RaftNode:
             snapshot_index=self.snapshots.last_index,
             journal_bytes=self._journal_bytes,
         )
+        self._status = status
 
     _journal_bytes = 0
 
@@ -763,8 +740,12 @@ class RaftNode:
                 self._obj.forceLogCompaction()
 
     def _not_on_tick_thread(self) -> None:
-        if threading.current_thread() is self._tick_thread:
-            raise RuntimeError("blocking RaftNode methods must not run on the raft tick thread")
+        """Submit callbacks run on the tick or the applier thread; blocking there would stall
+        the very thread the call waits for."""
+        if threading.current_thread() in (self._tick_thread, self.applier.thread):
+            raise RuntimeError(
+                "blocking RaftNode methods must not run on the raft tick or apply thread"
+            )
 
     # --- shutdown ---------------------------------------------------------------------------------
 
@@ -778,6 +759,7 @@ class RaftNode:
         if self._tick_thread is not None:
             self._tick_thread.join(30)
         self.snapshots.wait_idle(60)
+        self.applier.stop(10)
         for pending in self._deadlines.stop():
             pending.resolve(Unknown("raft node stopped"))
 
