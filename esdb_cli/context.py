@@ -16,13 +16,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import click
 import typer
 
 from esdb_cli.output import FORMATS, Printer
 from esdb_node.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from esdb_node.client import Waiting
 
 DEFAULT_URL = "esdb://127.0.0.1:2113"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -163,16 +166,34 @@ def cluster_dir() -> Path | None:
 
 def resolve_urls() -> str:
     """--url, then --cluster-dir, then ESDB_URL, then ESDB_CLUSTER_DIR, then the default."""
+    return _urls_and_source()[0]
+
+
+def _urls_and_source() -> tuple[str, str]:
     opts = options()
     if opts.url:
-        return opts.url
+        return opts.url, "--url"
     if opts.cluster_dir is not None:
-        return _cluster_urls(opts.cluster_dir)
+        return _cluster_urls(opts.cluster_dir), f"--cluster-dir {opts.cluster_dir}"
     if os.environ.get("ESDB_URL"):
-        return os.environ["ESDB_URL"]
+        return os.environ["ESDB_URL"], "ESDB_URL"
     if os.environ.get("ESDB_CLUSTER_DIR"):
-        return _cluster_urls(Path(os.environ["ESDB_CLUSTER_DIR"]))
-    return DEFAULT_URL
+        path = os.environ["ESDB_CLUSTER_DIR"]
+        return _cluster_urls(Path(path)), f"ESDB_CLUSTER_DIR={path}"
+    return DEFAULT_URL, "default"
+
+
+def unreachable_hint(hint: str | None) -> str:
+    """Where the URL that failed came from, so the user knows what to change."""
+    _, source = _urls_and_source()
+    if source == "default":
+        return (
+            f"no node answers at the default URL {DEFAULT_URL}: start one with "
+            "`esdb node start --detach`, or pass --url / set ESDB_URL"
+        )
+    if source.startswith(("--cluster-dir", "ESDB_CLUSTER_DIR")):
+        return f"is the cluster up? (URLs from {source}; start it with `esdb cluster up`)"
+    return f"{hint or 'is a node running there?'} (URL from {source})"
 
 
 def _cluster_urls(path: Path) -> str:
@@ -188,15 +209,43 @@ def resolve_token() -> str | None:
 
 @contextmanager
 def connect(**kwargs: Any) -> Iterator[Any]:
+    """A blocking client for the URLs of `resolve_urls()`. Transient waits (no leader yet)
+    are reported on stderr once; "no node reachable" errors say where the URL came from."""
     from esdb_node.client import Client
+    from esdb_node.errors import Unavailable
 
+    timeout = options().timeout
+    kwargs.setdefault("connect_timeout", min(3.0, timeout))
     client = Client(
         resolve_urls(),
         token=resolve_token(),
-        timeout=options().timeout,
+        timeout=timeout,
+        on_wait=wait_notes(timeout),
         **kwargs,
     )
     try:
         yield client
+    except Unavailable as exc:
+        if exc.details.get("unreachable") or exc.message.startswith("cannot connect to"):
+            exc.hint = unreachable_hint(exc.hint)
+        raise
     finally:
         client.close()
+
+
+def wait_notes(timeout: float) -> Callable[[Waiting], None]:
+    """The lines a user sees while the client waits out a transient state (called on the
+    client's thread, so it gets the timeout now rather than from the click context)."""
+    from esdb_cli.output import say
+
+    def note(waiting: Waiting) -> None:
+        if waiting.state == "waiting":
+            say(
+                f"waiting for a leader… ({waiting.error}); giving up after {timeout:g}s (--timeout)"
+            )
+        elif waiting.state == "lost":
+            say(f"tail: {waiting.error}; resuming when a node answers…")
+        else:
+            say(f"tail: resumed on {waiting.url}")
+
+    return note
