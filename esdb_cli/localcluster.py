@@ -202,8 +202,14 @@ class LocalCluster:
         self, node: LocalNode, *, join: str | None = None, wait: float = 60.0
     ) -> LocalNode:
         cfg = self.config_for(node, join=join)
+        joining = local.joins(cfg)
         proc = self._spawn(node, cfg)
-        local.wait_serving(cfg, proc, wait)
+        if joining:  # a refused join ends the node: report that, not a started node
+            local.wait_serving(
+                cfg, proc, wait, until=local.has_leader, waiting_for="join the cluster"
+            )
+        else:
+            local.wait_serving(cfg, proc, wait)
         updated = replace(node, pid=proc.pid)
         self.nodes = [updated if n.id == node.id else n for n in self.nodes]
         self.save()
