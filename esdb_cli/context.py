@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import click
 import typer
 
+from esdb_cli import completion as completions
 from esdb_cli.output import FORMATS, Printer
 from esdb_node.errors import InvalidInput
 
@@ -85,7 +86,13 @@ ClusterDirOpt = Annotated[
 ]
 OutputOpt = Annotated[
     str | None,
-    typer.Option("--output", "-o", help="Output format: table, json or jsonl.", show_default=False),
+    typer.Option(
+        "--output",
+        "-o",
+        help="Output format: table, json or jsonl.",
+        show_default=False,
+        autocompletion=completions.choices(*FORMATS),
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Same as --output json.")]
 TimeoutOpt = Annotated[
@@ -146,6 +153,11 @@ def _with_globals(fn: F, names: list[str]) -> F:
 def client_command(fn: F) -> F:
     """Give a command the global options too, merged into `options()` before it runs."""
     return _with_globals(fn, _GLOBAL_NAMES)
+
+
+def cluster_dir_command(fn: F) -> F:
+    """Only --cluster-dir (for local-cluster commands that talk to no node, like down)."""
+    return _with_globals(fn, ["cluster_dir"])
 
 
 def output_command(fn: F) -> F:
