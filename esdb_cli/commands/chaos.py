@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from esdb_cli import completion as completions
 from esdb_cli.context import client_command, cluster_dir, printer
 from esdb_cli.output import say
 from esdb_node.errors import InvalidInput, Unhealthy
@@ -23,7 +24,12 @@ app = typer.Typer(
 )
 
 NodeArg = Annotated[
-    str | None, typer.Argument(help="Node id (see `esdb cluster status`).", show_default=False)
+    str | None,
+    typer.Argument(
+        help="Node id (see `esdb cluster status`).",
+        show_default=False,
+        autocompletion=completions.node_ids,
+    ),
 ]
 LeaderOpt = Annotated[bool, typer.Option("--leader", help="Target the current leader.")]
 RandomOpt = Annotated[bool, typer.Option("--random", help="Target a random node.")]
@@ -92,7 +98,9 @@ def pause(node: NodeArg = None, leader: LeaderOpt = False, random_: RandomOpt = 
 
 @app.command()
 @client_command
-def resume(node: Annotated[str, typer.Argument(help="Node id.")]) -> None:
+def resume(
+    node: Annotated[str, typer.Argument(help="Node id.", autocompletion=completions.node_ids)],
+) -> None:
     """Unfreeze a paused node (SIGCONT)."""
     from esdb_cli.chaos.faults import Resume
 
