@@ -9,7 +9,7 @@ inside namespaces):
 A partition unplugs a host at the switch (`ip link set pI down` in the switch namespace):
 packets are dropped silently both ways, for peers and clients alike, as with a pulled cable.
 
-Safety (notes/reliability.md §3): the guard refuses to start anything unless every
+Safety (docs/chaos.md, `--netns`): the guard refuses to start anything unless every
 namespace holds only loopback/veth/bridge links and has no default route; teardown
 kills by PID whatever still runs in our namespaces (SIGTERM, bounded wait, SIGKILL) and
 then deletes them, also when the drill failed.

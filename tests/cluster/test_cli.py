@@ -1,4 +1,4 @@
-"""`esdb cluster ...` end to end against real clusters: JSON shapes of DESIGN.md §4, exit
+"""`esdb cluster ...` end to end against real clusters: JSON shapes of docs/cluster.md, exit
 codes, and membership changes (remove, add, stepdown)."""
 
 from __future__ import annotations
