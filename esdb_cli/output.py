@@ -287,7 +287,7 @@ class Printer:
 # Columns a table may elide with "…" (free text); every other column is shown in full.
 ELIDABLE = ("data", "custom", "metadata", "detail", "error")
 # An elidable column narrower than this is not worth showing: use records instead.
-MIN_ELIDED = 12
+MIN_ELIDED = 10
 GAP = 2  # between table columns (Rich's padding of one on each side)
 
 
