@@ -310,18 +310,6 @@ def test_help_examples_stay_one_per_line(esdb: Esdb, monkeypatch: pytest.MonkeyP
 # --- defects ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def detached() -> Iterator[list[Path]]:
-    """Data directories of nodes a test starts with `node start --detach`: stopped by PID."""
-    dirs: list[Path] = []
-    yield dirs
-    for d in dirs:
-        pid = local.running_pid(d)
-        if pid is not None:
-            local.stop_pid(pid, timeout=10, force=True)
-            local.reap(pid)
-
-
 @pytest.mark.parametrize("via", ["flag", "env"])
 def test_detach_with_a_token_reports_the_node_serving(
     esdb: Esdb,
