@@ -186,7 +186,9 @@ def drill(
         Path | None,
         typer.Option(help="Write the operation history here (JSON Lines, docs/history-format.md)."),
     ] = None,
-    keep: Annotated[bool, typer.Option(help="Keep the throwaway cluster running.")] = False,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep the throwaway cluster running.")
+    ] = False,
     test_flag: Annotated[
         list[str] | None,
         typer.Option(

@@ -216,7 +216,9 @@ def _say_ignored(
 @cluster_dir_command
 def down(
     directory: DirOpt = None,
-    purge: Annotated[bool, typer.Option(help="Also delete the directory and all data.")] = False,
+    purge: Annotated[
+        bool, typer.Option("--purge", help="Also delete the directory and all data.")
+    ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each node.")] = 30.0,
 ) -> None:
     """Stop every node of a local cluster (SIGTERM, then SIGKILL after --timeout)."""
@@ -320,7 +322,10 @@ def remove(
     ],
     secret: SecretOpt = None,
     keep_running: Annotated[
-        bool, typer.Option(help="Local cluster: do not stop the removed node's process.")
+        bool,
+        typer.Option(
+            "--keep-running", help="Local cluster: do not stop the removed node's process."
+        ),
     ] = False,
 ) -> None:
     """Remove a member (dead or alive) from the cluster; a local node is also stopped."""

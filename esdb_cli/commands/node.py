@@ -254,12 +254,15 @@ def config_row(cfg: NodeConfig) -> dict[str, object]:
 def stop(
     data_dir: DataDirOpt = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for a clean exit.")] = 30.0,
-    force: Annotated[bool, typer.Option(help="SIGKILL if it does not exit in time.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="SIGKILL if it does not exit in time.")
+    ] = False,
     leave: Annotated[
         bool,
         typer.Option(
+            "--leave",
             help="Cluster node: remove it from the membership "
-            "before it exits (the cluster shrinks; a later start joins again)."
+            "before it exits (the cluster shrinks; a later start joins again).",
         ),
     ] = False,
 ) -> None:
