@@ -72,7 +72,7 @@ UrlOpt = Annotated[
     str | None,
     typer.Option(
         "--url",
-        help="Node URL(s): esdb://HOST:PORT[,HOST:PORT...]. Env: ESDB_URL.",
+        help="Node URL(s), e.g. esdb://HOST:PORT or esdb://H1:P1,H2:P2. Env: ESDB_URL.",
         show_default=False,
     ),
 ]
@@ -158,6 +158,12 @@ def client_command(fn: F) -> F:
 def cluster_dir_command(fn: F) -> F:
     """Only --cluster-dir (for local-cluster commands that talk to no node, like down)."""
     return _with_globals(fn, ["cluster_dir"])
+
+
+def local_cluster_command(fn: F) -> F:
+    """--cluster-dir and --output/--json (commands that make or grow a local cluster: the
+    nodes they talk to are the cluster's, so --url, --token and --timeout do not apply)."""
+    return _with_globals(fn, ["cluster_dir", "output", "json_"])
 
 
 def output_command(fn: F) -> F:

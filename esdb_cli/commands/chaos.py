@@ -138,8 +138,11 @@ def partition(
 ) -> None:
     """Stop Raft traffic between sides (in the nodes' transport: no root needed).
 
-    Examples: esdb chaos partition --isolate leader;  esdb chaos partition n1,n2 n3;
-    esdb chaos partition --one-way n1 n2   (n1 cannot send to n2; n2 still reaches n1)
+    \b
+    Examples:
+      esdb chaos partition --isolate leader
+      esdb chaos partition n1,n2 n3
+      esdb chaos partition --one-way n1 n2   # n1 cannot send to n2; n2 still reaches n1
     """
     from esdb_cli.chaos.faults import Partition
 
@@ -184,7 +187,7 @@ def drill(
     ] = 3,
     history: Annotated[
         Path | None,
-        typer.Option(help="Write the operation history here (JSON Lines, docs/history-format.md)."),
+        typer.Option(help="Write the operation history here (JSON Lines)."),
     ] = None,
     keep: Annotated[
         bool, typer.Option("--keep", help="Keep the throwaway cluster running.")
@@ -209,6 +212,7 @@ def drill(
     """Run a drill and check that no acknowledged event was lost (exit 0 clean, 5 if not).
 
     Without --cluster-dir it starts a throwaway local cluster and removes it afterwards.
+    The --history format is described in docs/history-format.md.
     """
     from esdb_cli.chaos import netns as nx
     from esdb_cli.chaos.checker import render_text, report_to_json

@@ -15,6 +15,7 @@ from esdb_cli.context import (
     cluster_dir,
     cluster_dir_command,
     connect,
+    local_cluster_command,
     options,
     printer,
 )
@@ -119,7 +120,7 @@ def _print_statuses() -> None:
 
 
 @app.command()
-@client_command
+@local_cluster_command
 def up(
     directory: DirOpt = None,
     nodes: Annotated[
@@ -289,7 +290,7 @@ def members() -> None:
 
 
 @app.command()
-@client_command
+@local_cluster_command
 def add(
     directory: DirOpt = None,
     node_id: Annotated[str | None, typer.Option(help="Id of the new node.")] = None,

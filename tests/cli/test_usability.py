@@ -291,7 +291,7 @@ def test_every_help_page_is_free_of_noise_and_fits_80_columns(
     for path in pages:
         r = esdb(*path, "--help")
         assert r.code == 0, (path, r.err)
-        for noise in ("[default: None]", "env var", "'None'", "[default: False]", "--no-"):
+        for noise in ("[default: None]", "env var", "'None'", "[default: False]", "--no-", "…"):
             assert noise not in r.out, (path, noise, r.out)
         assert all(len(line) <= 80 for line in r.out.splitlines()), (path, r.out)
 
