@@ -337,7 +337,7 @@ def test_data_dir_from_the_config_file_is_used(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "from-toml"
-    detached.append(data)
+    detached += [data, tmp_path / "esdb-data"]  # the second only if the file were ignored
     toml = tmp_path / "node.toml"
     toml.write_text(f'data_dir = "{data}"\nlisten = "127.0.0.1:{free_port()}"\n')
     r = esdb("node", "start", "--detach", "--config", toml, "--json")

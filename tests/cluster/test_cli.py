@@ -195,6 +195,8 @@ def test_cluster_up_add_down_use_the_cluster_dir_from_flag_and_env(
     try:
         up = esdb("cluster", "up", "--cluster-dir", d, "--nodes", "1", *FAST_SET)
     finally:
+        if (tmp_path / "esdb-cluster" / "cluster.json").exists():  # --cluster-dir ignored
+            adopt(tmp_path / "esdb-cluster")
         if (d / "cluster.json").exists():
             cluster = adopt(d)
     assert up.code == 0, up.err
