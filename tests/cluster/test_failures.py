@@ -188,7 +188,9 @@ def test_no_quorum_fails_writes_with_3_or_6_and_recovers(cluster: Cluster, esdb:
 
     r = esdb("--cluster-dir", d, "--timeout", "3", "append", "nq", "--type", "T", "--data", "{}")
     assert r.code in UNAVAILABLE_OR_UNKNOWN, (r.code, r.out, r.err)
-    assert r.out == "" and r.err.startswith("error: ")
+    # No majority is a transient state: waited for until --timeout, announced once.
+    assert r.out == "" and r.err.startswith("waiting for a leader… "), r.err
+    assert r.err.splitlines()[1].startswith("error: "), r.err
     r = esdb("--cluster-dir", d, "--timeout", "3", "read", "nq", "--consistency", "leader")
     assert r.code in UNAVAILABLE_OR_UNKNOWN, (r.code, r.out, r.err)
     r = esdb("--url", cluster.url(survivor), "--json", "read", "nq", "--consistency", "local")
