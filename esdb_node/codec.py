@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 _CRC = struct.Struct(">I")
 U64 = struct.Struct(">Q")
 
+
 def pack(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return,unused-ignore]
 

@@ -291,12 +291,18 @@ class AsyncClient:
         on_open: Callable[[Connection], None] | None = None,
     ) -> AsyncIterator[list[bytes]]:
         redirects = 0
+        started = time.monotonic()
+        deadline = started + self.timeout
+        backoff = 0.05
+        noted = False
         while True:
             conn = await self._any_connection(req.needs_leader())
             if on_open is not None:
                 on_open(conn)
+            delivered = False
             try:
                 async for chunk in conn.stream(req, idle_timeout):
+                    delivered = True
                     yield chunk
                 return
             except TimeoutError:
@@ -307,12 +313,27 @@ class AsyncClient:
                 raise Timeout(
                     f"{req.wire_name()}: {conn.url} sent nothing for {idle_timeout:g}s"
                 ) from None
-            except NotLeader as exc:
-                redirects += 1
-                if redirects > 5 or not self._note_redirect(exc):
+            except (NotLeader, NotReady) as exc:
+                if isinstance(exc, NotLeader):
+                    redirects += 1
+                    if redirects <= 5 and self._note_redirect(exc):
+                        continue
+                # No leader yet (an election, no majority) or a node catching up: like a
+                # request, wait for it until the deadline - unless events were delivered,
+                # which a retry would repeat.
+                if delivered or time.monotonic() >= deadline:
                     raise
+                self._leader = None
+                self._start_after(conn.address)
+                waited = time.monotonic() - started
+                if not noted and waited >= WAIT_NOTE_AFTER:
+                    noted = True
+                    self._note(Waiting("waiting", req.wire_name(), exc, waited))
+                redirects = 0
             except ConnectionLost as exc:
                 raise Unavailable(f"{exc} during {req.wire_name()}") from None
+            await asyncio.sleep(min(backoff, max(deadline - time.monotonic(), 0)))
+            backoff = min(backoff * 2, 0.5)
 
     # --- writes ---------------------------------------------------------------------------------
 

@@ -142,6 +142,11 @@ def test_no_leader_is_waited_for_until_the_timeout_with_one_note(
     notes = [line for line in r.err.splitlines() if line.startswith("waiting for a leader")]
     assert len(notes) == 1 and "--timeout" in notes[0], r.err
     assert elapsed >= 2.5, elapsed  # transient: retried until the deadline, not failed at once
+    # a leader read waits the same way
+    started = time.monotonic()
+    r = esdb("read", "s", "--url", node.url, "--timeout", "3")
+    assert r.code == 3 and time.monotonic() - started >= 2.5, (r.code, r.err)
+    assert r.err.startswith("waiting for a leader… "), r.err
 
 
 def test_tail_says_when_its_node_goes_away_and_resumes(tmp_path: Path) -> None:
