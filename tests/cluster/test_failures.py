@@ -77,8 +77,9 @@ class Read:
 
 
 def _leader_reads(url: str, stream: str, stop: threading.Event, out: list[Read]) -> None:
-    """Linearizable reads on one node only (no failover to others), back to back."""
-    with Client(url, timeout=10.0, connect_timeout=1.0) as c:
+    """Linearizable reads on one node only (no failover to others), back to back. A read
+    that finds no leader waits for one until its timeout (3 s here), as every request does."""
+    with Client(url, timeout=3.0, connect_timeout=1.0) as c:
         for _ in range(10_000):
             if stop.is_set():
                 return
