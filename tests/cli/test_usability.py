@@ -418,7 +418,7 @@ def test_read_from_end_returns_nothing_and_says_how_to_follow(esdb: Esdb, node: 
 
 def test_read_filters_like_tail(esdb: Esdb, node: NodeProc) -> None:
     url = ["--url", node.url]
-    rows = [
+    rows: list[tuple[str, str, object]] = [
         ("order-1", "OrderPlaced", {"total": 42, "country": "NL"}),
         ("order-1", "OrderPaid", {"total": 42}),
         ("order-2", "OrderPlaced", {"total": 7, "country": "DE"}),
@@ -464,7 +464,7 @@ def test_read_filters_like_tail(esdb: Esdb, node: NodeProc) -> None:
     assert esdb("read", "*", *url).code == 2
 
 
-def rows_of(rows: list[tuple[str, str, dict[str, object]]], prefix: str) -> list[tuple[str, str]]:
+def rows_of(rows: list[tuple[str, str, object]], prefix: str) -> list[tuple[str, str]]:
     return [(s, t) for s, t, _ in rows if s.startswith(prefix)]
 
 
