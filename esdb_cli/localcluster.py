@@ -71,7 +71,7 @@ class LocalCluster:
         except FileNotFoundError:
             raise NotFound(
                 f"no cluster in {directory} (missing cluster.json)",
-                hint="create one with `esdb cluster up --dir DIR`",
+                hint=f"create one with `esdb cluster up --dir {directory}`",
             ) from None
         except (OSError, ValueError) as exc:
             raise InvalidInput(f"cannot read {path}: {exc}") from None
@@ -139,8 +139,8 @@ class LocalCluster:
         if (directory / "cluster.json").exists():
             raise InvalidInput(
                 f"{directory} already holds a cluster",
-                hint="use `esdb cluster up --dir` on it again to restart it, "
-                "or `esdb cluster down --purge` first",
+                hint=f"`esdb cluster up --dir {directory}` restarts it; "
+                f"`esdb cluster down --dir {directory} --purge` deletes it",
             )
         ports = [] if hosts else _ports(nodes * 2, base_port)
         cluster = cls(
