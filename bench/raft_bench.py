@@ -109,7 +109,7 @@ def esdb_node(addr: str, peers: list[str], data: Path, durability: str) -> tuple
 def stock_node(addr: str, peers: list[str], data: Path, tuned: bool = False) -> tuple[Any, Any]:
     from pysyncobj import SyncObj, SyncObjConf, replicated
 
-    class Naive(SyncObj):  # type: ignore[misc]
+    class Naive(SyncObj):  # type: ignore[misc,unused-ignore]
         def __init__(self) -> None:
             super().__init__(
                 addr,
@@ -201,7 +201,7 @@ class Proc:
             self.log.flush()
             tail = Path(self.log.name).read_text()[-3000:]
             raise RuntimeError(f"node did not answer; its log ends with:\n{tail}")
-        return json.loads(box[0])  # type: ignore[no-any-return]
+        return json.loads(box[0])  # type: ignore[no-any-return,unused-ignore]
 
     def kill(self) -> None:
         if self.p.poll() is None:

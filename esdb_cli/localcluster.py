@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from esdb_cli import local
+from esdb_cli import local, loopfs
 from esdb_node.client import Client
 from esdb_node.config import DEFAULT_CLIENT_PORT, DEFAULT_RAFT_PORT, NodeConfig
 from esdb_node.errors import EsdbError, InvalidInput, NotFound, Timeout, Unavailable
@@ -34,6 +34,11 @@ class LocalNode:
     data_dir: str
     pid: int | None = None
     netns: str | None = None  # the network namespace it runs in (`esdb chaos drill --netns`)
+    # Set by `esdb chaos` faults, undone by `esdb chaos heal`: extra environment of the
+    # process (LD_PRELOAD shims, FAKETIME), and the image file whose filesystem is mounted at
+    # data_dir (`chaos disk-full`; unmounted and deleted by `down(purge=True)`).
+    env: dict[str, str] = field(default_factory=dict)
+    disk_image: str | None = None
 
     @property
     def listen(self) -> str:
@@ -107,6 +112,12 @@ class LocalCluster:
     @property
     def urls(self) -> str:
         return ",".join(n.url for n in self.nodes)
+
+    def replace_node(self, node: LocalNode) -> LocalNode:
+        """Record a changed node (same id) in cluster.json."""
+        self.nodes = [node if n.id == node.id else n for n in self.nodes]
+        self.save()
+        return node
 
     def node(self, name: str) -> LocalNode:
         for n in self.nodes:
@@ -190,7 +201,9 @@ class LocalCluster:
         return NodeConfig.load(values, env={})
 
     def _spawn(self, node: LocalNode, cfg: NodeConfig) -> subprocess.Popen[bytes]:
-        extra = {"ESDB_TEST_FLAGS": ",".join(self.test_flags)} if self.test_flags else {}
+        extra = dict(node.env)
+        if self.test_flags:
+            extra["ESDB_TEST_FLAGS"] = ",".join(self.test_flags)
         return local.spawn_node(cfg, launcher=node.launcher, extra_env=extra)
 
     # --- processes ----------------------------------------------------------------------------
@@ -210,10 +223,7 @@ class LocalCluster:
             )
         else:
             local.wait_serving(cfg, proc, wait)
-        updated = replace(node, pid=proc.pid)
-        self.nodes = [updated if n.id == node.id else n for n in self.nodes]
-        self.save()
-        return updated
+        return self.replace_node(replace(node, pid=proc.pid))
 
     def add_node(
         self, node_id: str | None = None, *, join: str | None = None, wait: float = 60.0
@@ -268,8 +278,18 @@ class LocalCluster:
     def down(self, *, purge: bool, timeout: float = 30.0) -> list[str]:
         stopped = [n.id for n in self.nodes if self.stop_node(n, timeout=timeout)]
         if purge:
+            # Without purge a mounted data dir stays mounted: `cluster up` restarts on it.
+            self.release_disks()
             shutil.rmtree(self.dir, ignore_errors=True)
         return stopped
+
+    def release_disks(self) -> None:
+        """Unmount and delete the disk images of stopped nodes (`chaos disk-full`); their data
+        goes with them. Never called on a running node's image."""
+        for node in self.nodes:
+            if node.disk_image and self.running_pid(node) is None:
+                loopfs.release(Path(node.disk_image), Path(node.data_dir))
+                self.replace_node(replace(node, disk_image=None))
 
     # --- waiting ----------------------------------------------------------------------------
 

@@ -170,6 +170,7 @@ def cluster_rows(snapshot: ClusterSnapshot, pids: dict[str, int | None]) -> list
             "applied_index": m.applied_index,
             "lag": m.lag,
             "rtt_ms": m.rtt_ms,
+            "clock_offset_ms": m.clock_offset_ms,
             "reachable": m.reachable,
             "leader": m.leader_id,
         }

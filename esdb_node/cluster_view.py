@@ -47,6 +47,8 @@ class MemberSnapshot:
     rtt_ms: float | None = None
     error: str | None = None
     leader_id: str | None = None  # whom this member follows
+    # This member's clock minus the leader's, measured by the observer (ms; None: unknown).
+    clock_offset_ms: float | None = None
     found_by: str | None = None
     last_seen: float | None = None  # unix seconds, as the asked node saw it
     status: NodeStatus | None = None
@@ -97,8 +99,11 @@ class ClusterSnapshot:
     def member(self, node_id: str) -> MemberSnapshot | None:
         return next((m for m in self.members if m.id == node_id), None)
 
+    max_clock_offset: float = 1.0  # seconds (the leader's setting)
+
     def health(self) -> dict[str, Verdict]:
-        """Per member: reachable, follows the agreed leader, caught up."""
+        """Per member: reachable, follows the agreed leader, caught up, clock close to the
+        leader's."""
         out: dict[str, Verdict] = {}
         for m in self.members:
             checks = [Check("reachable", m.reachable, m.error or "unreachable")]
@@ -113,6 +118,16 @@ class ClusterSnapshot:
                     checks.append(Check("leader", True, f"leader {self.leader}"))
                 if m.lag is not None and m.lag > LAG_LIMIT:
                     checks.append(Check("caught up", False, f"{m.lag} entries behind"))
+                offset = m.clock_offset_ms
+                if offset is not None and abs(offset) > self.max_clock_offset * 1000:
+                    checks.append(
+                        Check(
+                            "clock",
+                            False,
+                            f"clock {offset / 1000:+.3f} s off the leader's "
+                            f"(limit {self.max_clock_offset:g} s)",
+                        )
+                    )
             out[m.id] = Verdict(tuple(checks))
         return out
 
@@ -146,15 +161,18 @@ class ClusterView:
         self.client = client
         self.member_timeout = member_timeout
 
-    async def _status(self, url: str) -> tuple[NodeStatus | EsdbError, float | None]:
+    async def _status(self, url: str) -> Answer:
         started = time.perf_counter()
+        sent_ns = time.time_ns()
         try:
             status = await self.client.request(ops.Status(), url=url, timeout=self.member_timeout)
         except EsdbError as exc:
-            return exc, None
+            return Answer(exc)
         except TimeoutError:
-            return Timeout(f"{url} did not answer within {self.member_timeout:g}s"), None
-        return status, (time.perf_counter() - started) * 1000
+            return Answer(Timeout(f"{url} did not answer within {self.member_timeout:g}s"))
+        rtt_ms = (time.perf_counter() - started) * 1000
+        midpoint_us = (sent_ns + time.time_ns()) // 2000
+        return Answer(status, rtt_ms, status.time_us - midpoint_us if status.time_us else None)
 
     async def _members(self, url: str) -> list[MemberView]:
         try:
@@ -168,7 +186,8 @@ class ClusterView:
             zip(seeds, await asyncio.gather(*(self._status(u) for u in seeds)), strict=True)
         )
         registry: list[MemberView] = []
-        for url, (status, _) in answers.items():
+        for url, answer in answers.items():
+            status = answer.status
             if isinstance(status, NodeStatus) and status.mode == "cluster":
                 registry = await self._members(url)
                 if registry:
@@ -180,8 +199,18 @@ class ClusterView:
         return build_snapshot(answers, registry)
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One node's status (or why there is none), the round trip, and its clock minus the
+    observer's, estimated at the midpoint of the round trip (microseconds)."""
+
+    status: NodeStatus | EsdbError
+    rtt_ms: float | None = None
+    clock_us: int | None = None
+
+
 def build_snapshot(
-    answers: dict[str, tuple[NodeStatus | EsdbError, float | None]],
+    answers: dict[str, Answer],
     registry: Sequence[MemberView],
     *,
     now: float | None = None,
@@ -189,7 +218,7 @@ def build_snapshot(
     """Combine per-URL answers and one node's registry into a snapshot (pure)."""
     by_url = {m.url: m for m in registry if m.url}
     by_raft = {m.raft: m for m in registry}
-    statuses = [s for s, _ in answers.values() if isinstance(s, NodeStatus)]
+    statuses = [a.status for a in answers.values() if isinstance(a.status, NodeStatus)]
     leaders = [s for s in statuses if s.role in ("leader", "standalone")]
     # The leader with the highest term wins: an old leader cut off from the majority may
     # still believe it leads for a moment.
@@ -202,7 +231,12 @@ def build_snapshot(
     members: list[MemberSnapshot] = []
     seen_urls: set[str] = set()
     seen_rafts: set[str] = set()
-    for url, (status, rtt) in answers.items():
+    leader_clock = next(
+        (a.clock_us for a in answers.values() if leader is not None and a.status is leader),
+        None,
+    )
+    for url, answer in answers.items():
+        status, rtt = answer.status, answer.rtt_ms
         seen_urls.add(url)
         record = by_url.get(url)
         if isinstance(status, NodeStatus):
@@ -226,6 +260,11 @@ def build_snapshot(
                     lag=lag,
                     rtt_ms=round(rtt, 3) if rtt is not None else None,
                     leader_id=status.leader_id,
+                    clock_offset_ms=(
+                        round((answer.clock_us - leader_clock) / 1000, 3)
+                        if answer.clock_us is not None and leader_clock is not None
+                        else None
+                    ),
                     found_by=record.found_by if record else None,
                     last_seen=record.last_seen if record else None,
                     status=status,
@@ -275,4 +314,5 @@ def build_snapshot(
         term=max(terms) if terms else None,
         quorum=quorum,
         members=tuple(members),
+        max_clock_offset=leader.max_clock_offset if leader is not None else 1.0,
     )

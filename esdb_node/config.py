@@ -88,6 +88,7 @@ class NodeConfig:
     discovery_interval: float = 30.0  # mdns: re-announce every S
     discovery_expiry: float = 90.0  # mdns: forget a peer not seen for S
     dns_interval: float = 10.0  # dns discovery: re-resolve every S
+    max_clock_offset: float = 1.0  # seconds a member's clock may differ from the leader's
 
     @property
     def cluster_mode(self) -> bool:
@@ -131,6 +132,7 @@ class NodeConfig:
             "discovery_interval",
             "discovery_expiry",
             "dns_interval",
+            "max_clock_offset",
         ):
             if getattr(self, name) <= 0:
                 raise InvalidInput(f"{name} must be > 0 seconds")

@@ -327,3 +327,7 @@ class NodeStatus:
     # Connections refused on the raft port (wrong secret, oversized or garbage frames,
     # non-members) since the node started; the log shows only the first per host a minute.
     rejected_peers: int = 0
+    time_us: int = 0  # this node's wall clock when it answered (unix microseconds)
+    # This node's clock minus the leader's, as it last measured it (None: not measured yet).
+    clock_offset_ms: float | None = None
+    max_clock_offset: float = 1.0  # seconds; beyond this `cluster health` fails

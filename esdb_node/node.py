@@ -14,6 +14,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING, TextIO
 
+from esdb_node.clock import LeaderClock
 from esdb_node.config import NodeConfig, parse_hostport
 from esdb_node.errors import EsdbError, InvalidInput, StorageFailure, Unavailable
 from esdb_node.layout import DataDir, write_json_atomic
@@ -113,13 +114,17 @@ async def _serve(config: NodeConfig, files: DataDir) -> int:
 
     replicator: Replicator
     cluster: ClusterNode | None = None
+    clock = LeaderClock()
     if config.cluster_mode:
         from esdb_node.cluster import ClusterNode
 
-        cluster = ClusterNode(config, store, node_id=node_id, store_id=store_id, url=url)
+        cluster = ClusterNode(
+            config, store, node_id=node_id, store_id=store_id, url=url, clock=clock
+        )
         replicator = cluster.replicator
     else:
         replicator = LocalReplicator(store, node_id=node_id, url=url)
+        clock.reset()  # a standalone node stamps its own events
     test_flags = os.environ.get("ESDB_TEST_FLAGS", "")
     if test_flags:
         # Deliberately broken behaviours for negative controls (esdb_node.testing); a
@@ -128,7 +133,11 @@ async def _serve(config: NodeConfig, files: DataDir) -> int:
 
         replicator = testing.install(test_flags, store=store, replicator=replicator)
     service = NodeService(
-        store, replicator, Identity(node_id, store_id, url, durability=config.durability)
+        store,
+        replicator,
+        Identity(node_id, store_id, url, durability=config.durability),
+        clock=clock,
+        max_clock_offset=config.max_clock_offset,
     )
     dispatcher = Dispatcher()
     dispatcher.add(service)

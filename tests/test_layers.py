@@ -67,10 +67,5 @@ def test_storage_imports_neither_raft_nor_server() -> None:
 def test_cli_entry_point_loads_no_node_machinery(heavy: str) -> None:
     loaded = loaded_after("esdb_cli.main")
     assert heavy not in roots(loaded)
-    node_parts = {
-        "esdb_node.node",
-        "esdb_node.storage.store",
-        "esdb_node.raft",
-        "esdb_node.cluster",
-    }
-    assert not loaded & node_parts
+    node = {"esdb_node.node", "esdb_node.storage.store", "esdb_node.raft", "esdb_node.cluster"}
+    assert not loaded & node

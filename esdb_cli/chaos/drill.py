@@ -21,10 +21,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from esdb_cli import loopfs
 from esdb_cli.chaos import history as h
+from esdb_cli.chaos import netns as nx
+from esdb_cli.chaos import shims
 from esdb_cli.chaos.checker import CheckReport, check
 from esdb_cli.chaos.faults import (
     ChaosEnv,
+    ClockSkew,
+    DiskFree,
+    DiskFull,
     Fault,
     FaultReport,
     Heal,
@@ -32,7 +38,9 @@ from esdb_cli.chaos.faults import (
     Partition,
     Pause,
     Restart,
+    Restore,
     Resume,
+    SlowDisk,
     run_fault,
 )
 from esdb_node.client import AsyncClient, Client
@@ -52,6 +60,10 @@ SCENARIOS = (
     "flapping",
     "rolling-restart",
     "random",
+    "one-way",
+    "slow-disk",
+    "clock-skew",
+    "disk-full",
 )
 MAX_OPS_PER_CLIENT = 50_000
 OP_TIMEOUT = 3.0
@@ -140,8 +152,50 @@ def schedule(scenario: str, rng: random.Random, env: ChaosEnv) -> Iterator[tuple
         elif kind == "rolling-restart":
             for node in list(env.cluster.nodes):
                 yield Restart(node.id, graceful=True), rng.uniform(1.5, 2.5)
+        elif kind == "one-way":
+            sides = [["leader"], ["follower"]]
+            yield (
+                Partition(sides if rng.random() < 0.5 else sides[::-1], one_way=True),
+                (rng.uniform(3.0, 5.0)),
+            )
+            yield Heal(), rng.uniform(2.0, 3.0)
+        elif kind == "slow-disk":
+            victim = []
+            spec = "leader" if rng.random() < 0.7 else "follower"
+            delay = rng.choice([20.0, 50.0, 100.0, 200.0])
+            yield _Remember(SlowDisk(spec, delay_ms=delay), victim), rng.uniform(3.0, 5.0)
+            if victim:
+                # Killed, not stopped: a node whose fsyncs crawl takes ~10 s to drain and
+                # stop on SIGTERM, longer than a drill's whole hold.
+                yield Restore(victim[0], graceful=False), rng.uniform(2.0, 3.0)
+        elif kind == "clock-skew":
+            victim = []
+            spec = "leader" if rng.random() < 0.5 else "follower"
+            offset = rng.choice([-1, 1]) * rng.choice([90.0, 1800.0, 7200.0, 86400.0])
+            yield _Remember(ClockSkew(spec, offset), victim), rng.uniform(3.0, 5.0)
+            if victim:
+                yield Restore(victim[0]), rng.uniform(2.0, 3.0)
+        elif kind == "disk-full":
+            victim = []
+            spec = "leader" if rng.random() < 0.5 else "follower"
+            yield _Remember(DiskFull(spec, size_mib=32), victim), rng.uniform(3.0, 5.0)
+            if victim:  # space back; the data stays on its image until the final heal
+                yield DiskFree(victim[0]), rng.uniform(2.0, 3.0)
         else:
             raise ValueError(f"unknown scenario {scenario!r}")
+
+
+def unavailable_reason(scenario: str, *, netns: bool = False) -> str | None:
+    """Why `scenario` cannot run on this machine (None: it can); `netns`: with --netns."""
+    if scenario == "one-way" and netns:
+        return nx.nft_unavailable_reason()
+    if scenario == "disk-full":
+        return loopfs.unavailable_reason()
+    if scenario == "slow-disk":
+        return shims.unavailable_reason("slow-disk")
+    if scenario == "clock-skew":
+        return shims.unavailable_reason("clock")
+    return None
 
 
 @dataclass
@@ -407,7 +461,7 @@ def _failover(records: list[h.Record], reports: list[FaultReport]) -> list[h.Fau
                 target=rep.target,
                 leader_before=rep.leader_before,
                 leader_after=rep.leader_after,
-                recovery_s=recovery if rep.action not in ("heal", "resume") else None,
+                recovery_s=recovery if rep.action not in ("heal", "resume", "disk-free") else None,
             )
         )
     return out

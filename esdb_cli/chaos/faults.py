@@ -1,6 +1,7 @@
 """Faults on a local cluster: kill, pause/resume, restart, partition (through the nodes' Raft
-transport hook, no root needed) and heal. Each fault is bracketed by health checks and
-produces a `FaultReport`: what, whom, when, leader before/after, time to recover.
+transport hook, no root needed), slow disk, shifted clock, full disk, and heal. Each fault is
+bracketed by health checks and produces a `FaultReport`: what, whom, when, leader
+before/after, time to recover.
 
 The same `Fault` objects are used by `esdb chaos ...`, the drills and the cluster tests.
 """
@@ -12,12 +13,13 @@ import os
 import random
 import signal
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
-from esdb_cli import local
+from esdb_cli import local, loopfs
+from esdb_cli.chaos import disk, shims
 from esdb_cli.localcluster import LocalCluster, LocalNode
 from esdb_node.client import Client
 from esdb_node.errors import EsdbError, InvalidInput, NotFound, Unavailable
@@ -236,17 +238,181 @@ class Restart:
         return env.pick(self.spec).id
 
     def inject(self, env: ChaosEnv, target: str) -> str:
+        detail, self.in_force_ns = restart(env, target, graceful=self.graceful)
+        return detail
+
+
+def restart(
+    env: ChaosEnv,
+    target: str,
+    *,
+    graceful: bool = True,
+    change: Callable[[LocalNode], LocalNode] | None = None,
+    stop_timeout: float = 20.0,
+) -> tuple[str, int]:
+    """Stop `target` (resumed first if paused; SIGTERM, SIGKILL after `stop_timeout`, or
+    SIGKILL at once unless `graceful`), apply `change` to the stopped node (it saves what it
+    changed), start it. Returns the detail and when the node went down."""
+    node = env.node(target)
+    pid = env.cluster.running_pid(node)
+    if pid is not None:
+        if target in env.paused or is_stopped(pid):
+            os.kill(pid, signal.SIGCONT)
+            env.paused.discard(target)
+        env.cluster.stop_node(node, timeout=stop_timeout if graceful else 0.0, force=True)
+    down_ns = time.monotonic_ns()  # down now; writes must not wait for the start
+    if change is not None:
+        try:
+            node = change(node)
+        except BaseException:
+            with contextlib.suppress(EsdbError):  # back up as it was; the error says why
+                env.cluster.start_node(env.node(target))
+            raise
+    env.cluster.start_node(node)
+    env.killed.discard(target)
+    return (f"{'SIGTERM' if graceful else 'SIGKILL'} + start" if pid else "start"), down_ns
+
+
+@dataclass
+class SlowDisk:
+    """Restart the node with every fsync, fdatasync and msync delayed by `delay_ms`."""
+
+    spec: str
+    delay_ms: float = 100.0
+    action: str = "slow-disk"
+    in_force_ns: int | None = None
+
+    def target(self, env: ChaosEnv) -> str:
+        shims.require("slow-disk")
+        return env.pick(self.spec).id
+
+    def inject(self, env: ChaosEnv, target: str) -> str:
+        delay = {shims.FSYNC_DELAY: str(round(self.delay_ms * 1000))}
+        detail, self.in_force_ns = _restart_under(env, target, delay)
+        return detail
+
+
+@dataclass
+class ClockSkew:
+    """Restart the node with its wall clock `offset_s` seconds off (libfaketime); monotonic
+    clocks, which Raft's timers use, stay true."""
+
+    spec: str
+    offset_s: float
+    action: str = "clock"
+    in_force_ns: int | None = None
+
+    def target(self, env: ChaosEnv) -> str:
+        shims.require("clock")
+        return env.pick(self.spec).id
+
+    def inject(self, env: ChaosEnv, target: str) -> str:
+        skew = {shims.FAKETIME: shims.format_offset(self.offset_s)}
+        detail, self.in_force_ns = _restart_under(env, target, skew)
+        return detail
+
+
+def _restart_under(env: ChaosEnv, target: str, faults: dict[str, str]) -> tuple[str, int]:
+    """Restart `target` with `faults` added to those it already runs under; check the
+    process really loaded its shims."""
+
+    # Built (gcc) before the node stops: a build error leaves it running as it was.
+    launch = shims.launch_env({**shims.faults_of(env.node(target).env), **faults})
+
+    def change(node: LocalNode) -> LocalNode:
+        return env.cluster.replace_node(replace(node, env=launch))
+
+    how, down_ns = restart(env, target, change=change)
+    node = env.node(target)
+    missing = shims.missing_preloads(env.pid(node), node.env)
+    if missing:
+        raise shims.ShimError(
+            f"{target} started without {', '.join(missing)}",
+            hint=f"see {node.data_dir}/esdb.log for the loader's message",
+        )
+    return f"{shims.describe(node.env)} (LD_PRELOAD); {how}", down_ns
+
+
+@dataclass
+class DiskFull:
+    """Fill the node's disk: on first use its data moves onto a `size_mib` MiB ext4 image
+    mounted at the same path (a restart); a filler file then takes every free block."""
+
+    spec: str
+    size_mib: int = 64
+    action: str = "disk-full"
+    in_force_ns: int | None = None
+
+    def target(self, env: ChaosEnv) -> str:
+        loopfs.require("chaos disk-full")
+        return env.pick(self.spec).id
+
+    def inject(self, env: ChaosEnv, target: str) -> str:
+        how = ""
+        if env.node(target).disk_image is None:
+            size = self.size_mib
+            disk.check_fits(env.node(target), size)  # before the node stops
+            how, _ = restart(
+                env, target, change=lambda n: disk.move_onto_image(env.cluster, n, size)
+            )
+            how = f"; moved onto a {size} MiB ext4 image ({how})"
         node = env.node(target)
-        pid = env.cluster.running_pid(node)
-        if pid is not None:
-            if target in env.paused or is_stopped(pid):
-                os.kill(pid, signal.SIGCONT)
-                env.paused.discard(target)
-            env.cluster.stop_node(node, timeout=20.0 if self.graceful else 0.0, force=True)
-        self.in_force_ns = time.monotonic_ns()  # down now; writes must not wait for the start
-        env.cluster.start_node(node)
-        env.killed.discard(target)
-        return f"{'SIGTERM' if self.graceful else 'SIGKILL'} + start" if pid else "start"
+        filled = disk.fill(node)
+        self.in_force_ns = time.monotonic_ns()
+        return f"filler took {filled / 2**20:.1f} MiB, {disk.free_bytes(node)} bytes free{how}"
+
+
+@dataclass
+class DiskFree:
+    """Delete the filler of `disk-full` (the data stays on its image until `heal`); start
+    the node if it exited meanwhile."""
+
+    spec: str
+    action: str = "disk-free"
+
+    def target(self, env: ChaosEnv) -> str:
+        return env.node(self.spec).id
+
+    def inject(self, env: ChaosEnv, target: str) -> str:
+        node = env.node(target)
+        detail = f"filler of {disk.free(node) / 2**20:.1f} MiB deleted"
+        if env.cluster.running_pid(node) is None:
+            env.cluster.start_node(node)
+            env.killed.discard(target)
+            detail += f"; started {target}"
+        return detail
+
+
+@dataclass
+class Restore:
+    """Undo `slow-disk`, `clock` and `disk-full` on one node: restart it with the plain
+    environment, its data moved back off its image (the image deleted)."""
+
+    spec: str
+    graceful: bool = True
+    action: str = "restore"
+
+    def target(self, env: ChaosEnv) -> str:
+        return env.node(self.spec).id
+
+    def inject(self, env: ChaosEnv, target: str) -> str:
+        return _restore(env, target, graceful=self.graceful)
+
+
+def _restore(env: ChaosEnv, target: str, *, graceful: bool = True) -> str:
+    node = env.node(target)
+    undone = [shims.describe(node.env)] if node.env else []
+    if node.disk_image:
+        disk.free(node)  # space first: the node may be writing until it stops
+        undone.append("disk image")
+
+    def change(n: LocalNode) -> LocalNode:
+        n = disk.move_off_image(env.cluster, n)
+        return env.cluster.replace_node(replace(n, env={}))
+
+    # A node whose fsyncs crawl drains its backlog for 10 s and more on SIGTERM: bounded.
+    how, _ = restart(env, target, graceful=graceful, change=change, stop_timeout=5.0)
+    return f"restored {target} ({'; '.join(undone) or 'nothing to undo'}: {how})"
 
 
 @dataclass
@@ -298,7 +464,8 @@ class Partition:
 
 @dataclass
 class Heal:
-    """Clear every partition, resume paused nodes and start killed ones."""
+    """Undo slow disks, shifted clocks and full disks (`Restore` on each such node), clear
+    every partition, resume paused nodes and start killed ones."""
 
     restart_killed: bool = True
     action: str = "heal"
@@ -307,7 +474,12 @@ class Heal:
         return "all"
 
     def inject(self, env: ChaosEnv, target: str) -> str:
-        done = []
+        done, failed = [], []
+        for faulty in [n for n in env.cluster.nodes if n.env or n.disk_image]:
+            try:
+                done.append(_restore(env, faulty.id))
+            except EsdbError as exc:  # heal the rest; say what is left afterwards
+                failed.append(f"{faulty.id}: {exc}")
         for node in env.cluster.nodes:
             pid = env.cluster.running_pid(node)
             # `env.paused` only knows this process's own pauses; `esdb chaos pause` ran in
@@ -331,6 +503,11 @@ class Heal:
                 # an unreachable node has no partition state worth clearing
                 with contextlib.suppress(EsdbError):
                     env.admin_fault(node, set(), set())
+        if failed:
+            raise EsdbError(
+                f"heal could not restore {'; '.join(failed)}",
+                hint="everything else was healed; fix the cause and run heal again",
+            )
         return "; ".join(done) or "partitions cleared"
 
 

@@ -6,8 +6,10 @@ inside namespaces):
     esdb-<pid>-sw   switch: bridge br0 with 10.99.0.254/24; the drill's workload runs here
     esdb-<pid>-nI   host I: eth0 = 10.99.0.I/24, its peer pI is a port of br0; node I runs here
 
-A partition unplugs a host at the switch (`ip link set pI down` in the switch namespace):
-packets are dropped silently both ways, for peers and clients alike, as with a pulled cable.
+A partition that cuts single nodes off both ways unplugs them at the switch (`ip link set pI
+down` in the switch namespace): packets are dropped silently both ways, for peers and clients
+alike, as with a pulled cable. One-way cuts and sides of several nodes are nftables rules in
+the receiving nodes' namespaces, which drop only traffic between nodes.
 
 Safety (docs/chaos.md, `--netns`): the guard refuses to start anything unless every
 namespace holds only loopback/veth/bridge links and has no default route; teardown
@@ -218,45 +220,126 @@ def empty_namespace(ns: str, timeout: float) -> None:
     raise NetnsError(f"processes still running in {ns}: {namespace_pids(ns)}")
 
 
+NFT_TABLE = "esdb_chaos"
+# The largest IPv4 packet that carries no TCP payload: 20 bytes of IP header and at most 60 of
+# TCP header with options. A one-way cut drops only longer packets, so handshakes and pure
+# ACKs still pass and the other direction's messages are delivered and acknowledged.
+_MAX_EMPTY_SEGMENT = 80
+
+
+def nft_path() -> str | None:
+    return shutil.which("nft", path=os.pathsep.join((os.environ.get("PATH", ""), "/usr/sbin")))
+
+
+def nft_unavailable_reason() -> str | None:
+    """Why nftables cuts cannot be made here (None: they can)."""
+    if nft_path():
+        return None
+    return "needs nftables (`nft`) for one-way and multi-node cuts under --netns"
+
+
+def nft_rules(
+    sides: Sequence[Sequence[str]], one_way: bool, addr: dict[str, str]
+) -> dict[str, str]:
+    """The nftables ruleset (for `nft -f -`) each node's namespace gets, by node id.
+
+    Drops happen on the receiving node's input hook only, so they are silent (a drop on
+    output would fail the sender's syscall with EPERM). Two-way: every node drops packets from
+    nodes on other sides. One-way: nodes of side 1 drop packets carrying data from side 0.
+    Only node addresses are matched: clients (the switch, .254) still reach every node.
+    """
+    if one_way:
+        drops = {n: (sides[0], f" ip length > {_MAX_EMPTY_SEGMENT}") for n in sides[1]}
+    else:
+        drops = {
+            n: ([m for other in sides if other is not side for m in other], "")
+            for side in sides
+            for n in side
+        }
+    rules = {}
+    for node, (senders, extra) in drops.items():
+        peers = ", ".join(addr[m] for m in senders)
+        rules[node] = (
+            f"add table inet {NFT_TABLE}\n"
+            f"delete table inet {NFT_TABLE}\n"  # replaces an earlier cut in one transaction
+            f"table inet {NFT_TABLE} {{\n"
+            "  chain input {\n"
+            "    type filter hook input priority 0; policy accept;\n"
+            f"    ip saddr {{ {peers} }}{extra} drop\n"
+            "  }\n"
+            "}\n"
+        )
+    return rules
+
+
 @dataclass
 class SwitchPorts:
-    """Partitions made by unplugging hosts at the switch (the `network` of a ChaosEnv)."""
+    """Partitions in the --netns topology (the `network` of a ChaosEnv).
+
+    A single node cut off both ways is unplugged at the switch: peers and clients lose it, as
+    with a pulled cable. One-way cuts and sides of several nodes are nftables rules in the
+    nodes' namespaces (`nft_rules`): only traffic between nodes is cut, clients still reach
+    every node."""
 
     switch: str
     ports: dict[str, str]  # node id -> switch port name
+    hosts: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (namespace, addr)
     down: set[str] = field(default_factory=set)
+    filtered: set[str] = field(default_factory=set)  # nodes whose namespace has our table
 
     def partition(self, sides: Sequence[Sequence[str]], one_way: bool) -> str:
-        """Unplug every node outside the largest side. Only single-node sides can be cut off
-        this way (a port carries all of a host's traffic), and only both ways."""
-        if one_way:
-            raise InvalidInput(
-                "--netns cuts links at the switch, which cannot drop one direction only",
-                hint="run one-way partitions without --netns (transport hook)",
-            )
         largest = max(reversed(sides), key=len)  # on a tie the first side named is cut
         cut = [side for side in sides if side is not largest]
-        if any(len(side) != 1 for side in cut):
+        if not one_way and all(len(side) == 1 for side in cut):
+            for (node,) in cut:
+                ip("-n", self.switch, "link", "set", self.ports[node], "down")
+                self.down.add(node)
+            return "unplugged " + ",".join(side[0] for side in cut) + " at the switch"
+        reason = nft_unavailable_reason()
+        if reason or not self.hosts:
             raise InvalidInput(
-                "--netns can only cut single nodes off (unplug them at the switch)",
-                hint="name sides like `n1 | n2,n3`, or run without --netns",
+                "--netns " + (reason or "knows no node namespaces to put nftables rules in"),
+                hint="install nftables (dev-env/ci-packages.sh), or run without --netns "
+                "(transport hook)",
             )
-        for (node,) in cut:
-            ip("-n", self.switch, "link", "set", self.ports[node], "down")
-            self.down.add(node)
-        return "unplugged " + ",".join(side[0] for side in cut) + " at the switch"
+        addr = {node: a for node, (_ns, a) in self.hosts.items()}
+        for node, rules in nft_rules(sides, one_way, addr).items():
+            nft(self.hosts[node][0], rules)
+            self.filtered.add(node)
+        kind = "one-way" if one_way else "two-way"
+        return f"{kind} nftables cut " + " | ".join(",".join(side) for side in sides)
 
     def heal(self) -> str:
         for node in sorted(self.down):
             ip("-n", self.switch, "link", "set", self.ports[node], "up")
-        done, self.down = sorted(self.down), set()
-        return "plugged " + ",".join(done) + " back in" if done else ""
+        for node in sorted(self.filtered):
+            nft(self.hosts[node][0], f"delete table inet {NFT_TABLE}\n")
+        done = sorted(self.down)
+        filtered = sorted(self.filtered)
+        self.down, self.filtered = set(), set()
+        out = ["plugged " + ",".join(done) + " back in"] if done else []
+        out += ["removed the nftables cut on " + ",".join(filtered)] if filtered else []
+        return "; ".join(out)
 
     def is_down(self, node: str) -> bool:
         state = json.loads(
             ip("-n", self.switch, "-j", "link", "show", self.ports[node]).stdout or "[{}]"
         )[0]
         return "UP" not in state.get("flags", [])
+
+
+def nft(ns: str, rules: str) -> None:
+    """Run an nftables script in namespace `ns`."""
+    proc = subprocess.run(
+        ["ip", "netns", "exec", ns, nft_path() or "nft", "-f", "-"],
+        input=rules,
+        capture_output=True,
+        text=True,
+        timeout=_CMD_TIMEOUT,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise NetnsError(f"nft in {ns} failed: {proc.stderr.strip()}")
 
 
 def enter(prefix: str, nodes: int) -> tuple[list[tuple[str, str]], SwitchPorts]:
@@ -272,7 +355,8 @@ def enter(prefix: str, nodes: int) -> tuple[list[tuple[str, str]], SwitchPorts]:
         check_isolated(ns)
     hosts = [(topo.host(i), topo.addr(i)) for i in range(1, nodes + 1)]
     ports = {f"n{i}": f"p{i}" for i in range(1, nodes + 1)}
-    return hosts, SwitchPorts(topo.switch, ports)
+    by_id = {f"n{i}": host for i, host in enumerate(hosts, start=1)}
+    return hosts, SwitchPorts(topo.switch, ports, by_id)
 
 
 def run_in_namespaces(nodes: int, argv: Sequence[str]) -> int:

@@ -290,19 +290,24 @@ class AsyncClient:
         idle_timeout: float | None = None,
         on_open: Callable[[Connection], None] | None = None,
     ) -> AsyncIterator[list[bytes]]:
+        """Chunks of a streamed answer. Before the first chunk, a redirect is followed and a
+        transient refusal (no leader yet, an election) is retried until the client's timeout,
+        announced once to `on_wait`; after it, errors end the stream (the caller knows where
+        it got to)."""
+        began = time.monotonic()
+        deadline = began + self.timeout
         redirects = 0
-        started = time.monotonic()
-        deadline = started + self.timeout
         backoff = 0.05
         noted = False
         while True:
             conn = await self._any_connection(req.needs_leader())
             if on_open is not None:
                 on_open(conn)
-            delivered = False
+            started = False
+            last: EsdbError
             try:
                 async for chunk in conn.stream(req, idle_timeout):
-                    delivered = True
+                    started = True
                     yield chunk
                 return
             except TimeoutError:
@@ -313,26 +318,28 @@ class AsyncClient:
                 raise Timeout(
                     f"{req.wire_name()}: {conn.url} sent nothing for {idle_timeout:g}s"
                 ) from None
-            except (NotLeader, NotReady) as exc:
-                if isinstance(exc, NotLeader):
-                    redirects += 1
-                    if redirects <= 5 and self._note_redirect(exc):
-                        continue
-                # No leader yet (an election, no majority) or a node catching up: like a
-                # request, wait for it until the deadline - unless events were delivered,
-                # which a retry would repeat.
-                if delivered or time.monotonic() >= deadline:
+            except NotLeader as exc:
+                if started:
+                    raise
+                redirects += 1
+                if self._note_redirect(exc) and redirects <= 5:
+                    continue
+                self._start_after(conn.address)
+                if time.monotonic() + backoff >= deadline:
+                    raise
+                last = exc
+            except (NotReady, Unavailable) as exc:
+                if started or time.monotonic() + backoff >= deadline:
                     raise
                 self._leader = None
-                self._start_after(conn.address)
-                waited = time.monotonic() - started
-                if not noted and waited >= WAIT_NOTE_AFTER:
-                    noted = True
-                    self._note(Waiting("waiting", req.wire_name(), exc, waited))
-                redirects = 0
+                last = exc
             except ConnectionLost as exc:
                 raise Unavailable(f"{exc} during {req.wire_name()}") from None
-            await asyncio.sleep(min(backoff, max(deadline - time.monotonic(), 0)))
+            waited = time.monotonic() - began
+            if not noted and waited >= WAIT_NOTE_AFTER:
+                noted = True
+                self._note(Waiting("waiting", req.wire_name(), last, waited))
+            await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 0.5)
 
     # --- writes ---------------------------------------------------------------------------------

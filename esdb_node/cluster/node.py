@@ -12,9 +12,12 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from typing import NoReturn
 
+from esdb_node.client import AsyncClient
+from esdb_node.clock import LeaderClock
 from esdb_node.cluster.admin import ClusterAdmin
 from esdb_node.cluster.formation import Formation
 from esdb_node.cluster.registry import ClusterIdentity, MemberRegistry
@@ -35,6 +38,7 @@ from esdb_node.storage.store import Store
 log = logging.getLogger("esdb.cluster")
 
 UPKEEP_INTERVAL = 1.0
+CLOCK_INTERVAL = 3.0
 
 
 def advertised(config: NodeConfig, address: str) -> str:
@@ -52,9 +56,14 @@ class ClusterNode:
         store_id: str,
         url: str,
         on_fatal: Callable[[str], NoReturn] = fatal,
+        clock: LeaderClock | None = None,
     ) -> None:
         self.config = config
         self.store = store
+        self.clock = clock or LeaderClock()
+        self._clock_client: AsyncClient | None = None
+        self._next_clock_check = 0.0
+        self._clock_warned = False
         self.identity = ClusterIdentity(node_id, store_id, advertised(config, config.raft), url)
         self._on_fatal = on_fatal
         self._raft: RaftNode | None = None
@@ -139,6 +148,8 @@ class ClusterNode:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._clock_client is not None:
+            await self._clock_client.close()
         layout = DataDir(self.config.data_dir)
         if self._raft is not None and layout.leave.exists():
             self._left = await self.formation.leave(self._raft)
@@ -161,6 +172,7 @@ class ClusterNode:
                 self.view.sample(self.raft().status())
                 self._announce()
                 await self._register_self()
+                await self._measure_clock()
             except EsdbError as exc:
                 log.debug("cluster upkeep: %s", exc)
             except Exception:
@@ -173,6 +185,37 @@ class ClusterNode:
             discovery.set_cluster_state(
                 True, self._raft.leader(), members_hash(self._raft.members())
             )
+
+    async def _measure_clock(self) -> None:
+        """Every few seconds: this node's clock against the leader's (see esdb_node.clock)."""
+        now = time.monotonic()
+        if now < self._next_clock_check:
+            return
+        self._next_clock_check = now + CLOCK_INTERVAL
+        raft = self.raft()
+        leader = raft.leader()
+        if leader is None:
+            return
+        if leader == self.identity.raft:
+            self.clock.reset()
+        else:
+            url = self.registry.url_of(leader)
+            if not url:
+                return
+            if self._clock_client is None:
+                self._clock_client = AsyncClient(url, timeout=2.0, connect_timeout=1.0)
+            sent = time.time_ns()
+            status = await self._clock_client.status(url)
+            self.clock.measure(status.time_us, sent, time.time_ns())
+        offset = abs(self.clock.offset_us) / 1e6
+        if offset > self.config.max_clock_offset and not self._clock_warned:
+            log.warning(
+                "clock: this node's clock is %.3f s off the leader's (limit %.3f s); "
+                "event times and max-age follow the leader's clock, fix NTP here",
+                offset,
+                self.config.max_clock_offset,
+            )
+        self._clock_warned = offset > self.config.max_clock_offset
 
     async def _register_self(self) -> None:
         mine = MemberRecord(self.identity.raft, self.identity.node_id, self.identity.url)

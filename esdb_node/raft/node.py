@@ -531,6 +531,7 @@ class RaftNode:
             obj.raftCommitIndex,
             obj.raftLastApplied,
             len(obj._SyncObj__otherNodes),
+            sum(obj._SyncObj__raftMatchIndex.values()),  # a follower's progress (leader)
             obj._SyncObj__transport.drop_in,
             obj._SyncObj__transport.drop_out,
         )

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from esdb_node import __version__, ops
+from esdb_node.clock import LeaderClock
 from esdb_node.codec import record_header
 from esdb_node.deadline import Deadline
 from esdb_node.errors import StreamNotFound
@@ -86,10 +87,15 @@ class NodeService:
         store: Store,
         replicator: Replicator,
         identity: Identity,
+        *,
+        clock: LeaderClock | None = None,
+        max_clock_offset: float = 1.0,
     ) -> None:
         self.store = store
         self.replicator = replicator
         self.identity = identity
+        self.clock = clock or LeaderClock()
+        self.max_clock_offset = max_clock_offset
         self.started = time.monotonic()
         self.head = HeadWatch(asyncio.get_running_loop())
         store.add_listener(self.head.notify)
@@ -145,7 +151,7 @@ class NodeService:
         while remaining > 0 or first:
             want = min(remaining, CHUNK_EVENTS)
             payloads, _info = self.store.read_stream(
-                req.stream, version, backward=req.backward, limit=want
+                req.stream, version, backward=req.backward, limit=want, now_us=self.clock.now_us()
             )
             first = False
             for chunk in _chunks(payloads):
@@ -194,7 +200,9 @@ class NodeService:
                     info = self.store.stream_info(req.stream)
                     version = info.last_version + 1
                     continue
-                payloads, _ = self.store.read_stream(req.stream, version, limit=CHUNK_EVENTS)
+                payloads, _ = self.store.read_stream(
+                    req.stream, version, limit=CHUNK_EVENTS, now_us=self.clock.now_us()
+                )
             except StreamNotFound:
                 payloads = []
                 if version is None:
@@ -266,4 +274,9 @@ class NodeService:
             durability=self.identity.durability,
             pid=os.getpid(),
             rejected_peers=rs.rejected_peers,
+            time_us=time.time_ns() // 1000,
+            clock_offset_ms=(
+                None if self.clock.measured_at is None else -self.clock.offset_us / 1000
+            ),
+            max_clock_offset=self.max_clock_offset,
         )

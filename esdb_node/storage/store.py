@@ -62,6 +62,7 @@ _SEP = b"\x00"
 _APPLIED = b"applied"
 _STORE_ID = b"store_id"
 _FORMAT_KEY = b"format"
+_LAST_CREATED = b"last_created"  # newest `created` stamp: stamps never go backwards
 STORAGE_FORMAT = 1
 
 Result = Any  # AppendResult | DeleteResult | StreamInfo | Snapshot | None | EsdbError
@@ -216,6 +217,8 @@ class Store:
                 raise StorageFailure(f"store at {self.path} has an unknown format {fmt!r}")
             cur = txn.cursor(db=self._log)
             self._next_position = U64.unpack(cur.key())[0] + 1 if cur.last() else 0
+            raw_created = txn.get(_LAST_CREATED, db=self._meta)
+            self._last_created_us = U64.unpack(raw_created)[0] if raw_created else 0
             self._stream_count = txn.stat(self._streams)["entries"]
         self._applied = self._read_applied()
 
@@ -295,7 +298,7 @@ class Store:
             return bytes(value) if value is not None else None
 
     def set_meta(self, key: bytes, value: bytes) -> None:
-        if key in (_APPLIED, _FORMAT_KEY):
+        if key in (_APPLIED, _FORMAT_KEY, _LAST_CREATED):
             raise ValueError(f"reserved meta key {key!r}")
         with self.env.begin(write=True) as txn:
             txn.put(key, value, db=self._meta)
@@ -312,18 +315,23 @@ class Store:
         if index and index <= self._applied[0]:
             return None
         try:
-            created_us, commands = cmd.decode_batch(batch)
+            stamped_us, commands = cmd.decode_batch(batch)
         except InvalidInput as exc:  # a malformed batch is a result, never a stalled log
             return [exc]
+        # `created` never goes backwards in $all order, even when leadership moves to a node
+        # whose clock is behind: every member applies the same max to the same batches.
+        created_us = max(stamped_us, self._last_created_us)
         try:
             with self.env.begin(write=True) as txn:
                 writer, results = self._run_batch(txn, created_us, commands)
+                txn.put(_LAST_CREATED, U64.pack(created_us), db=self._meta)
                 if index:
                     txn.put(_APPLIED, U64.pack(index) + U64.pack(term), db=self._meta)
         except lmdb.Error as exc:
             raise StorageFailure(f"write failed: {exc}") from exc
         self._next_position = writer.next_position
         self._stream_count = writer.stream_count
+        self._last_created_us = created_us
         if index:
             self._applied = (index, term)
         for listener in self._listeners:
@@ -370,7 +378,7 @@ class Store:
         Hidden events (soft delete, truncate-before, max-count, max-age) are skipped.
         """
         raw = validate_stream_name(stream, allow_system=True)
-        now_us = now_us if now_us is not None else int(time.time() * 1_000_000)
+        now_us = now_us if now_us is not None else time.time_ns() // 1000
         with self._read() as txn:
             info_rec = self._info(txn, stream, raw)
             if info_rec is None:

@@ -3,6 +3,7 @@ in-process (same entry point and exit codes as the installed script)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,12 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         for pid in started:  # nodes we spawned and someone else killed: collect them
             local.reap(pid)
         _CLUSTERS.remove(c)
+        # `chaos disk-full` images, also when the test failed before its heal
+        current.release_disks()
+        mounted = [n.id for n in current.nodes if os.path.ismount(n.data_dir)]
         left = [p for p in started if local.is_node_process(p)]
         assert not left, f"node processes left running: {left}"
+        assert not mounted, f"data dirs left mounted: {mounted}"
 
 
 def wait_registered(c: LocalCluster, timeout: float = 60) -> None:

@@ -17,6 +17,8 @@ import pytest
 from esdb_cli import local
 from esdb_cli.chaos.faults import (
     ChaosEnv,
+    ClockSkew,
+    DiskFull,
     FaultReport,
     Heal,
     Kill,
@@ -24,6 +26,7 @@ from esdb_cli.chaos.faults import (
     Pause,
     Restart,
     Resume,
+    SlowDisk,
     is_stopped,
     run_fault,
 )
@@ -415,6 +418,12 @@ FIXED = FaultReport(
         (["partition", "n1,n2", "n3"], Partition([["n1", "n2"], ["n3"]])),
         (["partition", "--one-way", "n1", "n2"], Partition([["n1"], ["n2"]], one_way=True)),
         (["heal"], Heal()),
+        (["disk-full", "n1", "--size", "32"], DiskFull("n1", size_mib=32)),
+        (["disk-full", "--random"], DiskFull("random")),
+        (["slow-disk", "--leader", "--delay-ms", "50"], SlowDisk("leader", delay_ms=50.0)),
+        (["slow-disk", "n2"], SlowDisk("n2")),
+        (["clock", "n2", "-30m"], ClockSkew("n2", -1800.0)),
+        (["clock", "leader", "+2h"], ClockSkew("leader", 7200.0)),
     ],
 )
 def test_fault_commands_build_the_fault_and_print_one_report(

@@ -56,13 +56,49 @@ def test_guard_accepts_only_our_own_links() -> None:
     ]
 
 
-def test_switch_ports_refuse_what_a_cable_cannot_do() -> None:
-    ports = nx.SwitchPorts("esdb-0-sw", {f"n{i}": f"p{i}" for i in range(1, 6)})
-    with pytest.raises(InvalidInput, match="one direction"):
+ADDR = {f"n{i}": f"10.99.0.{i}" for i in range(1, 6)}
+
+
+def _drops(rules: str) -> str:
+    (line,) = [x.strip() for x in rules.splitlines() if x.strip().endswith(" drop")]
+    return line
+
+
+def test_nft_two_way_cut_drops_other_sides_on_input_only() -> None:
+    rules = nx.nft_rules([["n1", "n2"], ["n3", "n4", "n5"]], False, ADDR)
+    assert sorted(rules) == ["n1", "n2", "n3", "n4", "n5"]
+    assert _drops(rules["n1"]) == "ip saddr { 10.99.0.3, 10.99.0.4, 10.99.0.5 } drop"
+    assert _drops(rules["n4"]) == "ip saddr { 10.99.0.1, 10.99.0.2 } drop"
+    for text in rules.values():  # a drop on output would fail the sender's syscalls
+        assert "hook input" in text and "hook output" not in text
+        assert text.startswith(f"add table inet {nx.NFT_TABLE}\ndelete table inet {nx.NFT_TABLE}")
+
+
+def test_nft_one_way_cut_drops_only_data_from_the_first_side() -> None:
+    rules = nx.nft_rules([["n1"], ["n2", "n3"]], True, ADDR)
+    assert sorted(rules) == ["n2", "n3"]  # the receivers; n1 and the rest are untouched
+    assert _drops(rules["n2"]) == "ip saddr { 10.99.0.1 } ip length > 80 drop"
+
+
+def test_netns_partitions_without_nftables_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    hosts = {n: (f"esdb-0-{n}", a) for n, a in ADDR.items()}
+    ports = nx.SwitchPorts("esdb-0-sw", {f"n{i}": f"p{i}" for i in range(1, 6)}, hosts)
+    monkeypatch.setattr(nx, "nft_unavailable_reason", lambda: "needs nftables (`nft`)")
+    with pytest.raises(InvalidInput, match="needs nftables"):
         ports.partition([["n1"], ["n2"]], one_way=True)
-    with pytest.raises(InvalidInput, match="single nodes"):
+    with pytest.raises(InvalidInput, match="needs nftables"):
         ports.partition([["n1", "n2"], ["n3", "n4", "n5"]], one_way=False)
-    assert ports.down == set()
+    assert ports.down == set() and ports.filtered == set()
+
+
+def test_one_way_drill_under_netns_needs_nftables(
+    esdb: Callable[..., Run], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(nx, "nft_unavailable_reason", lambda: "needs nftables (`nft`)")
+    r = esdb("chaos", "drill", "--netns", "--scenario", "one-way", "--duration", "1")
+    assert r.code == 2, r.err
+    assert "error: scenario one-way needs nftables" in r.err
+    assert "hint: dev-env/ci-packages.sh installs" in r.err
 
 
 def test_netns_without_root_is_refused(
@@ -219,3 +255,35 @@ def test_netns_drill_is_clean_and_leaves_nothing_behind(root_netns: None, tmp_pa
         timeout=120,
     )
     assert checked.returncode == 0, checked.stdout[-2000:]
+
+
+@pytest.mark.netns
+@pytest.mark.cluster
+def test_nft_cuts_on_a_real_cluster(root_netns: None, tmp_path: Path) -> None:
+    """Five nodes in namespaces: a two-way cut with two nodes on the minority side, a
+    one-way cut from the leader (the follower commits nothing) and one to the leader (the
+    follower keeps applying, the leader never hears it); heal removes every rule."""
+    reason = nx.nft_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with nx.Topology(5, prefix=f"esdb-{os.getpid()}") as topo:
+        argv = [sys.executable, "-m", "tests.chaos.netns_cuts", topo.prefix, "5"]
+        proc = subprocess.run(
+            ["ip", "netns", "exec", topo.switch, *argv, str(tmp_path / "cluster")],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            cwd=Path(__file__).parents[2],
+        )
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        tables = [
+            nx.ip("netns", "exec", topo.host(i), "nft", "list", "tables").stdout
+            for i in range(1, 6)
+        ]
+    steps = {s["step"]: s for s in map(json.loads, proc.stdout.splitlines())}
+    assert list(steps) == ["two-way", "one-way-from-leader", "one-way-to-leader"]
+    two = steps["two-way"]
+    assert two["detail"].startswith("two-way nftables cut ") and len(two["minority"]) == 2
+    assert two["heal"] == "removed the nftables cut on n1,n2,n3,n4,n5"
+    assert steps["one-way-from-leader"]["detail"].startswith("one-way nftables cut ")
+    assert not any(nx.NFT_TABLE in t for t in tables), tables

@@ -382,6 +382,7 @@ EVERY_KEY = {
     "discovery_interval": 15.0,
     "discovery_expiry": 45.0,
     "dns_interval": 7.0,
+    "max_clock_offset": 0.5,
 }
 
 

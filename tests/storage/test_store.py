@@ -462,3 +462,19 @@ def test_member_registry_is_replicated_state(store: Store) -> None:
     assert ok(run(store, cmd.member_delete("127.0.0.1:2114"))[0]) is False
     assert isinstance(run(store, [6, "", "n", "u"])[0], InvalidInput)
     assert [m.node_id for m in store.members()] == ["n2"]
+
+
+def test_created_never_goes_backwards_in_all_order(tmp_path: Path) -> None:
+    """A leader whose clock is behind the previous one's stamps no event before an older one:
+    every member applies max(stamp, newest created) to the same batches, also after reopen."""
+    store = Store(tmp_path / "store")
+    ok(run(store, cmd.append("s-1", -2, [ev()]), created_us=2_000_000))
+    ok(run(store, cmd.append("s-1", -2, [ev()]), created_us=1_000_000))  # a clock 1 s behind
+    store.close()
+    store = Store(tmp_path / "store")
+    ok(run(store, cmd.append("s-1", -2, [ev()]), created_us=1_500_000))
+    ok(run(store, cmd.append("s-1", -2, [ev()]), created_us=3_000_000))
+    payloads, _ = store.read_stream("s-1", now_us=4_000_000)
+    created = [codec.decode_record(p).created.timestamp() for p in payloads]
+    assert created == [2.0, 2.0, 2.0, 3.0]
+    store.close()
