@@ -11,13 +11,22 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from esdb_node.config import NodeConfig
-from esdb_node.errors import EsdbError, NotFound, Timeout, Unavailable
+from esdb_node.errors import (
+    Conflict,
+    EsdbError,
+    InvalidInput,
+    NotFound,
+    Timeout,
+    Unavailable,
+    Unhealthy,
+    UnknownOutcome,
+)
 from esdb_node.layout import DataDir
 from esdb_node.model import NodeStatus, VerifyReport
 
@@ -85,7 +94,8 @@ def spawn_node(
     if existing is not None:
         raise Unavailable(
             f"a node is already running on {config.data_dir} (pid {existing})",
-            hint="stop it first with `esdb node stop`",
+            hint=f"stop it first with `esdb node stop{dir_flag(config.data_dir)}`, "
+            "or use another --data-dir",
         )
     env = node_env(config)
     env.update(extra_env or {})
@@ -109,35 +119,128 @@ def log_tail(data_dir: Path, lines: int = 8) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def wait_serving(config: NodeConfig, proc: subprocess.Popen[bytes], timeout: float) -> NodeStatus:
-    """Wait until the child answers `status` on its client port, or fail with its log."""
+def node_error(data_dir: Path) -> str | None:
+    """The error a node that exited printed last (`error: ...`, see esdb_node.node.main)."""
+    for line in reversed(log_tail(data_dir, 40).splitlines()):
+        if line.startswith("error: "):
+            return line.removeprefix("error: ").strip()
+    return None
+
+
+# A node exits with its error's exit code; `node start --detach` exits with the same one.
+_BY_EXIT_CODE = {
+    int(cls.exit_code): cls
+    for cls in (InvalidInput, Unavailable, Conflict, Unhealthy, UnknownOutcome, NotFound)
+}
+
+
+def _exited(config: NodeConfig, code: int) -> EsdbError:
+    files = DataDir(config.data_dir)
+    error = node_error(config.data_dir)
+    tail = log_tail(config.data_dir)
+    detail = f": {error}" if error else f":\n{tail}" if tail else ""
+    cls = _BY_EXIT_CODE.get(code, EsdbError)
+    return cls(
+        f"the node exited during start-up (exit code {code}){detail}",
+        hint=f"full log: {files.log}",
+    )
+
+
+def _give_up(proc: subprocess.Popen[bytes], config: NodeConfig, message: str) -> Timeout:
+    """A node that did not get ready in time is stopped: the caller reports a failure, so
+    nothing may keep running behind it."""
+    stop_pid(proc.pid, timeout=10.0, force=True)
+    reap(proc.pid)
+    return Timeout(
+        f"{message}; stopped it (pid {proc.pid})",
+        hint=f"see {DataDir(config.data_dir).log}, or give it longer with --wait",
+    )
+
+
+def wait_serving(
+    config: NodeConfig,
+    proc: subprocess.Popen[bytes],
+    timeout: float,
+    *,
+    until: Callable[[NodeStatus], bool] | None = None,
+    waiting_for: str = "start serving",
+    settle: bool = False,
+) -> NodeStatus:
+    """Wait until the child answers `status` on its client port (and `until(status)` holds),
+    or fail with the node's own error if it exits, or stop it after `timeout`.
+
+    `settle`: once it serves, `until` is a hope, not a condition: after `timeout` return
+    the last status instead of failing."""
     from esdb_node.client import Client
 
     deadline = time.monotonic() + timeout
     last: EsdbError | None = None
+    status: NodeStatus | None = None
     while time.monotonic() < deadline:
         code = proc.poll()
         if code is not None:
-            tail = log_tail(config.data_dir)
-            raise Unavailable(
-                f"the node exited with code {code} during start-up"
-                + (f":\n{tail}" if tail else ""),
-                hint=f"full log: {DataDir(config.data_dir).log}",
-            )
+            raise _exited(config, code)
         runtime = DataDir(config.data_dir).read_runtime()
         if runtime and runtime.get("pid") == proc.pid and runtime.get("url"):
-            client = Client(str(runtime["url"]), timeout=2.0, connect_timeout=1.0)
+            # The token matters: a node that requires one refuses a status without it.
+            client = Client(
+                str(runtime["url"]), token=config.token, timeout=2.0, connect_timeout=1.0
+            )
             try:
-                return client.status(str(runtime["url"]))
+                status = client.status(str(runtime["url"]))
+                if until is None or until(status):
+                    return status
             except EsdbError as exc:
                 last = exc
             finally:
                 client.close()
         time.sleep(0.05)
-    raise Timeout(
+    if status is not None and settle:
+        return status
+    if status is not None:
+        seen = f"role {status.role}, leader {status.leader_id or 'none'}"
+        raise _give_up(proc, config, f"the node did not {waiting_for} within {timeout:g}s ({seen})")
+    raise _give_up(
+        proc,
+        config,
         f"the node did not start serving within {timeout:g}s" + (f" ({last})" if last else ""),
-        hint=f"see {DataDir(config.data_dir).log}",
     )
+
+
+def joins(config: NodeConfig) -> bool:
+    """Will this node join a running cluster through --join (a first start, not dns:)?"""
+    from esdb_node.discovery import is_dns_target
+
+    return (
+        bool(config.join)
+        and not is_dns_target(config.join or "")
+        and not DataDir(config.data_dir).has_raft_state()
+    )
+
+
+def has_leader(status: NodeStatus) -> bool:
+    return status.leader_id is not None
+
+
+DEFAULT_DATA_DIR = Path("esdb-data")
+
+
+def dir_flag(data_dir: Path) -> str:
+    """` -D DIR` for hints, unless DIR is the default (then the hint works as printed)."""
+    return "" if data_dir == DEFAULT_DATA_DIR else f" -D {data_dir}"
+
+
+def data_dir_of(pid: int) -> Path | None:
+    """The data directory of a running node: the one whose esdb.lock it holds open."""
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        links = [os.readlink(fd) for fd in fds.iterdir()]
+    except OSError:
+        return None
+    for target in links:
+        if target.endswith("/esdb.lock"):
+            return Path(target).parent
+    return None
 
 
 def stop_pid(pid: int, *, timeout: float, force: bool, sig: int = signal.SIGTERM) -> bool:
@@ -179,7 +282,8 @@ def stop_node(data_dir: Path, *, timeout: float, force: bool) -> int:
     pid = running_pid(data_dir)
     if pid is None:
         raise NotFound(
-            f"no node is running on {data_dir}", hint="start one with `esdb node start --detach`"
+            f"no node is running on {data_dir}",
+            hint=f"start one with `esdb node start --detach{dir_flag(data_dir)}`",
         )
     if not stop_pid(pid, timeout=timeout, force=force):
         raise Timeout(

@@ -76,7 +76,7 @@ class LocalCluster:
         except FileNotFoundError:
             raise NotFound(
                 f"no cluster in {directory} (missing cluster.json)",
-                hint="create one with `esdb cluster up --dir DIR`",
+                hint=f"create one with `esdb cluster up --dir {directory}`",
             ) from None
         except (OSError, ValueError) as exc:
             raise InvalidInput(f"cannot read {path}: {exc}") from None
@@ -150,8 +150,8 @@ class LocalCluster:
         if (directory / "cluster.json").exists():
             raise InvalidInput(
                 f"{directory} already holds a cluster",
-                hint="use `esdb cluster up --dir` on it again to restart it, "
-                "or `esdb cluster down --purge` first",
+                hint=f"`esdb cluster up --dir {directory}` restarts it; "
+                f"`esdb cluster down --dir {directory} --purge` deletes it",
             )
         ports = [] if hosts else _ports(nodes * 2, base_port)
         cluster = cls(
@@ -215,8 +215,14 @@ class LocalCluster:
         self, node: LocalNode, *, join: str | None = None, wait: float = 60.0
     ) -> LocalNode:
         cfg = self.config_for(node, join=join)
+        joining = local.joins(cfg)
         proc = self._spawn(node, cfg)
-        local.wait_serving(cfg, proc, wait)
+        if joining:  # a refused join ends the node: report that, not a started node
+            local.wait_serving(
+                cfg, proc, wait, until=local.has_leader, waiting_for="join the cluster"
+            )
+        else:
+            local.wait_serving(cfg, proc, wait)
         return self.replace_node(replace(node, pid=proc.pid))
 
     def add_node(

@@ -268,17 +268,14 @@ class Printer:
         elif self.fmt == "jsonl":
             self.json_line(row)
         else:
-            from rich.table import Table
-
-            table = Table(show_header=False, box=None, pad_edge=False)
-            table.add_column("key", style="bold")
-            table.add_column("value", overflow="fold")
-            for key, value in row.items():
-                table.add_row(key, _cell(value))
-            self._console().print(table)
+            self._console().print(_record_table(row))
 
     def rows(self, rows: Iterable[Row], columns: Sequence[str], *, key: str | None = None) -> int:
-        """Many objects. json wraps them in a list (or {key: [...]}), jsonl streams them."""
+        """Many objects. json wraps them in a list (or {key: [...]}), jsonl streams them.
+
+        A table never cuts ids, positions or times: when the terminal is too narrow for
+        every other column in full plus a little of the elidable ones (`data`), each row
+        is printed as a record (key/value lines) instead."""
         count = 0
         if self.fmt == "jsonl":
             for row in rows:
@@ -289,17 +286,68 @@ class Printer:
         if self.fmt == "json":
             self.json_doc({key: materialised} if key else materialised)
             return len(materialised)
-        from rich.table import Table
-
-        table = Table(box=None, pad_edge=False, header_style="bold")
-        for column in columns:
-            wide = column in ("data", "custom")
-            table.add_column(column, overflow="ellipsis" if wide else "fold", no_wrap=not wide)
-        for row in materialised:
-            table.add_row(*(_cell(row.get(c)) for c in columns))
-        if materialised:
-            self._console().print(table)
+        if not materialised:
+            return 0
+        console = self._console()
+        cells = [[_cell(row.get(c)) for c in columns] for row in materialised]
+        table = _fitted_table(columns, cells, console.width)
+        if table is not None:
+            console.print(table)
+            return len(materialised)
+        for i, row in enumerate(materialised):
+            if i:
+                console.print()
+            console.print(_record_table({c: row.get(c) for c in columns}))
         return len(materialised)
+
+
+# Columns a table may elide with "…" (free text); every other column is shown in full.
+ELIDABLE = ("data", "custom", "metadata", "detail", "error")
+# An elidable column narrower than this is not worth showing: use records instead.
+MIN_ELIDED = 10
+GAP = 2  # between table columns (Rich's padding of one on each side)
+
+
+def _fitted_table(columns: Sequence[str], cells: list[list[str]], width: int) -> Any:
+    """A Rich table that fits `width` with every non-elidable cell in full, or None."""
+    from rich.table import Table
+
+    natural = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    elidable = [c in ELIDABLE for c in columns]
+    fixed = sum(w for w, e in zip(natural, elidable, strict=True) if not e)
+    spare = width - fixed - GAP * (len(columns) - 1)
+    wanted = sum(w for w, e in zip(natural, elidable, strict=True) if e)
+    if spare < min(wanted, MIN_ELIDED * sum(elidable)) or spare < 0:
+        return None
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    # Elidable columns share what is left, in proportion to what they would need.
+    share = [
+        max(1, min(w, spare * w // max(wanted, 1))) if e else w
+        for w, e in zip(natural, elidable, strict=True)
+    ]
+    for column, w, e in zip(columns, share, elidable, strict=True):
+        table.add_column(column, width=w, no_wrap=True, overflow="ellipsis" if e else "fold")
+    for row in cells:
+        table.add_row(*row)
+    return table
+
+
+def _record_table(row: Row) -> Any:
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column("key", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for key, value in row.items():
+        table.add_row(key, _cell(value))
+    return table
+
+
+def tail_line(row: Row) -> str:
+    """`tail -o table`: one line per event, data as compact JSON (not a Python repr)."""
+    data = row.get("data")
+    shown = data if row.get("data_encoding") else _cell(data)
+    return f"{row['stream']}@{row['version']}  {row['type']}  {shown}"
 
 
 def say(message: str) -> None:
@@ -307,7 +355,13 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def print_error(exc: EsdbError) -> None:
+def print_error(exc: EsdbError, *, as_json: bool = False, code: str | None = None) -> None:
+    """One plain `error:` line (and `hint:`), or with --json one JSON object that scripts
+    can parse: {"error": {"code", "message", "hint"}}."""
+    if as_json:
+        doc = {"error": {"code": code or exc.code, "message": exc.message, "hint": exc.hint}}
+        print(json.dumps(doc, ensure_ascii=False), file=sys.stderr)
+        return
     print(f"error: {exc.message}", file=sys.stderr)
     if exc.hint:
         print(f"hint: {exc.hint}", file=sys.stderr)

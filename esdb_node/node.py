@@ -82,7 +82,7 @@ def run_node(config: NodeConfig) -> int:
         os.close(lock_fd)
         raise Unavailable(
             f"another node is already running on {files.path}",
-            hint="stop it with `esdb node stop --data-dir ...`, or use another --data-dir",
+            hint=f"stop it with `esdb node stop -D {files.path}`, or use another --data-dir",
         ) from None
     try:
         return asyncio.run(_serve(config, files))

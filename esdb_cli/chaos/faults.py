@@ -54,6 +54,14 @@ class FaultReport:
     # When the fault was fully in effect (every node partitioned, the process gone): an
     # append invoked before this may succeed without proving anything about recovery.
     in_force_ns: int = 0
+    # The most members that still run and reach each other, of how many: without a
+    # majority no leader can be elected until the fault is healed.
+    together: int = 0
+    members: int = 0
+
+    @property
+    def majority(self) -> bool:
+        return self.together * 2 > self.members
 
     def row(self) -> dict[str, object]:
         return {
@@ -66,6 +74,7 @@ class FaultReport:
             "health_before": self.health_before,
             "health_after": self.health_after,
             "detail": self.detail,
+            "majority": self.majority,
         }
 
 
@@ -515,7 +524,10 @@ def run_fault(
     # otherwise it is from now on.
     in_force = getattr(fault, "in_force_ns", None) or time.monotonic_ns()
     since = t_ns / 1e9
-    recovery = env.wait_recovered(recovery_timeout, since) if measure else None
+    together, members = largest_group(env, fault)
+    # Without a majority nothing can recover until healed: say so now, not after the wait.
+    waits = measure and together * 2 > members
+    recovery = env.wait_recovered(recovery_timeout, since) if waits else None
     after = env.health()
     return FaultReport(
         action=fault.action,
@@ -529,7 +541,22 @@ def run_fault(
         health_after=after.summary,
         detail=detail,
         in_force_ns=in_force,
+        together=together,
+        members=members,
     )
+
+
+def largest_group(env: ChaosEnv, fault: Fault) -> tuple[int, int]:
+    """(the most members that run, are not paused and can reach each other; all members)."""
+    running = set()
+    for node in env.cluster.nodes:
+        pid = env.cluster.running_pid(node)
+        if pid is not None and not is_stopped(pid):
+            running.add(node.id)
+    groups = [running]
+    if isinstance(fault, Partition) and not fault.one_way:
+        groups = [set(side) & running for side in fault.sides]
+    return max((len(g) for g in groups), default=0), len(env.cluster.nodes)
 
 
 def is_stopped(pid: int) -> bool:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
+from subprocess import Popen
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -11,7 +13,7 @@ from esdb_cli import local
 from esdb_cli.context import client_command, connect, options, output_command, printer
 from esdb_cli.output import say, status_row, verdict_rows, verify_row
 from esdb_node.config import NodeConfig
-from esdb_node.errors import CorruptStore, EsdbError, InvalidInput, Unhealthy
+from esdb_node.errors import CorruptStore, EsdbError, InvalidInput, NotFound, Unhealthy
 from esdb_node.layout import DataDir
 from esdb_node.model import NodeStatus
 
@@ -21,9 +23,13 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Run one node and check on it.", no_args_is_help=True)
 
 DataDirOpt = Annotated[
-    Path,
+    Path | None,
     typer.Option(
-        "--data-dir", "-D", help="Data directory. Env: ESDB_DATA_DIR.", envvar="ESDB_DATA_DIR"
+        "--data-dir",
+        "-D",
+        help="Data directory [default: esdb-data]. Env: ESDB_DATA_DIR.",
+        envvar="ESDB_DATA_DIR",
+        show_default=False,
     ),
 ]
 
@@ -31,7 +37,7 @@ DataDirOpt = Annotated[
 @app.command()
 @output_command
 def start(
-    data_dir: DataDirOpt = Path("esdb-data"),
+    data_dir: DataDirOpt = None,
     node_id: Annotated[
         str | None, typer.Option(help="Node id (fixed at first start; default: generated).")
     ] = None,
@@ -121,15 +127,31 @@ def start(
         ),
     ] = False,
     wait: Annotated[
-        float, typer.Option(help="With --detach: seconds to wait for the node to serve.")
+        float,
+        typer.Option(
+            help="With --detach: seconds to wait for the node to serve (and, with --join, to join)."
+        ),
     ] = 30.0,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the settings the node would run with (flags > ESDB_* variables > "
+            "--config file > defaults; secrets masked) and exit.",
+        ),
+    ] = False,
 ) -> None:
     """Start a node (standalone, or a cluster member with --peers/--join/--secret).
 
+    With --detach it returns once the node serves (and, with --join, has joined), or fails
+    with the node's own error.
+
+    \b
     Examples:
-      esdb node start --detach                     # a standalone node on 127.0.0.1:2113
+      esdb node start --detach          # a standalone node on 127.0.0.1:2113
       esdb node start -D n1 --listen 127.0.0.1:2113 --raft 127.0.0.1:2114 \\
           --peers 127.0.0.1:2124,127.0.0.1:2134 --secret "$ESDB_SECRET"
+      esdb node start --config node.toml --dry-run
     """
     flags = {
         "data_dir": data_dir,
@@ -150,7 +172,11 @@ def start(
         "max_event_bytes": max_event_bytes,
         "log_level": log_level,
     }
+    # Only options the user gave: a default passed here would override the --config file.
     cfg = NodeConfig.load({k: v for k, v in flags.items() if v is not None}, config_file=config)
+    if dry_run:
+        printer().record(config_row(cfg))
+        return
     if not detach:
         from esdb_node.node import run_node
 
@@ -158,18 +184,29 @@ def start(
         if code:
             raise typer.Exit(code)
         return
-    proc = local.spawn_node(cfg)
-    status = local.wait_serving(cfg, proc, wait)
-    where = "" if cfg.data_dir == Path("esdb-data") else f" -D {cfg.data_dir}"
-    say(
-        f"node {status.node_id} running in the background (pid {proc.pid}); "
-        f"stop it with `esdb node stop{where}`"
-    )
+    status, proc = _start_detached(cfg, wait)
+    stop_hint = f"stop it with `esdb node stop{local.dir_flag(cfg.data_dir)}`"
+    if status.mode != "cluster":
+        say(f"node {status.node_id} running in the background (pid {proc.pid}); {stop_hint}")
+    elif status.leader_id is not None:
+        say(
+            f"node {status.node_id} is in the cluster (leader {status.leader_id}) and runs in "
+            f"the background (pid {proc.pid}); {stop_hint}"
+        )
+    else:
+        say(
+            f"node {status.node_id} serves in the background (pid {proc.pid}) but has no "
+            f"leader yet (role {status.role}): it waits for its peers; "
+            f"`esdb node status{local.dir_flag(cfg.data_dir)}` shows when it has one; "
+            f"{stop_hint}"
+        )
     printer().record(
         {
             "node_id": status.node_id,
             "url": status.url,
             "mode": status.mode,
+            "role": status.role,
+            "leader_id": status.leader_id,
             "pid": proc.pid,
             "data_dir": str(cfg.data_dir),
             "log": str(cfg.data_dir / "esdb.log"),
@@ -177,24 +214,99 @@ def start(
     )
 
 
+# A cluster member that is not joining through --join may be waiting for peers that are not
+# started yet: wait this long for a leader, then report it as waiting rather than fail.
+SETTLE_S = 5.0
+
+
+def _start_detached(cfg: NodeConfig, wait: float) -> tuple[NodeStatus, Popen[bytes]]:
+    """Spawn the node and wait until it serves; a --join must have joined (a refused join
+    ends the node, and that is what the user must hear), other members get a short
+    chance to see a leader."""
+    joining = local.joins(cfg)
+    proc = local.spawn_node(cfg)
+    if joining:
+        status = local.wait_serving(
+            cfg, proc, wait, until=local.has_leader, waiting_for=f"join the cluster at {cfg.join}"
+        )
+    else:
+        status = local.wait_serving(cfg, proc, wait)
+        if status.mode == "cluster" and not local.has_leader(status):
+            status = local.wait_serving(
+                cfg, proc, min(wait, SETTLE_S), until=local.has_leader, settle=True
+            )
+    return status, proc
+
+
+def config_row(cfg: NodeConfig) -> dict[str, object]:
+    """The effective settings, secrets masked (`node start --dry-run`)."""
+    row: dict[str, object] = {}
+    for f in fields(NodeConfig):
+        value = getattr(cfg, f.name)
+        if f.name in ("secret", "token") and value:
+            value = "***"
+        elif isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        row[f.name] = value
+    return row
+
+
 @app.command()
 def stop(
-    data_dir: DataDirOpt = Path("esdb-data"),
+    data_dir: DataDirOpt = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for a clean exit.")] = 30.0,
-    force: Annotated[bool, typer.Option(help="SIGKILL if it does not exit in time.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="SIGKILL if it does not exit in time.")
+    ] = False,
     leave: Annotated[
         bool,
         typer.Option(
+            "--leave",
             help="Cluster node: remove it from the membership "
-            "before it exits (the cluster shrinks; a later start joins again)."
+            "before it exits (the cluster shrinks; a later start joins again).",
         ),
     ] = False,
 ) -> None:
     """Stop the node running on a data directory (SIGTERM: finishes in-flight writes)."""
-    if leave and local.running_pid(data_dir) is not None:
-        DataDir(data_dir).leave.write_text("esdb node stop --leave\n")
-    pid = local.stop_node(data_dir, timeout=timeout, force=force)
+    directory = data_dir or local.DEFAULT_DATA_DIR
+    if leave and local.running_pid(directory) is not None:
+        DataDir(directory).leave.write_text("esdb node stop --leave\n")
+    try:
+        pid = local.stop_node(directory, timeout=timeout, force=force)
+    except NotFound as exc:
+        if data_dir is None:
+            exc.hint = _elsewhere_hint() or exc.hint
+        raise
     say(f"stopped node (pid {pid})" + (" after leaving the cluster" if leave else ""))
+
+
+def _elsewhere_hint() -> str | None:
+    """`node stop` in another directory than the node's: if the node at ESDB_URL (or the
+    default URL) runs on this machine, name its data directory."""
+    import os
+
+    from esdb_cli.context import DEFAULT_URL
+    from esdb_node.client import Client
+
+    url = (os.environ.get("ESDB_URL") or DEFAULT_URL).split(",")[0]
+    try:
+        with Client(url, token=os.environ.get("ESDB_TOKEN"), timeout=1.0) as client:
+            status = client.status(url)
+    except EsdbError:
+        return None
+    if status.pid is None or not local.is_node_process(status.pid):
+        return None
+    directory = local.data_dir_of(status.pid)
+    runtime = DataDir(directory).read_runtime() if directory else None
+    # The same pid on this machine could be another node: trust it only if that node's
+    # own node.json names the URL that answered.
+    if directory is None or not runtime or runtime.get("pid") != status.pid:
+        return None
+    return (
+        f"the node at {url} (pid {status.pid}) runs on {directory}: `esdb node stop -D {directory}`"
+    )
 
 
 def _node_url(data_dir: Path | None) -> str | None:
@@ -204,9 +316,13 @@ def _node_url(data_dir: Path | None) -> str | None:
         return opts.url.split(",")[0]
     if data_dir is not None:
         runtime = DataDir(data_dir).read_runtime()
-        if runtime and runtime.get("url"):
-            opts.url = str(runtime["url"])
-            return opts.url
+        if not runtime or not runtime.get("url"):
+            raise NotFound(
+                f"no node has run on {data_dir} (no node.json there)",
+                hint=f"start one with `esdb node start --detach -D {data_dir}`",
+            )
+        opts.url = str(runtime["url"])
+        return opts.url
     return None
 
 

@@ -7,6 +7,10 @@
   the store's idempotency makes that safe. If it is still unknown at the deadline the client
   raises `UnknownOutcome` (exit 6) - never a plain failure.
 - Errors are the shared `esdb_node.errors` tree.
+- Failing fast: when no node can be reached at all (connection refused, unknown host, no
+  answer to the connect) a request fails at once with `Unavailable`; only transient states
+  (no leader yet, an election, a lost connection) are retried until the deadline. `on_wait`
+  hears about those waits, so a caller can tell its user why nothing happens yet.
 
 The blocking `Client` (`esdb_node.client.sync`) is generated from this class.
 """
@@ -15,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 from esdb_node import codec, ops
 from esdb_node.client.connection import (
@@ -59,6 +64,29 @@ R = TypeVar("R")
 
 DEFAULT_URL = f"esdb://127.0.0.1:{DEFAULT_CLIENT_PORT}"
 
+# A request retried this long because of a transient state is reported to `on_wait` (once).
+WAIT_NOTE_AFTER = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """What `on_wait` hears.
+
+    - `waiting`: `op` has been retried for `waited_s` because of `error` (no leader yet, an
+      election, a lost connection); it goes on until the caller's deadline. Once per request.
+    - `lost`: a tail lost its node (`error`); it resumes on any node that answers.
+    - `resumed`: the tail resumed, on `url`.
+    """
+
+    state: Literal["waiting", "lost", "resumed"]
+    op: str
+    error: EsdbError | None = None
+    waited_s: float = 0.0
+    url: str | None = None
+
+
+OnWait = Callable[[Waiting], None]
+
 
 class AsyncClient:
     """Talks to one store through any of its nodes. Use `async with AsyncClient(url) as c:`."""
@@ -71,11 +99,13 @@ class AsyncClient:
         timeout: float = 10.0,
         connect_timeout: float = 3.0,
         consistency: str = "leader",
+        on_wait: OnWait | None = None,
     ) -> None:
         self.addresses = parse_urls(urls)
         self.token = token
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self.on_wait = on_wait
         if consistency not in ("leader", "local"):
             raise InvalidInput("consistency must be leader or local")
         self.consistency = consistency
@@ -123,18 +153,26 @@ class AsyncClient:
         return ordered
 
     async def _any_connection(self, leader: bool) -> Connection:
-        errors: list[str] = []
+        errors: list[Unavailable] = []
         for address in self._candidates(leader):
             try:
                 return await self._connect(address)
             except Unavailable as exc:
-                errors.append(str(exc))
+                errors.append(exc)
                 if address == self._leader:
                     self._leader = None
+        # One address: its own hint (refused, unknown host and silence differ); several:
+        # the same cause everywhere keeps its hint, mixed causes get a general one.
+        hints = {e.hint for e in errors}
         raise Unavailable(
-            "no node reachable: " + "; ".join(errors),
-            hint="is the node running? check --url / ESDB_URL or `esdb node status`",
+            "no node reachable: " + "; ".join(str(e) for e in errors),
+            hint=hints.pop() if len(hints) == 1 else "are the nodes running? check the URLs",
+            unreachable=[format_url(a) for a in self._candidates(leader)],
         )
+
+    def _note(self, waiting: Waiting) -> None:
+        if self.on_wait is not None:
+            self.on_wait(waiting)
 
     def _start_after(self, address: Address) -> None:
         """Make the address after `address` the first one tried (stepping the start by one
@@ -178,15 +216,21 @@ class AsyncClient:
     async def _call(self, req: ops.Request[R], budget: float) -> R:
         op = req.wire_name()
         leader, write, idempotent = req.needs_leader(), req.write, req.idempotent
-        deadline = time.monotonic() + budget
+        started = time.monotonic()
+        deadline = started + budget
         backoff = 0.05
         last_error: EsdbError | None = None
         maybe_applied = False
         full: set[Address] = set()
+        noted = False
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
+            waited = time.monotonic() - started
+            if not noted and last_error is not None and waited >= WAIT_NOTE_AFTER:
+                noted = True
+                self._note(Waiting("waiting", op, last_error, waited))
             conn: Connection | None = None
             try:
                 conn = await self._any_connection(leader)
@@ -252,17 +296,27 @@ class AsyncClient:
         raise Timeout(f"{op} timed out after {budget:g}s")
 
     async def _stream(
-        self, req: ops.Request[Any], *, idle_timeout: float | None = None
+        self,
+        req: ops.Request[Any],
+        *,
+        idle_timeout: float | None = None,
+        on_open: Callable[[Connection], None] | None = None,
     ) -> AsyncIterator[list[bytes]]:
         """Chunks of a streamed answer. Before the first chunk, a redirect is followed and a
-        transient refusal (no leader yet, an election) is retried until the client's timeout;
-        after it, errors end the stream (the caller knows where it got to)."""
-        deadline = time.monotonic() + self.timeout
+        transient refusal (no leader yet, an election) is retried until the client's timeout,
+        announced once to `on_wait`; after it, errors end the stream (the caller knows where
+        it got to)."""
+        began = time.monotonic()
+        deadline = began + self.timeout
         redirects = 0
         backoff = 0.05
+        noted = False
         while True:
             conn = await self._any_connection(req.needs_leader())
+            if on_open is not None:
+                on_open(conn)
             started = False
+            last: EsdbError
             try:
                 async for chunk in conn.stream(req, idle_timeout):
                     started = True
@@ -285,12 +339,18 @@ class AsyncClient:
                 self._start_after(conn.address)
                 if time.monotonic() + backoff >= deadline:
                     raise
-            except (NotReady, Unavailable):
+                last = exc
+            except (NotReady, Unavailable) as exc:
                 if started or time.monotonic() + backoff >= deadline:
                     raise
                 self._leader = None
+                last = exc
             except ConnectionLost as exc:
                 raise Unavailable(f"{exc} during {req.wire_name()}") from None
+            waited = time.monotonic() - began
+            if not noted and waited >= WAIT_NOTE_AFTER:
+                noted = True
+                self._note(Waiting("waiting", req.wire_name(), last, waited))
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 0.5)
 
@@ -455,17 +515,32 @@ class AsyncClient:
         """
         cursor = from_
         failures = 0
+        reached = False  # a tail that never reached a node fails at once, like a request
+        lost = False
+
+        def opened(conn: Connection) -> None:
+            nonlocal reached, lost
+            reached = True
+            if lost:
+                lost = False
+                self._note(Waiting("resumed", "tail", url=conn.url))
+
         while True:
             req = ops.Tail(stream=stream, from_=cursor, filter=filter or AllFilter())
             try:
-                async for chunk in self._stream(req):
+                async for chunk in self._stream(req, on_open=opened):
                     failures = 0
                     for payload in chunk:
                         event = codec.decode_record(payload)
                         cursor = (event.version if stream is not None else event.position) + 1
                         yield event
                 return
-            except Unavailable:
+            except Unavailable as exc:
+                if not reached:
+                    raise
+                if not lost:
+                    lost = True
+                    self._note(Waiting("lost", "tail", exc))
                 failures += 1
                 if failures > 50:
                     raise

@@ -115,7 +115,9 @@ class Connection:
         except OSError as exc:
             raise Unavailable(
                 f"cannot connect to {self.url}: {_why(exc)}",
-                hint="is the node running? check --url / ESDB_URL or `esdb node status`",
+                hint="check the host name in the URL"
+                if isinstance(exc, socket.gaierror)
+                else "is a node running there, and is this its client port?",
             ) from None
         self._writer = writer
         self._reader_task = asyncio.get_running_loop().create_task(self._read_loop(reader))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from esdb_node import ops
-from esdb_node.client.aio import AsyncClient, R
+from esdb_node.client.aio import AsyncClient, OnWait, R
 from esdb_node.client.blocking import BlockingClientBase, BlockingIterator
 from esdb_node.cluster_view import ClusterSnapshot
 from esdb_node.errors import EsdbError
@@ -44,6 +44,7 @@ class Client(BlockingClientBase):
         timeout: float = 10.0,
         connect_timeout: float = 3.0,
         consistency: str = "leader",
+        on_wait: OnWait | None = None,
     ) -> None:
         super().__init__(
             AsyncClient,
@@ -52,6 +53,7 @@ class Client(BlockingClientBase):
             timeout=timeout,
             connect_timeout=connect_timeout,
             consistency=consistency,
+            on_wait=on_wait,
         )
         self._async: AsyncClient
 

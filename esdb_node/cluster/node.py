@@ -82,6 +82,7 @@ class ClusterNode:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._left = False
+        self._forget_raft = False
 
     def raft(self) -> RaftNode:
         if self._raft is None:
@@ -124,7 +125,14 @@ class ClusterNode:
         if found.join_via is not None:
             # Raft runs before the change is proposed: growing a one-node cluster needs our
             # acknowledgement to commit it. Until then the members refuse our traffic.
-            await self.formation.join(found.join_via)
+            try:
+                await self.formation.join(found.join_via)
+            except BaseException:
+                # Never a member: the Raft state made for this attempt must not survive it,
+                # or the next start would "rejoin" from it without peers and lead a cluster
+                # of its own instead of joining (e.g. after a wrong --secret is corrected).
+                self._forget_raft = True
+                raise
         self._announce()
 
     async def start(self) -> None:
@@ -149,7 +157,7 @@ class ClusterNode:
         await loop.run_in_executor(None, self.formation.stop_discovery)
         if self._raft is not None:
             await loop.run_in_executor(None, self._raft.destroy)
-        if self._left:
+        if self._left or self._forget_raft:
             # Next start is a fresh member: it finds (or is given) the cluster and joins
             # again. The store stays: its applied index lets it skip what it already has.
             shutil.rmtree(layout.raft, ignore_errors=True)
