@@ -44,6 +44,11 @@ class DataDir:
         return self.raft / "dump"
 
     @property
+    def checkpoint(self) -> Path:
+        """Whether the store was closed cleanly, and on which boot (storage/checkpoint.py)."""
+        return self.path / "checkpoint.json"
+
+    @property
     def identity(self) -> Path:
         return self.path / "identity.json"
 

@@ -23,6 +23,7 @@ from esdb_node.replication.local import LocalReplicator
 from esdb_node.server.client_server import ClientServer
 from esdb_node.server.dispatch import Dispatcher
 from esdb_node.server.service import Identity, NodeService
+from esdb_node.storage.checkpoint import Checkpointer, check_after_machine_crash
 from esdb_node.storage.store import Store
 
 if TYPE_CHECKING:
@@ -101,11 +102,18 @@ async def _serve(config: NodeConfig, files: DataDir) -> int:
     host, port = parse_hostport(config.listen, what="--listen", allow_zero=True)
     if config.cluster_mode and port == 0:
         raise InvalidInput("cluster nodes need a fixed --listen port (peers redirect to it)")
-    # In a cluster the synced Raft journal is the recovery log: a store that lost its last
-    # commits in a crash replays them from it. So the store syncs once per commit without the
-    # meta-page sync (LMDB stays consistent, it may only lose the newest transactions).
+    # In a cluster the quorum-synced Raft journal is the durability: the store is not synced
+    # per commit but by a checkpointer every 50 ms (storage/checkpoint.py), and after a machine
+    # crash it is verified (and rebuilt from the snapshot and journal if damaged) before use.
+    # A standalone node has no journal: its store syncs every commit.
     fsync = config.durability == "fsync"
-    store = Store(files.store, sync=fsync, metasync=fsync and not config.cluster_mode)
+    checkpointer: Checkpointer | None = None
+    if config.cluster_mode:
+        check_after_machine_crash(files.checkpoint, files.store)
+        store = Store(files.store, sync=False, metasync=False)
+        checkpointer = Checkpointer(store, files.checkpoint)
+    else:
+        store = Store(files.store, sync=fsync, metasync=fsync)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -155,6 +163,8 @@ async def _serve(config: NodeConfig, files: DataDir) -> int:
     try:
         await server.start()
     except OSError as exc:
+        if checkpointer is not None:
+            checkpointer.close()
         store.close()
         raise Unavailable(
             f"cannot listen on {host}:{port}: {exc.strerror}", hint="pick another --listen port"
@@ -207,6 +217,8 @@ async def _serve(config: NodeConfig, files: DataDir) -> int:
         if cluster is not None:
             await cluster.stop()
         await replicator.stop()
+        if checkpointer is not None:
+            checkpointer.close()
         store.close()
         log.info("stopped")
     return 0

@@ -240,8 +240,10 @@ class Store:
             self.env.close()
 
     def flush(self) -> None:
-        """Force everything committed so far to disk (used with sync=False)."""
-        self.env.sync(True)
+        """Force everything committed so far to disk (used with sync=False). Safe from any
+        thread: it waits out a snapshot install swapping the files."""
+        with self._swap_lock.read():
+            self.env.sync(True)
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
