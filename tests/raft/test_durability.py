@@ -46,9 +46,7 @@ def test_journal_written_before_acks_and_votes(
                 problem = f"ack of {message['next_node_idx'] - 1}, written {journal.written_index}"
         elif mtype == "append_entries":
             if journal.written_index < message["commit_index"]:
-                problem = (
-                    f"commit index {message['commit_index']}, written {journal.written_index}"
-                )
+                problem = f"commit index {message['commit_index']}, written {journal.written_index}"
         elif mtype == "request_vote":
             if journal.written_vote != (message["term"], obj.selfNode.id):
                 problem = f"vote request for term {message['term']}, written {journal.written_vote}"
