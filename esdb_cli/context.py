@@ -1,5 +1,5 @@
-"""Global options (`--url`, `--cluster-dir`, `--output/--json`, `--timeout`, `--token`) and the
-client every command uses.
+"""Global options (`--url`, `--cluster-dir`, `--output/--json`, `--timeout`, `--token`, `--ca`)
+and the client every command uses.
 
 Global options are accepted before the command (`esdb --json read s`) and after it
 (`esdb read s --json`): `@client_command` adds them to a command's signature and merges them
@@ -35,6 +35,7 @@ class GlobalOptions:
     output: str = "table"
     timeout: float = 10.0
     token: str | None = None
+    ca: Path | None = None
     explicit: set[str] = field(default_factory=set)
 
     def merge(self, **values: Any) -> None:
@@ -99,6 +100,15 @@ TokenOpt = Annotated[
         show_default=False,
     ),
 ]
+CaOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca",
+        help="CA certificate (PEM) to verify esdb+tls:// nodes with, instead of the system's "
+        "trust store. Env: ESDB_CA.",
+        show_default=False,
+    ),
+]
 
 _GLOBAL_PARAMS = [
     inspect.Parameter("url", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=UrlOpt),
@@ -111,6 +121,7 @@ _GLOBAL_PARAMS = [
         "timeout", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=TimeoutOpt
     ),
     inspect.Parameter("token", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=TokenOpt),
+    inspect.Parameter("ca", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=CaOpt),
 ]
 _GLOBAL_NAMES = [p.name for p in _GLOBAL_PARAMS]
 
@@ -186,6 +197,12 @@ def resolve_token() -> str | None:
     return options().token or os.environ.get("ESDB_TOKEN") or None
 
 
+def resolve_ca() -> Path | None:
+    """`--ca`, else ESDB_CA, else none (the system's trust store)."""
+    env = os.environ.get("ESDB_CA")
+    return options().ca or (Path(env) if env else None)
+
+
 @contextmanager
 def connect(**kwargs: Any) -> Iterator[Any]:
     from esdb_node.client import Client
@@ -194,6 +211,7 @@ def connect(**kwargs: Any) -> Iterator[Any]:
         resolve_urls(),
         token=resolve_token(),
         timeout=options().timeout,
+        ca=resolve_ca(),
         **kwargs,
     )
     try:

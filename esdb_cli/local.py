@@ -16,7 +16,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from esdb_node.config import NodeConfig
-from esdb_node.errors import EsdbError, NotFound, Timeout, Unavailable
+from esdb_node.errors import AuthenticationFailed, EsdbError, NotFound, Timeout, Unavailable
 from esdb_node.layout import DataDir
 from esdb_node.model import NodeStatus
 
@@ -122,9 +122,16 @@ def wait_serving(config: NodeConfig, proc: subprocess.Popen[bytes], timeout: flo
             )
         runtime = DataDir(config.data_dir).read_runtime()
         if runtime and runtime.get("pid") == proc.pid and runtime.get("url"):
-            client = Client(str(runtime["url"]), timeout=2.0, connect_timeout=1.0)
+            url = str(runtime["url"])
+            client = Client(
+                url, timeout=2.0, connect_timeout=1.0, token=config.token, ca=config.tls_ca
+            )
             try:
-                return client.status(str(runtime["url"]))
+                return client.status(url)
+            except AuthenticationFailed:
+                # It answered, and refused what we have (a tokens file without --token, or
+                # a certificate our CA does not sign): it serves; its status is not ours to read.
+                return _unread_status(runtime)
             except EsdbError as exc:
                 last = exc
             finally:
@@ -133,6 +140,26 @@ def wait_serving(config: NodeConfig, proc: subprocess.Popen[bytes], timeout: flo
     raise Timeout(
         f"the node did not start serving within {timeout:g}s" + (f" ({last})" if last else ""),
         hint=f"see {DataDir(config.data_dir).log}",
+    )
+
+
+def _unread_status(runtime: dict[str, object]) -> NodeStatus:
+    return NodeStatus(
+        node_id=str(runtime.get("node_id", "")),
+        store_id=str(runtime.get("store_id", "")),
+        role="unknown",
+        url=str(runtime.get("url", "")),
+        leader_id=None,
+        leader_url=None,
+        term=0,
+        commit_index=0,
+        applied_index=0,
+        last_position=-1,
+        stream_count=0,
+        version="",
+        mode=str(runtime.get("mode", "")),
+        ready=False,
+        pid=int(str(runtime.get("pid", 0))),
     )
 
 

@@ -82,9 +82,38 @@ def start(
     token: Annotated[
         str | None,
         typer.Option(
-            help="Require this token from clients. Env: ESDB_TOKEN.",
+            help="Require a token from clients; this one has every scope (read, write, "
+            "admin) and the node presents it to other members. Env: ESDB_TOKEN.",
             envvar="ESDB_TOKEN",
             show_envvar=False,
+        ),
+    ] = None,
+    tokens_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="TOML file of named, hashed client tokens with scopes (read, write, admin); "
+            "re-read when it changes. Make entries with `esdb token create`.",
+            show_default=False,
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            help="Serve TLS on the client port with this certificate chain (PEM); clients "
+            "then use esdb+tls:// URLs. Needs --tls-key.",
+            show_default=False,
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(help="Private key (PEM) of --tls-cert.", show_default=False),
+    ] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(
+            help="CA (PEM) this node trusts when it calls other members over TLS (join, "
+            "leave) [default: the system's trust store].",
+            show_default=False,
         ),
     ] = None,
     durability: Annotated[
@@ -123,10 +152,16 @@ def start(
 ) -> None:
     """Start a node (standalone, or a cluster member with --peers/--join/--secret).
 
+    Limits on what clients can cost the node (max_connections, max_pending_per_host,
+    hello_timeout, frame_timeout, idle_timeout, max_buffered_bytes, raft_max_connections)
+    are settings: ESDB_* variables or keys of the --config file (docs/security.md).
+
     Examples:
       esdb node start --detach                     # a standalone node on 127.0.0.1:2113
       esdb node start -D n1 --listen 127.0.0.1:2113 --raft 127.0.0.1:2114 \\
           --peers 127.0.0.1:2124,127.0.0.1:2134 --secret "$ESDB_SECRET"
+      esdb node start --detach --tls-cert node.pem --tls-key node.key \\
+          --tokens-file tokens.toml                 # TLS, and tokens with scopes
     """
     flags = {
         "data_dir": data_dir,
@@ -143,6 +178,10 @@ def start(
         "bootstrap_timeout": bootstrap_timeout,
         "secret": secret,
         "token": token,
+        "tokens_file": tokens_file,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "tls_ca": tls_ca,
         "durability": durability,
         "max_event_bytes": max_event_bytes,
         "log_level": log_level,

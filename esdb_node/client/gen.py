@@ -27,6 +27,7 @@ A test fails when this file and `AsyncClient` drift apart.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from esdb_node.client.blocking import BlockingClientBase, BlockingIterator
 {imports}
@@ -47,6 +48,8 @@ class Client(BlockingClientBase):
         timeout: float = 10.0,
         connect_timeout: float = 3.0,
         consistency: str = "leader",
+        tls: bool | None = None,
+        ca: str | Path | None = None,
     ) -> None:
         super().__init__(
             AsyncClient,
@@ -55,6 +58,8 @@ class Client(BlockingClientBase):
             timeout=timeout,
             connect_timeout=connect_timeout,
             consistency=consistency,
+            tls=tls,
+            ca=ca,
         )
         self._async: AsyncClient
 '''

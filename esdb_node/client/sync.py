@@ -7,6 +7,7 @@ A test fails when this file and `AsyncClient` drift apart.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from esdb_node import ops
 from esdb_node.client.aio import AsyncClient, R
@@ -43,6 +44,8 @@ class Client(BlockingClientBase):
         timeout: float = 10.0,
         connect_timeout: float = 3.0,
         consistency: str = "leader",
+        tls: bool | None = None,
+        ca: str | Path | None = None,
     ) -> None:
         super().__init__(
             AsyncClient,
@@ -51,6 +54,8 @@ class Client(BlockingClientBase):
             timeout=timeout,
             connect_timeout=connect_timeout,
             consistency=consistency,
+            tls=tls,
+            ca=ca,
         )
         self._async: AsyncClient
 
@@ -233,13 +238,19 @@ class Client(BlockingClientBase):
         return self._run(self._async.remove_member(node, secret, timeout=timeout))
 
     def request(
-        self, req: ops.Request[R], *, timeout: float | None = None, url: str | None = None
+        self,
+        req: ops.Request[R],
+        *,
+        timeout: float | None = None,
+        url: str | None = None,
+        secret: str | None = None,
     ) -> R:
         """Send any operation and return its typed result: to `url` only, or to the right
         node of the store (the leader for writes and leader reads) with redirects, failover
-        and, for idempotent writes, retries until the deadline.
+        and, for idempotent writes, retries until the deadline. With `secret` (admin
+        operations) each attempt is signed for the connection it goes out on.
         """
-        return self._run(self._async.request(req, timeout=timeout, url=url))
+        return self._run(self._async.request(req, timeout=timeout, url=url, secret=secret))
 
     def save_snapshot(
         self,
