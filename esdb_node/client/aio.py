@@ -137,16 +137,22 @@ class AsyncClient:
 
     async def _any_connection(self, leader: bool) -> Connection:
         errors: list[str] = []
+        hints: list[str] = []
         for address in self._candidates(leader):
             try:
                 return await self._connect(address)
             except Unavailable as exc:
                 errors.append(str(exc))
+                if exc.hint:
+                    hints.append(exc.hint)
                 if address == self._leader:
                     self._leader = None
         raise Unavailable(
             "no node reachable: " + "; ".join(errors),
-            hint="is the node running? check --url / ESDB_URL or `esdb node status`",
+            # The nodes' own hint when they agree (e.g. "use esdb+tls://"), else the usual one.
+            hint=hints[0]
+            if hints and len(set(hints)) == 1 and len(hints) == len(errors)
+            else "is the node running? check --url / ESDB_URL or `esdb node status`",
         )
 
     def _start_after(self, address: Address) -> None:
