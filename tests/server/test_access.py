@@ -240,3 +240,32 @@ def test_tls_cluster_join_and_admin(tmp_path: Path) -> None:
         status = c.status()
         assert status.url.startswith("esdb+tls://")
         assert status.leader_url is not None and status.leader_url.startswith("esdb+tls://")
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        ({"tls_cert": "node.pem"}, "TLS needs both --tls-cert and --tls-key"),
+        ({"tls_cert": "missing.pem", "tls_key": "missing.key"}, "cannot read TLS file"),
+        ({"tokens_file": "bad-hash.toml"}, "hash must be 'sha256:' and 64 lowercase hex"),
+        ({"tokens_file": "bad-scope.toml"}, "unknown scope 'superuser'"),
+        ({"tokens_file": "missing.toml"}, "cannot read tokens file"),
+    ],
+)
+def test_bad_security_settings_stop_the_node_with_one_line(
+    tmp_path: Path, settings: dict[str, str], message: str
+) -> None:
+    (tmp_path / "bad-hash.toml").write_text(
+        '[[token]]\nname = "x"\nhash = "md5:00"\nscopes = ["read"]\n'
+    )
+    (tmp_path / "bad-scope.toml").write_text(
+        tokens.entry_toml("x", tokens.mint(), frozenset({Scope.READ})).replace(
+            '"read"', '"superuser"'
+        )
+    )
+    config = NodeConfig(**{k: tmp_path / v for k, v in settings.items()})  # type: ignore[arg-type]
+    node = NodeProc(tmp_path / "n", config).start(wait=False)
+    wait_for(lambda: not node.alive(), timeout=20, what="the node to refuse its settings")
+    assert node.proc is not None and node.proc.returncode == 2
+    lines = [line for line in node.log_text().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], node.log_text()
