@@ -392,9 +392,11 @@ class _Connection:
             if transport.get_write_buffer_size() + len(frame) > free:
                 # Beyond the connection's free allowance the bytes come out of the budget,
                 # held until the client has read them (the drain below).
-                self.out_reserved += await self.server.budget.acquire(len(frame))
-                if self.closed:
+                got = await self.server.budget.acquire(len(frame))
+                if self.closed:  # close() released what we held before; this too
+                    self.server.budget.release(got)
                     return
+                self.out_reserved += got
             writer.write(frame)
             if transport.get_write_buffer_size() > free:
                 try:

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import resource
 import time
@@ -71,7 +72,8 @@ class ByteBudget:
             if future.done() and not future.cancelled():
                 self.release(n)  # granted just as we were cancelled
             else:
-                self._waiters.remove(entry)
+                with contextlib.suppress(ValueError):  # _wake may have dropped it already
+                    self._waiters.remove(entry)
                 self._wake()
             raise
         return n
