@@ -1,5 +1,5 @@
-"""Global options (`--url`, `--cluster-dir`, `--output/--json`, `--timeout`, `--token`) and the
-client every command uses.
+"""Global options (`--url`, `--cluster-dir`, `--output/--json`, `--timeout`, `--token`, `--ca`)
+and the client every command uses.
 
 Global options are accepted before the command (`esdb --json read s`) and after it
 (`esdb read s --json`): `@client_command` adds them to a command's signature and merges them
@@ -39,6 +39,7 @@ class GlobalOptions:
     output: str = "table"
     timeout: float = 10.0
     token: str | None = None
+    ca: Path | None = None
     explicit: set[str] = field(default_factory=set)
 
     def merge(self, **values: Any) -> None:
@@ -109,6 +110,15 @@ TokenOpt = Annotated[
         show_default=False,
     ),
 ]
+CaOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca",
+        help="CA certificate (PEM) to verify esdb+tls:// nodes with, instead of the system's "
+        "trust store. Env: ESDB_CA.",
+        show_default=False,
+    ),
+]
 
 _GLOBAL_PARAMS = [
     inspect.Parameter("url", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=UrlOpt),
@@ -121,6 +131,7 @@ _GLOBAL_PARAMS = [
         "timeout", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=TimeoutOpt
     ),
     inspect.Parameter("token", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=TokenOpt),
+    inspect.Parameter("ca", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=CaOpt),
 ]
 _GLOBAL_NAMES = [p.name for p in _GLOBAL_PARAMS]
 
@@ -220,9 +231,44 @@ def _cluster_urls(path: Path) -> str:
     return LocalCluster.load(path).urls
 
 
+SecretOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--secret",
+        help="Cluster secret (default: ESDB_SECRET, or the local cluster's).",
+        show_default=False,
+    ),
+]
+
+
+def resolve_secret(flag: str | None, *, required: bool = True) -> str | None:
+    """--secret, else ESDB_SECRET, else the local cluster's (--cluster-dir). Admin requests
+    are signed with it; a standalone node needs none, so `required=False` allows none."""
+    if flag:
+        return flag
+    if os.environ.get("ESDB_SECRET"):
+        return os.environ["ESDB_SECRET"]
+    path = cluster_dir()
+    if path is not None:
+        from esdb_cli.localcluster import LocalCluster
+
+        return LocalCluster.load(path).secret
+    if not required:
+        return None
+    raise InvalidInput(
+        "this needs the cluster secret", hint="pass --secret, set ESDB_SECRET, or use --cluster-dir"
+    )
+
+
 def resolve_token() -> str | None:
     """`--token`, else ESDB_TOKEN, else none."""
     return options().token or os.environ.get("ESDB_TOKEN") or None
+
+
+def resolve_ca() -> Path | None:
+    """`--ca`, else ESDB_CA, else none (the system's trust store)."""
+    env = os.environ.get("ESDB_CA")
+    return options().ca or (Path(env) if env else None)
 
 
 @contextmanager
@@ -239,6 +285,7 @@ def connect(**kwargs: Any) -> Iterator[Any]:
         token=resolve_token(),
         timeout=timeout,
         on_wait=wait_notes(timeout),
+        ca=resolve_ca(),
         **kwargs,
     )
     try:

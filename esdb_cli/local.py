@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from esdb_node.config import NodeConfig
 from esdb_node.errors import (
+    AuthenticationFailed,
     Conflict,
     EsdbError,
     InvalidInput,
@@ -183,13 +184,18 @@ def wait_serving(
         runtime = DataDir(config.data_dir).read_runtime()
         if runtime and runtime.get("pid") == proc.pid and runtime.get("url"):
             # The token matters: a node that requires one refuses a status without it.
+            url = str(runtime["url"])
             client = Client(
-                str(runtime["url"]), token=config.token, timeout=2.0, connect_timeout=1.0
+                url, timeout=2.0, connect_timeout=1.0, token=config.token, ca=config.tls_ca
             )
             try:
-                status = client.status(str(runtime["url"]))
+                status = client.status(url)
                 if until is None or until(status):
                     return status
+            except AuthenticationFailed:
+                # It answered, and refused what we have (a tokens file without --token, or
+                # a certificate our CA does not sign): it serves; its status is not ours to read.
+                return _unread_status(runtime)
             except EsdbError as exc:
                 last = exc
             finally:
@@ -241,6 +247,26 @@ def data_dir_of(pid: int) -> Path | None:
         if target.endswith("/esdb.lock"):
             return Path(target).parent
     return None
+
+
+def _unread_status(runtime: dict[str, object]) -> NodeStatus:
+    return NodeStatus(
+        node_id=str(runtime.get("node_id", "")),
+        store_id=str(runtime.get("store_id", "")),
+        role="unknown",
+        url=str(runtime.get("url", "")),
+        leader_id=None,
+        leader_url=None,
+        term=0,
+        commit_index=0,
+        applied_index=0,
+        last_position=-1,
+        stream_count=0,
+        version="",
+        mode=str(runtime.get("mode", "")),
+        ready=False,
+        pid=int(str(runtime.get("pid", 0))),
+    )
 
 
 def stop_pid(pid: int, *, timeout: float, force: bool, sig: int = signal.SIGTERM) -> bool:
@@ -347,4 +373,4 @@ def repair_local(cluster: LocalCluster, node_id: str, *, wait: float = 120.0) ->
             if time.monotonic() > deadline:
                 raise Timeout(f"{node_id} did not catch up within {wait:g}s (lag {lag})")
             time.sleep(0.2)
-        return client.verify(node.url)
+        return client.verify(node.url, secret=cluster.secret)

@@ -11,8 +11,9 @@ import click
 import typer
 
 from esdb_cli import completion as completions
-from esdb_cli.commands import bench, chaos, cluster, node, snapshot, stream
+from esdb_cli.commands import bench, chaos, cluster, node, snapshot, stream, token
 from esdb_cli.context import (
+    CaOpt,
     ClusterDirOpt,
     JsonOpt,
     OutputOpt,
@@ -71,9 +72,16 @@ def root(
     json_: JsonOpt = False,
     timeout: TimeoutOpt = None,
     token: TokenOpt = None,
+    ca: CaOpt = None,
 ) -> None:
     options().merge(
-        url=url, cluster_dir=cluster_dir, output=output, json_=json_, timeout=timeout, token=token
+        url=url,
+        cluster_dir=cluster_dir,
+        output=output,
+        json_=json_,
+        timeout=timeout,
+        token=token,
+        ca=ca,
     )
 
 
@@ -82,6 +90,7 @@ app.add_typer(cluster.app, name="cluster")
 app.add_typer(chaos.app, name="chaos")
 app.add_typer(bench.app, name="bench")
 app.add_typer(snapshot.app, name="snapshot")
+app.add_typer(token.app, name="token")
 for command in (
     stream.append,
     stream.read,

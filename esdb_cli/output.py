@@ -27,6 +27,8 @@ from esdb_node.model import (
     VerifyReport,
     iso_utc,
 )
+from esdb_node.ops import Scope
+from esdb_node.tokens import token_hash
 
 if TYPE_CHECKING:
     from esdb_node.cluster_view import ClusterSnapshot, Verdict
@@ -221,6 +223,15 @@ def cluster_summary_line(snapshot: ClusterSnapshot) -> str:
 
 
 # --- printing ----------------------------------------------------------------------------------
+
+
+def token_row(name: str, token: str, scopes: frozenset[Scope]) -> Row:
+    return {
+        "name": name,
+        "token": token,
+        "scopes": [s.value for s in Scope if s in scopes],
+        "hash": token_hash(token),
+    }
 
 
 def _cell(value: Any) -> str:

@@ -18,6 +18,7 @@ DEFAULT_CLIENT_PORT = 2113
 DEFAULT_RAFT_PORT = 2114
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_EVENT_BYTES = 4 << 20
+URL_SCHEMES = ("esdb://", "esdb+tls://")
 
 
 def parse_hostport(
@@ -27,13 +28,16 @@ def parse_hostport(
     what: str = "address",
     allow_zero: bool = False,
 ) -> tuple[str, int]:
-    """Parse `host:port`, `[v6]:port`, `esdb://host:port` (or `host` with a default port).
+    """Parse `host:port`, `[v6]:port`, `esdb://host:port`, `esdb+tls://host:port` (or `host`
+    with a default port).
 
     The one parser for every address esdb reads (flags, URLs, peers, discovery records).
     """
     value = value.strip()
-    if value.startswith("esdb://"):
-        value = value[len("esdb://") :].rstrip("/")
+    for scheme in URL_SCHEMES:
+        if value.startswith(scheme):
+            value = value[len(scheme) :].rstrip("/")
+            break
     host, port_text = value, ""
     if value.startswith("["):
         close = value.find("]")
@@ -75,7 +79,11 @@ class NodeConfig:
     bootstrap_expect: int = 0
     bootstrap_timeout: float = 60.0
     secret: str | None = None
-    token: str | None = None
+    token: str | None = None  # a token with every scope (also presented to other members)
+    tokens_file: Path | None = None  # named, hashed tokens with scopes (esdb_node.tokens)
+    tls_cert: Path | None = None  # TLS on the client port: certificate chain (PEM)
+    tls_key: Path | None = None  # ... and its private key (PEM)
+    tls_ca: Path | None = None  # CA this node trusts when it calls other members over TLS
     durability: str = "fsync"
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     max_frame_bytes: int = 0  # 0: derived from max_event_bytes
@@ -89,6 +97,14 @@ class NodeConfig:
     discovery_expiry: float = 90.0  # mdns: forget a peer not seen for S
     dns_interval: float = 10.0  # dns discovery: re-resolve every S
     max_clock_offset: float = 1.0  # seconds a member's clock may differ from the leader's
+    # What one client can cost the node (server/limits.py, raft/transport.py).
+    max_connections: int = 0  # client port; 0: 1000, or fewer if descriptors are short
+    max_pending_per_host: int = 64  # client connections from one host before hello
+    hello_timeout: float = 10.0  # to finish hello (client) or the handshake (raft)
+    frame_timeout: float = 30.0  # to finish a frame once started / take a reply
+    idle_timeout: float = 600.0  # client connection with nothing in flight
+    max_buffered_bytes: int = 0  # frames and replies in memory; 0: max(256 MiB, 4 frames)
+    raft_max_connections: int = 64  # incoming raft connections, members included
 
     @property
     def cluster_mode(self) -> bool:
@@ -103,6 +119,14 @@ class NodeConfig:
     @property
     def frame_limit(self) -> int:
         return self.max_frame_bytes or max(16 << 20, self.max_event_bytes * 2 + (1 << 20))
+
+    @property
+    def buffer_budget(self) -> int:
+        return self.max_buffered_bytes or max(256 << 20, 4 * self.frame_limit)
+
+    @property
+    def url_scheme(self) -> str:
+        return "esdb+tls://" if self.tls_cert else "esdb://"
 
     def advertised_host(self, bound_host: str) -> str:
         if self.advertise:
@@ -133,9 +157,22 @@ class NodeConfig:
             "discovery_expiry",
             "dns_interval",
             "max_clock_offset",
+            "hello_timeout",
+            "frame_timeout",
+            "idle_timeout",
         ):
             if getattr(self, name) <= 0:
                 raise InvalidInput(f"{name} must be > 0 seconds")
+        if self.max_connections < 0 or self.max_buffered_bytes < 0:
+            raise InvalidInput("max_connections and max_buffered_bytes must be >= 0 (0: auto)")
+        if self.max_pending_per_host < 1 or self.raft_max_connections < 2:
+            raise InvalidInput("max_pending_per_host must be >= 1, raft_max_connections >= 2")
+        if self.max_buffered_bytes and self.max_buffered_bytes < 2 * self.frame_limit:
+            raise InvalidInput(
+                f"max_buffered_bytes must be at least two frames ({2 * self.frame_limit} bytes)"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidInput("TLS needs both --tls-cert and --tls-key")
         if self.compaction_entries < 2:
             raise InvalidInput("compaction_entries must be at least 2")
         parse_hostport(self.listen, what="--listen", allow_zero=True)

@@ -14,6 +14,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING, TextIO
 
+from esdb_node import keys
 from esdb_node.clock import LeaderClock
 from esdb_node.config import NodeConfig, parse_hostport
 from esdb_node.errors import EsdbError, InvalidInput, StorageFailure, Unavailable
@@ -22,9 +23,12 @@ from esdb_node.replication import Replicator
 from esdb_node.replication.local import LocalReplicator
 from esdb_node.server.client_server import ClientServer
 from esdb_node.server.dispatch import Dispatcher
+from esdb_node.server.limits import ServerLimits, connection_cap
 from esdb_node.server.service import Identity, NodeService
 from esdb_node.storage.checkpoint import Checkpointer, check_after_machine_crash
 from esdb_node.storage.store import Store
+from esdb_node.tls import server_context
+from esdb_node.tokens import Authenticator
 
 if TYPE_CHECKING:
     from esdb_node.cluster import ClusterNode
@@ -69,6 +73,26 @@ def setup_logging(level: str, stream: TextIO = sys.stderr) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def server_limits(config: NodeConfig) -> ServerLimits:
+    cap = connection_cap(config.max_connections)
+    if config.max_connections == 0 and cap < 1000:
+        log.info("max_connections %d (descriptor limit %d)", cap, _nofile())
+    return ServerLimits(
+        max_connections=cap,
+        max_pending_per_host=config.max_pending_per_host,
+        hello_timeout=config.hello_timeout,
+        frame_timeout=config.frame_timeout,
+        idle_timeout=config.idle_timeout,
+        buffer_bytes=config.buffer_budget,
+    )
+
+
+def _nofile() -> int:
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def run_node(config: NodeConfig) -> int:
@@ -118,7 +142,14 @@ async def _serve(config: NodeConfig, files: DataDir) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    url = f"esdb://{config.advertised_host(host)}:{port}"
+    # Refuse bad TLS files and token files before anything is opened.
+    tls = (
+        server_context(config.tls_cert, config.tls_key)
+        if config.tls_cert and config.tls_key
+        else None
+    )
+    auth = Authenticator(config.token, config.tokens_file)
+    url = f"{config.url_scheme}{config.advertised_host(host)}:{port}"
 
     replicator: Replicator
     cluster: ClusterNode | None = None
@@ -156,9 +187,14 @@ async def _serve(config: NodeConfig, files: DataDir) -> int:
         dispatcher,
         host=host,
         port=port,
-        token=config.token,
+        auth=auth,
+        admin_key=keys.derive(config.secret, store_id).admin
+        if cluster is not None and config.secret
+        else None,
         max_frame=config.frame_limit,
         max_event_bytes=config.max_event_bytes,
+        limits=server_limits(config),
+        tls=tls,
     )
     try:
         await server.start()
@@ -170,7 +206,7 @@ async def _serve(config: NodeConfig, files: DataDir) -> int:
             f"cannot listen on {host}:{port}: {exc.strerror}", hint="pick another --listen port"
         ) from None
     if port == 0:  # standalone on an ephemeral port (tests)
-        url = f"esdb://{config.advertised_host(host)}:{server.port}"
+        url = f"{config.url_scheme}{config.advertised_host(host)}:{server.port}"
         service.identity = Identity(node_id, store_id, url, durability=config.durability)
         if isinstance(replicator, LocalReplicator):
             replicator.url = url

@@ -11,6 +11,7 @@ import typer
 from esdb_cli import completion as completions
 from esdb_cli import inputs
 from esdb_cli.context import (
+    SecretOpt,
     client_command,
     cluster_dir,
     cluster_dir_command,
@@ -18,6 +19,7 @@ from esdb_cli.context import (
     local_cluster_command,
     options,
     printer,
+    resolve_secret,
 )
 from esdb_cli.localcluster import LocalCluster
 from esdb_cli.output import (
@@ -48,14 +50,6 @@ DirOpt = Annotated[
         show_default=False,
     ),
 ]
-SecretOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--secret",
-        help="Cluster secret (default: ESDB_SECRET, or the local cluster's).",
-        show_default=False,
-    ),
-]
 
 
 def _local(directory: Path | None = None) -> LocalCluster | None:
@@ -74,16 +68,9 @@ def _member_ids(client: Client) -> dict[str, str]:
 
 
 def _secret(flag: str | None) -> str:
-    if flag:
-        return flag
-    if os.environ.get("ESDB_SECRET"):
-        return os.environ["ESDB_SECRET"]
-    local = _local()
-    if local is not None:
-        return local.secret
-    raise InvalidInput(
-        "this needs the cluster secret", hint="pass --secret, set ESDB_SECRET, or use --cluster-dir"
-    )
+    secret = resolve_secret(flag)
+    assert secret is not None
+    return secret
 
 
 def _snapshot() -> ClusterSnapshot:

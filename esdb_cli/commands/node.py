@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from esdb_cli import local
-from esdb_cli.context import client_command, connect, options, output_command, printer
+from esdb_cli.context import (
+    SecretOpt,
+    client_command,
+    connect,
+    options,
+    output_command,
+    printer,
+    resolve_secret,
+)
 from esdb_cli.output import say, status_row, verdict_rows, verify_row
 from esdb_node.config import NodeConfig
 from esdb_node.errors import CorruptStore, EsdbError, InvalidInput, NotFound, Unhealthy
@@ -91,9 +99,38 @@ def start(
     token: Annotated[
         str | None,
         typer.Option(
-            help="Require this token from clients. Env: ESDB_TOKEN.",
+            help="Require a token from clients; this one has every scope (read, write, "
+            "admin) and the node presents it to other members. Env: ESDB_TOKEN.",
             envvar="ESDB_TOKEN",
             show_envvar=False,
+        ),
+    ] = None,
+    tokens_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="TOML file of named, hashed client tokens with scopes (read, write, admin); "
+            "re-read when it changes. Make entries with `esdb token create`.",
+            show_default=False,
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            help="Serve TLS on the client port with this certificate chain (PEM); clients "
+            "then use esdb+tls:// URLs. Needs --tls-key.",
+            show_default=False,
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(help="Private key (PEM) of --tls-cert.", show_default=False),
+    ] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(
+            help="CA (PEM) this node trusts when it calls other members over TLS (join, "
+            "leave) [default: the system's trust store].",
+            show_default=False,
         ),
     ] = None,
     durability: Annotated[
@@ -146,12 +183,18 @@ def start(
     With --detach it returns once the node serves (and, with --join, has joined), or fails
     with the node's own error.
 
+    Limits on what clients can cost the node (max_connections, max_pending_per_host,
+    hello_timeout, frame_timeout, idle_timeout, max_buffered_bytes, raft_max_connections)
+    are settings: ESDB_* variables or keys of the --config file (docs/security.md).
+
     \b
     Examples:
       esdb node start --detach          # a standalone node on 127.0.0.1:2113
       esdb node start -D n1 --listen 127.0.0.1:2113 --raft 127.0.0.1:2114 \\
           --peers 127.0.0.1:2124,127.0.0.1:2134 --secret "$ESDB_SECRET"
       esdb node start --config node.toml --dry-run
+      esdb node start --detach --tls-cert node.pem --tls-key node.key \\
+          --tokens-file tokens.toml     # TLS, and tokens with scopes
     """
     flags = {
         "data_dir": data_dir,
@@ -168,6 +211,10 @@ def start(
         "bootstrap_timeout": bootstrap_timeout,
         "secret": secret,
         "token": token,
+        "tokens_file": tokens_file,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "tls_ca": tls_ca,
         "durability": durability,
         "max_event_bytes": max_event_bytes,
         "log_level": log_level,
@@ -390,7 +437,7 @@ AskDataDirOpt = Annotated[
 
 @app.command()
 @client_command
-def verify(data_dir: AskDataDirOpt = None) -> None:
+def verify(data_dir: AskDataDirOpt = None, secret: SecretOpt = None) -> None:
     """Check a node's whole store, read-only: every record checksum, the $all log dense, and
     every index entry against the event it names. Exit 8 if anything is damaged.
 
@@ -402,7 +449,7 @@ def verify(data_dir: AskDataDirOpt = None) -> None:
     else:
         url = _node_url(data_dir)
         with connect() as client:
-            report = client.verify(url)
+            report = client.verify(url, secret=resolve_secret(secret, required=False))
     printer().record(verify_row(report))
     if not report.ok:
         count = len(report.problems) + report.more_problems

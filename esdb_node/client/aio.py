@@ -11,6 +11,10 @@
   answer to the connect) a request fails at once with `Unavailable`; only transient states
   (no leader yet, an election, a lost connection) are retried until the deadline. `on_wait`
   hears about those waits, so a caller can tell its user why nothing happens yet.
+- TLS: `esdb+tls://` URLs (or `tls=True`) verify the node's certificate against `ca` (a PEM
+  file) or the system's trust store.
+- Admin methods take the cluster secret and sign each request for the connection it goes
+  out on (`esdb_node.keys`); the secret itself is never sent.
 
 The blocking `Client` (`esdb_node.client.sync`) is generated from this class.
 """
@@ -18,9 +22,11 @@ The blocking `Client` (`esdb_node.client.sync`) is generated from this class.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from esdb_node import codec, ops
@@ -30,6 +36,7 @@ from esdb_node.client.connection import (
     ConnectionLost,
     format_url,
     parse_urls,
+    urls_use_tls,
 )
 from esdb_node.cluster_view import ClusterSnapshot, ClusterView
 from esdb_node.config import DEFAULT_CLIENT_PORT
@@ -100,8 +107,16 @@ class AsyncClient:
         connect_timeout: float = 3.0,
         consistency: str = "leader",
         on_wait: OnWait | None = None,
+        tls: bool | None = None,
+        ca: str | Path | None = None,
     ) -> None:
         self.addresses = parse_urls(urls)
+        self.tls = urls_use_tls(urls) if tls is None else tls
+        self._tls_context: ssl.SSLContext | None = None
+        if self.tls:
+            from esdb_node.tls import client_context
+
+            self._tls_context = client_context(ca)
         self.token = token
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -141,7 +156,7 @@ class AsyncClient:
         return await asyncio.shield(pending)
 
     async def _open(self, address: Address) -> Connection:
-        conn = Connection(address, self.token)
+        conn = Connection(address, self.token, tls=self._tls_context)
         await conn.open(self.connect_timeout)
         self._connections[address] = conn
         return conn
@@ -193,16 +208,22 @@ class AsyncClient:
     # --- request engine -------------------------------------------------------------------------
 
     async def request(
-        self, req: ops.Request[R], *, timeout: float | None = None, url: str | None = None
+        self,
+        req: ops.Request[R],
+        *,
+        timeout: float | None = None,
+        url: str | None = None,
+        secret: str | None = None,
     ) -> R:
         """Send any operation and return its typed result: to `url` only, or to the right
         node of the store (the leader for writes and leader reads) with redirects, failover
-        and, for idempotent writes, retries until the deadline."""
+        and, for idempotent writes, retries until the deadline. With `secret` (admin
+        operations) each attempt is signed for the connection it goes out on."""
         budget = self.timeout if timeout is None else timeout
         if url is not None:
             conn = await self._connect(parse_urls(url)[0])
             try:
-                return await conn.call(req, budget)
+                return await conn.call(req, budget, secret=secret)
             except TimeoutError:
                 raise Timeout(
                     f"{conn.url} did not answer {req.wire_name()} in {budget:g}s"
@@ -211,9 +232,9 @@ class AsyncClient:
                 if req.write:
                     raise UnknownOutcome(f"{exc} after sending {req.wire_name()}") from None
                 raise Unavailable(str(exc)) from None
-        return await self._call(req, budget)
+        return await self._call(req, budget, secret)
 
-    async def _call(self, req: ops.Request[R], budget: float) -> R:
+    async def _call(self, req: ops.Request[R], budget: float, secret: str | None = None) -> R:
         op = req.wire_name()
         leader, write, idempotent = req.needs_leader(), req.write, req.idempotent
         started = time.monotonic()
@@ -234,7 +255,7 @@ class AsyncClient:
             conn: Connection | None = None
             try:
                 conn = await self._any_connection(leader)
-                return await conn.call(req, remaining)
+                return await conn.call(req, remaining, secret=secret)
             except NotLeader as exc:
                 last_error = exc
                 if self._note_redirect(exc):
@@ -592,9 +613,12 @@ class AsyncClient:
         """Status of the node at `url`, or of whichever node answers first."""
         return await self.request(ops.Status(), url=url)
 
-    async def verify(self, url: str | None = None, *, timeout: float = 600.0) -> VerifyReport:
-        """Check the whole store of the node at `url` (or any node): checksums and indexes."""
-        return await self.request(ops.Verify(), url=url, timeout=timeout)
+    async def verify(
+        self, url: str | None = None, *, secret: str | None = None, timeout: float = 600.0
+    ) -> VerifyReport:
+        """Check the whole store of the node at `url` (or any node): checksums and indexes.
+        A cluster member wants the cluster `secret` (an admin request); a standalone node not."""
+        return await self.request(ops.Verify(), url=url, timeout=timeout, secret=secret)
 
     async def statuses(self) -> list[NodeStatus | EsdbError]:
         """Status of every configured URL (an error value for the ones that do not answer)."""
@@ -630,26 +654,21 @@ class AsyncClient:
     ) -> ops.MemberAdded:
         """Add a node (its raft address and client URL) to the cluster's membership."""
         req = ops.AddMember(
-            node_id=node_id,
-            raft=raft,
-            url=url,
-            store_id=store_id,
-            secret=secret,
-            found_by=found_by,
+            node_id=node_id, raft=raft, url=url, store_id=store_id, found_by=found_by
         )
-        return await self.request(req, timeout=timeout)
+        return await self.request(req, timeout=timeout, secret=secret)
 
     async def remove_member(
         self, node: str, secret: str, *, timeout: float | None = None
     ) -> ops.MemberRemoved:
         """Remove a member (by node id or raft address) from the membership."""
-        return await self.request(ops.RemoveMember(node=node, secret=secret), timeout=timeout)
+        return await self.request(ops.RemoveMember(node=node), timeout=timeout, secret=secret)
 
     async def stepdown(
         self, secret: str, *, to: str | None = None, timeout: float | None = None
     ) -> ops.SteppedDown:
         """Make the leader hand leadership to `to` (or to the most caught-up member)."""
-        return await self.request(ops.StepDown(to=to, secret=secret), timeout=timeout)
+        return await self.request(ops.StepDown(to=to), timeout=timeout, secret=secret)
 
     async def fault(
         self,
@@ -661,5 +680,5 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> ops.PartitionState:
         """Chaos: make the node at `url` drop Raft traffic from and to these members."""
-        req = ops.Fault(secret=secret, drop_in=list(drop_in), drop_out=list(drop_out))
-        return await self.request(req, url=url, timeout=timeout)
+        req = ops.Fault(drop_in=list(drop_in), drop_out=list(drop_out))
+        return await self.request(req, url=url, timeout=timeout, secret=secret)

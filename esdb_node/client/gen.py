@@ -27,6 +27,7 @@ A test fails when this file and `AsyncClient` drift apart.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from esdb_node.client.blocking import BlockingClientBase, BlockingIterator
 {imports}

@@ -7,6 +7,7 @@ A test fails when this file and `AsyncClient` drift apart.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from esdb_node import ops
 from esdb_node.client.aio import AsyncClient, OnWait, R
@@ -45,6 +46,8 @@ class Client(BlockingClientBase):
         connect_timeout: float = 3.0,
         consistency: str = "leader",
         on_wait: OnWait | None = None,
+        tls: bool | None = None,
+        ca: str | Path | None = None,
     ) -> None:
         super().__init__(
             AsyncClient,
@@ -54,6 +57,8 @@ class Client(BlockingClientBase):
             connect_timeout=connect_timeout,
             consistency=consistency,
             on_wait=on_wait,
+            tls=tls,
+            ca=ca,
         )
         self._async: AsyncClient
 
@@ -247,13 +252,19 @@ class Client(BlockingClientBase):
         return self._run(self._async.remove_member(node, secret, timeout=timeout))
 
     def request(
-        self, req: ops.Request[R], *, timeout: float | None = None, url: str | None = None
+        self,
+        req: ops.Request[R],
+        *,
+        timeout: float | None = None,
+        url: str | None = None,
+        secret: str | None = None,
     ) -> R:
         """Send any operation and return its typed result: to `url` only, or to the right
         node of the store (the leader for writes and leader reads) with redirects, failover
-        and, for idempotent writes, retries until the deadline.
+        and, for idempotent writes, retries until the deadline. With `secret` (admin
+        operations) each attempt is signed for the connection it goes out on.
         """
-        return self._run(self._async.request(req, timeout=timeout, url=url))
+        return self._run(self._async.request(req, timeout=timeout, url=url, secret=secret))
 
     def save_snapshot(
         self,
@@ -313,6 +324,10 @@ class Client(BlockingClientBase):
         """
         return self._iter(lambda: self._async.tail(stream, from_=from_, filter=filter))
 
-    def verify(self, url: str | None = None, *, timeout: float = 600.0) -> VerifyReport:
-        """Check the whole store of the node at `url` (or any node): checksums and indexes."""
-        return self._run(self._async.verify(url, timeout=timeout))
+    def verify(
+        self, url: str | None = None, *, secret: str | None = None, timeout: float = 600.0
+    ) -> VerifyReport:
+        """Check the whole store of the node at `url` (or any node): checksums and indexes.
+        A cluster member wants the cluster `secret` (an admin request); a standalone node not.
+        """
+        return self._run(self._async.verify(url, secret=secret, timeout=timeout))

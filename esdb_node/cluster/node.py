@@ -72,7 +72,6 @@ class ClusterNode:
         self.formation = Formation(config, self.identity, self.registry, self.view)
         self.replicator = RaftReplicator(self.raft, self.registry.url_of, self.status)
         self.admin = ClusterAdmin(
-            secret=config.secret or "",
             identity=self.identity,
             registry=self.registry,
             view=self.view,
@@ -108,6 +107,10 @@ class ClusterNode:
             leader_fallback_timeout=cfg.leader_fallback_timeout,
             connection_timeout=cfg.raft_connection_timeout,
             compaction_min_entries=cfg.compaction_entries,
+            max_connections=cfg.raft_max_connections,
+            max_pending=max(1, min(32, cfg.raft_max_connections // 2)),
+            handshake_timeout=cfg.hello_timeout,
+            frame_timeout=cfg.frame_timeout,
         )
 
     # --- life cycle -----------------------------------------------------------------------------

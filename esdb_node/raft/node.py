@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, NoReturn
 
-from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj import SyncObj, SyncObjConf
 from pysyncobj.node import Node, TCPNode
 
 from esdb_node.deadline import Deadline
@@ -64,7 +64,7 @@ from esdb_node.raft.outcome import (
 )
 from esdb_node.raft.snapshot import SnapshotManager, read_header
 from esdb_node.raft.status import MemberStatus, RaftStatus, RejectedPeers, parse_status
-from esdb_node.raft.transport import EsdbTransport, FrameCipher, PeerGuard
+from esdb_node.raft.transport import EsdbTransport, FrameCipher, PeerGuard, PortLimits
 from esdb_node.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -94,11 +94,6 @@ class EsdbNode(TCPNode):
     def __init__(self, address: str, **kwargs: Any) -> None:
         super().__init__(address, **kwargs)
         self._hash = hash(address)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # Membership commands carry a pickled node; str hashes differ between processes.
-        self.__dict__.update(state)
-        self.__dict__["_hash"] = hash(self._id)
 
     def __hash__(self) -> int:
         return self._hash
@@ -178,6 +173,7 @@ class _Deadlines:
 
 
 class _EsdbSyncObj(
+    patches.CommandCodecFix,
     patches.SnapshotKeepaliveFix,
     patches.AppendEntriesFix,
     patches.MembershipGuardFix,
@@ -185,7 +181,7 @@ class _EsdbSyncObj(
     patches.DumpLoadFix,
     SyncObj,
 ):
-    """The SyncObj with exactly one replicated method, `apply(batch)`."""
+    """The SyncObj whose one replicated operation is `apply(batch)` (CommandCodecFix)."""
 
     def __init__(self, owner: RaftNode, conf: Any) -> None:
         self._esdb = owner
@@ -213,9 +209,13 @@ class _EsdbSyncObj(
     def _getEncryptor(self) -> Any:
         return self._esdb.guard_cipher
 
-    @replicated
-    def apply(self, batch: bytes) -> Any:
+    def _esdb_apply(self, batch: bytes) -> Any:
         return self._esdb._apply(self, batch)
+
+    def _esdb_bad_command(self, index: int, exc: Exception) -> Any:
+        # Entries are checked when they arrive (wire.decode_message) and written by us, so
+        # this is a damaged journal: skipping the entry would diverge from the other members.
+        self._esdb._on_fatal(f"raft: committed entry {index} is not an esdb command: {exc}")
 
     # --- durability points -----------------------------------------------------------------------
 
@@ -230,7 +230,14 @@ class _EsdbSyncObj(
             # sync theirs, instead of before sending (two syncs in a row on the critical path).
             self._esdb_journal.flush()
 
+    _esdb_guarded = False
+
     def _onTick(self, timeToWait: float = 0.0) -> None:
+        if not self._esdb_guarded:
+            # Every frame is decoded and every entry applied on this thread (before its first
+            # tick, nothing is): pysyncobj's pickle module refuses to run here.
+            self._esdb_guarded = True
+            patches.guard_thread(threading.current_thread())
         # The leader's commit computation (start of stock _onTick) counts its own copy of the
         # log; make that copy durable first. Followers' entries were flushed when acked.
         if not self._esdb_journal.flush() and self._isLeader():
@@ -364,8 +371,18 @@ class RaftNode:
             on_failure=on_fatal,
             health=store.health,
         )
-        self.guard_cipher = FrameCipher(config.secret, config.cluster_id)
-        self._guard = PeerGuard(self.guard_cipher, config.preauth_frame_bytes, config.frame_cap)
+        self.guard_cipher = FrameCipher.for_cluster(config.secret, config.cluster_id)
+        self._guard = PeerGuard(
+            self.guard_cipher,
+            config.preauth_frame_bytes,
+            config.frame_cap,
+            PortLimits(
+                max_connections=config.max_connections,
+                max_pending=config.max_pending,
+                handshake_timeout=config.handshake_timeout,
+                frame_timeout=config.frame_timeout,
+            ),
+        )
         self.applier = Applier(store, on_fatal)
         self.snapshots = SnapshotManager(store, layout.raft_dump, EsdbNode, self.applier)
         self._deadlines = _Deadlines()

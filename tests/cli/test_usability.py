@@ -383,6 +383,17 @@ EVERY_KEY = {
     "discovery_expiry": 45.0,
     "dns_interval": 7.0,
     "max_clock_offset": 0.5,
+    "tokens_file": "/etc/esdb/tokens.toml",
+    "tls_cert": "/etc/esdb/node.pem",
+    "tls_key": "/etc/esdb/node.key",
+    "tls_ca": "/etc/esdb/ca.pem",
+    "max_connections": 500,
+    "max_pending_per_host": 16,
+    "hello_timeout": 5.0,
+    "frame_timeout": 20.0,
+    "idle_timeout": 300.0,
+    "max_buffered_bytes": 134217728,
+    "raft_max_connections": 32,
 }
 
 

@@ -65,4 +65,4 @@ def test_after_a_machine_crash_the_store_is_verified_and_rebuilt_if_damaged(
     events = cluster.read_local(victim, "m-1")
     assert len(events) == 30 and events[20].json() == {"m": MARKER}
     with cluster.client() as client:
-        assert client.verify(cluster.url(victim)).ok
+        assert client.verify(cluster.url(victim), secret=cluster.local.secret).ok

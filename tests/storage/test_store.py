@@ -535,9 +535,7 @@ def test_append_many_is_all_or_none(store: Store) -> None:
     positions = [r.position for r in results]
     assert positions == [2, 3]  # contiguous in $all, in the order of the parts
     # The second part conflicts: the first part, valid on its own, is not written either.
-    conflict = cmd.AppendMany(
-        [cmd.append("c-1", -1, [ev(n=30)]), cmd.append("a-1", 0, [ev(n=40)])]
-    )
+    conflict = cmd.AppendMany([cmd.append("c-1", -1, [ev(n=30)]), cmd.append("a-1", 0, [ev(n=40)])])
     error = run(store, conflict, cmd.append("d-1", -2, [ev(n=50)]))
     assert isinstance(error[0], WrongExpectedVersion) and error[0].details["part"] == 1
     assert isinstance(error[1], AppendResult)  # other commands of the batch are unaffected
