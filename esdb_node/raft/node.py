@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, NoReturn
 
-from pysyncobj import SyncObj, SyncObjConf
+from pysyncobj import SyncObj, SyncObjConf, SyncObjException
 from pysyncobj.node import Node, TCPNode
 
 from esdb_node.deadline import Deadline
@@ -71,6 +71,7 @@ log = logging.getLogger(__name__)
 
 EXIT_STORAGE_FAILURE = 70
 BIND_TIMEOUT = 3.0
+BIND_RETRY = 0.2
 STATUS_REFRESH = 0.1
 FOLLOWER_STATE = 0  # pysyncobj's _RAFT_STATE.FOLLOWER
 LEADER_STATE = 2  # pysyncobj's _RAFT_STATE.LEADER
@@ -431,7 +432,10 @@ class RaftNode:
             logCompactionSplit=False,
             dynamicMembershipChange=True,
             useFork=False,
-            bindRetryTime=0.2,
+            bindRetryTime=BIND_RETRY,
+            # Without a tick thread, pysyncobj's constructor binds in a loop that only ends
+            # after this many attempts; unbounded, a taken port would hang the node's loop.
+            maxBindRetries=int(BIND_TIMEOUT / BIND_RETRY) if self._driver is not None else 0,
             onStateChanged=self._on_state_changed,
             autoTick=self._driver is None,
             pollerType=(
@@ -442,10 +446,15 @@ class RaftNode:
         )
         try:
             self._obj = _EsdbSyncObj(self, conf)
-        except Exception:
+        except Exception as exc:
             self._deadlines.stop()
             self.applier.stop(1)
             self._journal._destroy()
+            if isinstance(exc, SyncObjException) and exc.errorCode == "BindError":
+                raise Unavailable(
+                    f"cannot listen for raft on {config.bind_addr}",
+                    hint="is another process using the port?",
+                ) from None
             raise
         self._obj.addOnTickCallback(self._on_tick)
         transport = self._obj._SyncObj__transport

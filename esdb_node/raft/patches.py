@@ -70,6 +70,12 @@ def _create_poller(poller_type: Any) -> Any:
     return poller_type
 
 
+def _not_the_bind_failure(record: logging.LogRecord) -> bool:
+    """syncobj.py:293 logs a traceback when the constructor cannot bind; RaftNode reports
+    that as one line ("cannot listen for raft on ...")."""
+    return record.getMessage() != "failed to perform initialization"
+
+
 def install_global_patches() -> None:
     """Idempotent. Affects every SyncObj in the process (esdb has only its own)."""
     global _installed
@@ -83,6 +89,7 @@ def install_global_patches() -> None:
         setattr(_pso_pickle, name, _refusing(name, getattr(_pso_pickle, name)))
     _pso_syncobj.createJournal = _create_journal
     _pso_syncobj.createPoller = _create_poller
+    logging.getLogger(_pso_syncobj.__name__).addFilter(_not_the_bind_failure)
     from esdb_node.raft.snapshot import install_replace_hook
 
     install_replace_hook()
