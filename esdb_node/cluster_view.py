@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from esdb_node import ops
-from esdb_node.client.connection import format_url
 from esdb_node.errors import EsdbError, Timeout
 from esdb_node.model import MemberView, NodeStatus
 
@@ -186,6 +185,9 @@ class ClusterView:
             return []
 
     async def snapshot(self) -> ClusterSnapshot:
+        # Imported here: esdb_node.client imports this module, which must load first too.
+        from esdb_node.client.connection import format_url
+
         seeds = [format_url(a) for a in self.client.addresses]
         answers = dict(
             zip(seeds, await asyncio.gather(*(self._status(u) for u in seeds)), strict=True)

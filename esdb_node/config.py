@@ -80,6 +80,8 @@ class NodeConfig:
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     max_frame_bytes: int = 0  # 0: derived from max_event_bytes
     log_level: str = "info"
+    log_format: str = "text"  # text | json (one object per line)
+    http: str | None = None  # HOST:PORT of the HTTP API (health, metrics, REST, SSE); off
     # Tuning (TOML keys and ESDB_* variables; tests shorten them). Seconds unless noted.
     election_timeout: float = 1.0  # a follower elects after [t, 2t] without a leader
     leader_fallback_timeout: float = 2.5  # an isolated leader steps down after this
@@ -119,6 +121,12 @@ class NodeConfig:
             raise InvalidInput(f"durability must be fsync or os, not {self.durability!r}")
         if self.discovery not in ("static", "mdns"):
             raise InvalidInput(f"discovery must be static or mdns, not {self.discovery!r}")
+        if self.log_format not in ("text", "json"):
+            raise InvalidInput(f"log format must be text or json, not {self.log_format!r}")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+            raise InvalidInput(
+                f"log level must be debug, info, warning or error, not {self.log_level!r}"
+            )
         if self.max_event_bytes < 1024:
             raise InvalidInput("max event size must be at least 1024 bytes")
         if self.max_frame_bytes and self.max_frame_bytes < self.max_event_bytes + 4096:
@@ -140,6 +148,8 @@ class NodeConfig:
             raise InvalidInput("compaction_entries must be at least 2")
         parse_hostport(self.listen, what="--listen", allow_zero=True)
         parse_hostport(self.raft, what="--raft")
+        if self.http is not None:
+            parse_hostport(self.http, what="--http", allow_zero=True)
         for peer in self.peers:
             parse_hostport(peer, what="peer")
         if self.cluster_mode and not self.secret:

@@ -12,22 +12,25 @@ import os
 import secrets
 import signal
 import sys
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any
 
 from esdb_node.clock import LeaderClock
 from esdb_node.config import NodeConfig, parse_hostport
 from esdb_node.errors import EsdbError, InvalidInput, StorageFailure, Unavailable
 from esdb_node.layout import DataDir, write_json_atomic
+from esdb_node.logs import LogContext, setup_logging
 from esdb_node.replication import Replicator
 from esdb_node.replication.local import LocalReplicator
 from esdb_node.server.client_server import ClientServer
 from esdb_node.server.dispatch import Dispatcher
+from esdb_node.server.metrics import NodeMetrics
 from esdb_node.server.service import Identity, NodeService
 from esdb_node.storage.checkpoint import Checkpointer, check_after_machine_crash
 from esdb_node.storage.store import Store
 
 if TYPE_CHECKING:
     from esdb_node.cluster import ClusterNode
+    from esdb_node.server.http import HttpServer
 
 log = logging.getLogger("esdb.node")
 
@@ -59,21 +62,9 @@ def load_identity(files: DataDir, config: NodeConfig) -> tuple[str, str]:
     return node_id, store_id
 
 
-def setup_logging(level: str, stream: TextIO = sys.stderr) -> None:
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(
-        logging.Formatter(
-            "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"
-        )
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-
-
 def run_node(config: NodeConfig) -> int:
     """Run a node in the foreground until SIGTERM or SIGINT; returns the process exit code."""
-    setup_logging(config.log_level)
+    context = setup_logging(config.log_level, config.log_format)
     files = DataDir(config.data_dir)
     files.path.mkdir(parents=True, exist_ok=True)
     lock_fd = os.open(files.lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -86,7 +77,7 @@ def run_node(config: NodeConfig) -> int:
             hint=f"stop it with `esdb node stop -D {files.path}`, or use another --data-dir",
         ) from None
     try:
-        return asyncio.run(_serve(config, files))
+        return asyncio.run(_serve(config, files, context))
     except StorageFailure as exc:
         log.critical("storage failure, stopping: %s", exc)
         return EXIT_STORAGE_FAILURE
@@ -97,8 +88,9 @@ def run_node(config: NodeConfig) -> int:
         os.close(lock_fd)
 
 
-async def _serve(config: NodeConfig, files: DataDir) -> int:
+async def _serve(config: NodeConfig, files: DataDir, context: LogContext) -> int:
     node_id, store_id = load_identity(files, config)
+    context.update(node=node_id)
     host, port = parse_hostport(config.listen, what="--listen", allow_zero=True)
     if config.cluster_mode and port == 0:
         raise InvalidInput("cluster nodes need a fixed --listen port (peers redirect to it)")
@@ -147,7 +139,21 @@ async def _serve(config: NodeConfig, files: DataDir) -> int:
         clock=clock,
         max_clock_offset=config.max_clock_offset,
     )
-    dispatcher = Dispatcher()
+    http: HttpServer | None = None
+    metrics = NodeMetrics(
+        service,
+        files,
+        connections=lambda: {
+            "client": server.connections,
+            **({"http": http.connections} if http is not None else {}),
+        },
+    )
+    committer = getattr(replicator, "committer", None)
+    if committer is not None:
+        committer.observer = metrics.batch_flushed
+    if checkpointer is not None:
+        checkpointer.on_sync = metrics.store_synced
+    dispatcher = Dispatcher(metrics)
     dispatcher.add(service)
     if cluster is not None:
         dispatcher.add(cluster.admin)
@@ -174,14 +180,25 @@ async def _serve(config: NodeConfig, files: DataDir) -> int:
         service.identity = Identity(node_id, store_id, url, durability=config.durability)
         if isinstance(replicator, LocalReplicator):
             replicator.url = url
+    if config.http is not None:
+        try:
+            http = await _start_http(config, service, dispatcher, metrics)
+        except Unavailable:
+            await server.stop()
+            if checkpointer is not None:
+                checkpointer.close()
+            store.close()
+            raise
+    watcher = asyncio.ensure_future(metrics.watch(context))
     files.pid.write_text(f"{os.getpid()}\n")
-    runtime = {
+    runtime: dict[str, Any] = {
         "node_id": node_id,
         "store_id": store_id,
         "url": url,
         "raft": cluster.identity.raft if cluster is not None else None,
         "pid": os.getpid(),
         "mode": replicator.mode,
+        "http": http.url if http is not None else None,
     }
     write_json_atomic(files.runtime, runtime)
     try:
@@ -213,6 +230,9 @@ async def _serve(config: NodeConfig, files: DataDir) -> int:
         await stop.wait()
         log.info("stopping")
     finally:
+        watcher.cancel()
+        if http is not None:
+            await http.stop()
         await server.stop()
         if cluster is not None:
             await cluster.stop()
@@ -222,6 +242,34 @@ async def _serve(config: NodeConfig, files: DataDir) -> int:
         store.close()
         log.info("stopped")
     return 0
+
+
+async def _start_http(
+    config: NodeConfig, service: NodeService, dispatcher: Dispatcher, metrics: NodeMetrics
+) -> HttpServer:
+    from esdb_node.server.http import HttpServer
+
+    assert config.http is not None
+    host, port = parse_hostport(config.http, what="--http", allow_zero=True)
+    http = HttpServer(
+        service,
+        dispatcher,
+        metrics,
+        host=host,
+        port=port,
+        token=config.token,
+        max_event_bytes=config.max_event_bytes,
+        max_body=config.frame_limit,
+    )
+    try:
+        await http.start()
+    except OSError as exc:
+        raise Unavailable(
+            f"cannot listen for HTTP on {host}:{port}: {exc.strerror}",
+            hint="pick another --http port",
+        ) from None
+    log.info("HTTP API on %s", http.url)
+    return http
 
 
 def main(argv: list[str] | None = None) -> int:

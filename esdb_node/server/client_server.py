@@ -59,6 +59,10 @@ class ClientServer:
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
 
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
