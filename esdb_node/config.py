@@ -170,8 +170,21 @@ class NodeConfig:
         config_file: Path | None = None,
     ) -> NodeConfig:
         """Merge the three sources; `flags` holds only options the user actually gave."""
+        return cls.resolve(flags, env=env, config_file=config_file)[0]
+
+    @classmethod
+    def resolve(
+        cls,
+        flags: Mapping[str, Any],
+        *,
+        env: Mapping[str, str] | None = None,
+        config_file: Path | None = None,
+    ) -> tuple[NodeConfig, dict[str, str]]:
+        """The merged settings and where each came from: `flag`, `env` (an ESDB_* variable),
+        `file` (the TOML file) or `default` (`esdb node config --show`)."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
         if config_file is not None:
             try:
                 with config_file.open("rb") as fh:
@@ -183,18 +196,35 @@ class NodeConfig:
             section = document.get("node", document)
             for key, value in section.items():
                 values[key.replace("-", "_")] = value
+                sources[key.replace("-", "_")] = "file"
         for f in fields(cls):
-            env_value = env.get("ESDB_" + f.name.upper())
+            env_value = env.get(env_var(f.name))
             if env_value is not None and env_value != "":
                 values[f.name] = env_value
-        values.update({k: v for k, v in flags.items() if v is not None})
+                sources[f.name] = "env"
+        for key, value in flags.items():
+            if value is not None:
+                values[key] = value
+                sources[key] = "flag"
         known = {f.name: f for f in fields(cls)}
         unknown = set(values) - set(known)
         if unknown:
             raise InvalidInput(f"unknown node settings: {', '.join(sorted(unknown))}")
-        return replace(
+        config = replace(
             cls(), **{k: _coerce(known[k].type, k, v) for k, v in values.items()}
         ).validate()
+        return config, {f.name: sources.get(f.name, "default") for f in fields(cls)}
+
+
+def env_var(setting: str) -> str:
+    """The ESDB_* variable of a setting (`data_dir` -> ESDB_DATA_DIR)."""
+    return "ESDB_" + setting.upper()
+
+
+def toml_key(setting: str) -> str:
+    """The key of a setting in the TOML file (top level or under `[node]`; `data-dir` is
+    accepted too)."""
+    return setting
 
 
 def _coerce(annotation: Any, name: str, value: Any) -> Any:

@@ -218,6 +218,7 @@ async def _serve(config: NodeConfig, files: DataDir, context: LogContext) -> int
             opening.result()
             await cluster.start()
         await replicator.start()
+        metrics.sample(context)  # the next line already names the role
         log.info(
             "node %s (store %s) serving %s, %s mode, durability %s, data in %s",
             node_id,

@@ -12,7 +12,7 @@ import typer
 from esdb_cli import local
 from esdb_cli.context import client_command, connect, options, output_command, printer
 from esdb_cli.output import say, status_row, verdict_rows, verify_row
-from esdb_node.config import NodeConfig
+from esdb_node.config import NodeConfig, env_var, toml_key
 from esdb_node.errors import CorruptStore, EsdbError, InvalidInput, NotFound, Unhealthy
 from esdb_node.layout import DataDir
 from esdb_node.model import NodeStatus
@@ -118,6 +118,17 @@ def start(
         ),
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option(help="text (default) or json: one object per line with node, role, term."),
+    ] = None,
+    http: Annotated[
+        str | None,
+        typer.Option(
+            help="Serve the HTTP API (health, metrics, REST, SSE) on HOST:PORT [default: off].",
+            show_default=False,
+        ),
+    ] = None,
     detach: Annotated[
         bool,
         typer.Option(
@@ -171,6 +182,8 @@ def start(
         "durability": durability,
         "max_event_bytes": max_event_bytes,
         "log_level": log_level,
+        "log_format": log_format,
+        "http": http,
     }
     # Only options the user gave: a default passed here would override the --config file.
     cfg = NodeConfig.load({k: v for k, v in flags.items() if v is not None}, config_file=config)
@@ -240,17 +253,112 @@ def _start_detached(cfg: NodeConfig, wait: float) -> tuple[NodeStatus, Popen[byt
 
 def config_row(cfg: NodeConfig) -> dict[str, object]:
     """The effective settings, secrets masked (`node start --dry-run`)."""
-    row: dict[str, object] = {}
-    for f in fields(NodeConfig):
-        value = getattr(cfg, f.name)
-        if f.name in ("secret", "token") and value:
-            value = "***"
-        elif isinstance(value, Path):
-            value = str(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        row[f.name] = value
-    return row
+    return {f.name: _shown(f.name, getattr(cfg, f.name)) for f in fields(NodeConfig)}
+
+
+def _shown(name: str, value: object) -> object:
+    if name in ("secret", "token") and value:
+        return "***"
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+# Options of `node start` that are not node settings (everything else is a NodeConfig field
+# with an ESDB_* variable and a TOML key; tests/cli/test_config_view.py walks the list).
+NOT_SETTINGS = ("config", "detach", "wait", "dry_run", "output", "json_", "help")
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+@output_command
+def config(
+    ctx: typer.Context,
+    show: Annotated[
+        bool, typer.Option("--show", help="Print every setting, its value and its source.")
+    ] = False,
+) -> None:
+    """Show the settings `esdb node start` would run with, and where each comes from.
+
+    Takes the same options as `node start` (after --show). Sources, highest first: flag,
+    env (ESDB_* variable), file (--config TOML), default. Secrets are masked.
+
+    \b
+    Examples:
+      esdb node config --show
+      ESDB_HTTP=127.0.0.1:2118 esdb node config --show --config node.toml -D n1
+    """
+    if not show:
+        raise InvalidInput("say what to do", hint="`esdb node config --show`")
+    import click
+
+    start_cmd = typer.main.get_command(app).commands["start"]  # type: ignore[attr-defined]
+    try:
+        parsed = start_cmd.make_context("start", list(ctx.args), resilient_parsing=False)
+    except click.UsageError as exc:
+        raise InvalidInput(exc.format_message()) from None
+    params = {k: v for k, v in parsed.params.items() if k not in NOT_SETTINGS}
+    # Typer reads ESDB_DATA_DIR/ESDB_SECRET/ESDB_TOKEN itself: those are env, not flags.
+    given = {
+        k: v
+        for k, v in params.items()
+        if v is not None
+        and parsed.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE
+    }
+    config_file = parsed.params.get("config")
+    cfg, sources = NodeConfig.resolve(
+        given, config_file=Path(config_file) if config_file is not None else None
+    )
+    rows = [
+        {
+            "setting": f.name,
+            "value": _shown(f.name, getattr(cfg, f.name)),
+            "source": sources[f.name],
+            "env": env_var(f.name),
+            "toml": toml_key(f.name),
+        }
+        for f in fields(NodeConfig)
+    ]
+    printer().rows(rows, ["setting", "value", "source", "env"], key="settings")
+
+
+@app.command()
+def logs(
+    data_dir: DataDirOpt = None,
+    node: Annotated[
+        str | None,
+        typer.Argument(
+            help="Node of the local cluster (--cluster-dir) whose log to show.",
+            show_default=False,
+        ),
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines (Ctrl-C stops).")
+    ] = False,
+    lines: Annotated[
+        int, typer.Option("--lines", "-n", help="Start with the last N lines (0: all).")
+    ] = 50,
+) -> None:
+    """Print the log of a detached node (-D) or of a local-cluster node (--cluster-dir NODE).
+
+    \b
+    Examples:
+      esdb node logs -D esdb-data --follow
+      esdb --cluster-dir demo node logs n2 -n 200
+    """
+    if node is not None:
+        cluster = _local_cluster()
+        if cluster is None:
+            raise InvalidInput(
+                f"{node}: which cluster?", hint="pass --cluster-dir DIR (or set ESDB_CLUSTER_DIR)"
+            )
+        directory = Path(cluster.node(node).data_dir)
+    else:
+        directory = data_dir or local.DEFAULT_DATA_DIR
+    local.print_log(DataDir(directory).log, lines=lines, follow=follow)
 
 
 @app.command()
