@@ -24,7 +24,7 @@ def start_options() -> dict[str, click.Option]:
     return {
         p.name: p
         for p in command.params
-        if isinstance(p, click.Option) and p.name not in node_cmd.NOT_SETTINGS
+        if isinstance(p, click.Option) and p.name and p.name not in node_cmd.NOT_SETTINGS
     }
 
 
@@ -69,8 +69,7 @@ def test_every_start_option_reaches_the_config_from_each_source(
     else:
         toml = tmp_path / "node.toml"
         toml.write_text(
-            "[node]\n"
-            + "".join(f"{toml_key(n)} = {json.dumps(EVERY_KEY[n])}\n" for n in options)
+            "[node]\n" + "".join(f"{toml_key(n)} = {json.dumps(EVERY_KEY[n])}\n" for n in options)
         )
         args += ["--config", toml]
     rows = settings(esdb, *args)
