@@ -47,7 +47,7 @@ def request(
     timeout: float = 10.0,
 ) -> Reply:
     parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
     try:
         data = None if body is None else json.dumps(body).encode()
         hdrs = {"Content-Type": "application/json"} if data is not None else {}
@@ -71,7 +71,7 @@ class SseStream:
 
     def __init__(self, url: str, headers: dict[str, str] | None = None, timeout: float = 20.0):
         parts = urlsplit(url)
-        self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        self.conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         self.conn.request("GET", path, headers={"Accept": "text/event-stream", **(headers or {})})
         self.response = self.conn.getresponse()
