@@ -75,6 +75,19 @@ KEEPALIVE_S = 15.0  # an SSE comment this often: proxies keep the stream, dead p
 SSE_RETRY_MS = 2000
 
 
+# (method, path, handler method): openapi.yaml documents each one.
+ROUTES = (
+    ("GET", "/health/live", "live"),
+    ("GET", "/health/ready", "ready"),
+    ("GET", "/metrics", "metrics_page"),
+    ("GET", "/cluster", "cluster"),
+    ("GET", "/openapi.yaml", "openapi"),
+    ("GET", "/streams", "list_streams"),
+    ("GET", "/streams/{name:.+}", "read"),
+    ("POST", "/streams/{name:.+}", "append"),
+)
+
+
 def http_status(exc: EsdbError) -> int:
     for cls in type(exc).__mro__:
         if cls in STATUS:
@@ -122,18 +135,8 @@ class HttpServer:
         self.max_event_bytes = max_event_bytes
         self.ssl_context = ssl_context
         self.app = web.Application(client_max_size=max_body, middlewares=[self._errors])
-        self.app.add_routes(
-            [
-                web.get("/health/live", self.live),
-                web.get("/health/ready", self.ready),
-                web.get("/metrics", self.metrics_page),
-                web.get("/cluster", self.cluster),
-                web.get("/openapi.yaml", self.openapi),
-                web.get("/streams", self.list_streams),
-                web.get("/streams/{name:.+}", self.read),
-                web.post("/streams/{name:.+}", self.append),
-            ]
-        )
+        for method, path, handler in ROUTES:
+            self.app.router.add_route(method, path, getattr(self, handler))
         self._runner: web.AppRunner | None = None
         self._live: set[asyncio.Task[Any]] = set()
         self._client: Any = None  # AsyncClient for /cluster, made on first use
@@ -163,6 +166,11 @@ class HttpServer:
             await self._client.close()
         if self._runner is not None:
             await self._runner.cleanup()
+
+    @staticmethod
+    def route_table() -> list[tuple[str, str]]:
+        """(method, path) of every route (tests compare it with openapi.yaml)."""
+        return [(method, path) for method, path, _ in ROUTES]
 
     @property
     def connections(self) -> int:
