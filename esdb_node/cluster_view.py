@@ -143,7 +143,7 @@ def readiness(status: NodeStatus | EsdbError) -> Verdict:
     return Verdict(
         (
             Check("node", True, f"{st.node_id} at {st.url}"),
-            Check("leader", st.leader_id is not None, st.leader_id or "no leader known"),
+            _leader_check(st),
             Check(
                 "store",
                 st.ready,
@@ -156,6 +156,19 @@ def readiness(status: NodeStatus | EsdbError) -> Verdict:
             ),
         )
     )
+
+
+def _leader_check(st: NodeStatus) -> Check:
+    if st.leader_id is None:
+        return Check("leader", False, "no leader known")
+    if not st.has_quorum:
+        return Check(
+            "leader",
+            False,
+            f"no quorum: in touch with fewer than a majority of the members "
+            f"(last leader {st.leader_id})",
+        )
+    return Check("leader", True, st.leader_id)
 
 
 class ClusterView:

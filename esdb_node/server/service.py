@@ -287,4 +287,5 @@ class NodeService:
             max_clock_offset=self.max_clock_offset,
             storage=disk.state,
             storage_error=disk.reason,
+            has_quorum=rs.has_quorum,
         )
