@@ -29,12 +29,12 @@ def http_url(cluster: Cluster, node_id: str) -> str:
 
 def test_readiness_turns_503_when_quorum_is_lost_and_200_after(tmp_path: Path) -> None:
     cluster = http_cluster(tmp_path / "c")
-    for node_id in cluster.ids:
-        wait_for(
-            lambda n=node_id: request(http_url(cluster, n) + "/health/ready").status == 200,
-            timeout=30,
-            what=f"{node_id} ready",
+    def all_ready() -> bool:
+        return all(
+            request(http_url(cluster, n) + "/health/ready").status == 200 for n in cluster.ids
         )
+
+    wait_for(all_ready, timeout=30, what="every member ready")
     leader = cluster.wait_leader()
     survivor = cluster.followers(leader)[0]
     others = [n for n in cluster.ids if n != survivor]
