@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 from esdb_node.errors import EsdbError
@@ -30,6 +30,7 @@ from esdb_node.views import (
 )
 
 if TYPE_CHECKING:
+    from esdb_node.backup import BackupManifest, Restored
     from esdb_node.cluster_view import ClusterSnapshot
 
 __all__ = [
@@ -38,12 +39,14 @@ __all__ = [
     "Printer",
     "Row",
     "append_row",
+    "backup_row",
     "cluster_rows",
     "cluster_summary",
     "delete_row",
     "event_row",
     "member_row",
     "print_error",
+    "restore_row",
     "say",
     "snapshot_row",
     "status_row",
@@ -70,6 +73,23 @@ STATUS_COLUMNS = [
     "rtt_ms",
     "reachable",
 ]
+
+
+def backup_row(manifest: BackupManifest) -> Row:
+    return dict(asdict(manifest))
+
+
+def restore_row(done: Restored) -> Row:
+    return {
+        "data_dir": str(done.data_dir),
+        "node_id": done.node_id,
+        "store_id": done.store_id,
+        "events": done.manifest.events,
+        "last_position": done.manifest.last_position,
+        "from_node": done.manifest.node_id,
+        "from_applied_index": done.manifest.applied_index,
+        "verified": done.report.ok,
+    }
 
 
 def verify_row(report: VerifyReport) -> Row:

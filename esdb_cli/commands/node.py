@@ -11,7 +11,14 @@ import typer
 
 from esdb_cli import local
 from esdb_cli.context import client_command, connect, options, output_command, printer
-from esdb_cli.output import say, status_row, verdict_rows, verify_row
+from esdb_cli.output import (
+    backup_row,
+    restore_row,
+    say,
+    status_row,
+    verdict_rows,
+    verify_row,
+)
 from esdb_node.config import NodeConfig, env_var, toml_key
 from esdb_node.errors import CorruptStore, EsdbError, InvalidInput, NotFound, Unhealthy
 from esdb_node.layout import DataDir
@@ -518,6 +525,83 @@ def verify(data_dir: AskDataDirOpt = None) -> None:
             f"{count} problem{'s' * (count != 1)} in the store",
             hint="in a cluster, `esdb node repair` rebuilds this member from a healthy one",
         )
+
+
+@app.command()
+@client_command
+def backup(
+    to: Annotated[
+        Path,
+        typer.Option("--to", help="New or empty directory for the backup.", show_default=False),
+    ],
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir", "-D", help="Back up the node of this data directory.", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Take a consistent copy of a running node: its store in one read transaction, the Raft
+    position it reflects, a manifest and a SHA-256. The node keeps serving.
+
+    The copy is taken on the node and streamed here (--url, -D or the default URL).
+
+    \b
+    Examples:
+      esdb node backup -D esdb-data --to backups/2026-12-07
+      esdb --url esdb://10.0.0.5:2113 node backup --to /srv/backups/n1
+    """
+    from esdb_node.backup import write_backup
+
+    url = _node_url(data_dir)
+    with connect() as client:
+        status = client.status(url)
+        manifest = write_backup(client.iter_backup(url or status.url), status, to)
+    say(
+        f"backed up {manifest.events} events (up to position {manifest.last_position}, "
+        f"raft index {manifest.applied_index}) of node {manifest.node_id} to {to}"
+    )
+    printer().record(backup_row(manifest))
+
+
+@app.command()
+@output_command
+def restore(
+    source: Annotated[
+        Path,
+        typer.Option("--from", help="A directory made by `esdb node backup`.", show_default=False),
+    ],
+    data_dir: Annotated[
+        Path,
+        typer.Option(
+            "--data-dir", "-D", help="New or empty data directory to seed.", show_default=False
+        ),
+    ],
+    node_id: Annotated[
+        str | None, typer.Option(help="Id of the new node (default: generated).")
+    ] = None,
+) -> None:
+    """Seed a new node from a backup: checks the checksum, verifies every record, and gives
+    the node a new identity (same store id) with no Raft history.
+
+    Start it standalone, or with --secret as the first member of a new cluster that other
+    nodes then --join (they receive its data as a snapshot).
+
+    \b
+    Examples:
+      esdb node restore --from backups/2026-12-07 -D restored
+      esdb node start -D restored --detach
+      esdb node start -D restored --secret "$ESDB_SECRET" --raft 10.0.0.9:2114 --detach
+    """
+    from esdb_node.backup import restore as restore_backup
+
+    done = restore_backup(source, data_dir, node_id=node_id)
+    say(
+        f"restored {done.manifest.events} events of store {done.store_id} into {data_dir} as "
+        f"node {done.node_id}; start it with `esdb node start -D {data_dir}` (add --secret "
+        "to make it the first member of a new cluster)"
+    )
+    printer().record(restore_row(done))
 
 
 @app.command()

@@ -575,6 +575,27 @@ class AsyncClient:
         """Check the whole store of the node at `url` (or any node): checksums and indexes."""
         return await self.request(ops.Verify(), url=url, timeout=timeout)
 
+    def iter_backup(self, url: str | None = None) -> AsyncIterator[bytes]:
+        """A consistent copy of the store of the node at `url` (or any node), as the bytes of
+        an LMDB data file (`esdb_node.backup.write_backup` stores and checks it)."""
+        return self._backup(url)
+
+    async def _backup(self, url: str | None) -> AsyncIterator[bytes]:
+        conn = (
+            await self._connect(parse_urls(url)[0])
+            if url is not None
+            else await self._any_connection(False)
+        )
+        try:
+            # A stalled copy (a node paused mid-way) fails after the client's timeout.
+            async for chunk in conn.stream(ops.Backup(), idle_timeout=self.timeout):
+                for part in chunk:
+                    yield part
+        except TimeoutError:
+            raise Timeout(f"backup: {conn.url} sent nothing for {self.timeout:g}s") from None
+        except ConnectionLost as exc:
+            raise Unavailable(f"{exc} during backup") from None
+
     async def statuses(self) -> list[NodeStatus | EsdbError]:
         """Status of every configured URL (an error value for the ones that do not answer)."""
 

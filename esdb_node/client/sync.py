@@ -159,6 +159,12 @@ class Client(BlockingClientBase):
             )
         )
 
+    def iter_backup(self, url: str | None = None) -> BlockingIterator[bytes]:
+        """A consistent copy of the store of the node at `url` (or any node), as the bytes of
+        an LMDB data file (`esdb_node.backup.write_backup` stores and checks it).
+        """
+        return self._iter(lambda: self._async.iter_backup(url))
+
     def iter_stream(
         self,
         stream: str,

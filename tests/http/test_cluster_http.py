@@ -29,6 +29,7 @@ def http_url(cluster: Cluster, node_id: str) -> str:
 
 def test_readiness_turns_503_when_quorum_is_lost_and_200_after(tmp_path: Path) -> None:
     cluster = http_cluster(tmp_path / "c")
+
     def all_ready() -> bool:
         return all(
             request(http_url(cluster, n) + "/health/ready").status == 200 for n in cluster.ids
