@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from esdb_cli import local
+from esdb_cli import completion, local
 from esdb_cli.context import client_command, connect, options, output_command, printer
 from esdb_cli.output import (
     backup_row,
@@ -340,6 +340,7 @@ def logs(
         typer.Argument(
             help="Node of the local cluster (--cluster-dir) whose log to show.",
             show_default=False,
+            autocompletion=completion.node_ids,
         ),
     ] = None,
     follow: Annotated[
