@@ -21,6 +21,8 @@ def test_cli_reference_documents_every_command_and_option() -> None:
     def walk(path: list[str], command: object) -> None:
         assert f"## `{' '.join(path)}`" in text, path
         for param in getattr(command, "params", []):
+            if getattr(param, "hidden", False):
+                continue
             for opt in getattr(param, "opts", []):
                 if opt.startswith("--") and opt != "--help":
                     assert f"`{opt}`" in text, (path, opt)
