@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,8 +31,14 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from esdb_node import ops
 from esdb_node.cluster_view import readiness
@@ -89,36 +96,15 @@ class NodeMetrics:
         self.connections = connections
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
-        self.requests = Counter(
-            "esdb_requests", "Requests served, by operation and outcome (ok or an error code).",
-            ["op", "outcome"], registry=r,
-        )  # fmt: skip
-        self.request_seconds = Histogram(
-            "esdb_request_duration_seconds",
-            "Time to serve a request, by operation (live tails excluded).",
-            ["op"], buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.events_appended = Counter(
-            "esdb_events_appended", "Events in appends that succeeded (retries included).",
-            registry=r,
-        )  # fmt: skip
-        self.events_read = Counter(
-            "esdb_events_read", "Events sent to readers, by operation.", ["op"], registry=r
-        )
-        self.batch_commands = Histogram(
-            "esdb_batch_commands", "Commands per group-commit batch.",
-            buckets=BATCH_COMMAND_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.batch_bytes = Histogram(
-            "esdb_batch_bytes", "Encoded bytes per group-commit batch.",
-            buckets=BATCH_BYTE_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.batch_seconds = Histogram(
-            "esdb_batch_flush_seconds",
-            "Time to replicate and apply one batch (standalone: the synced LMDB commit; "
-            "cluster: quorum journal sync plus apply).",
-            buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+        # Updated on the event loop's thread only (the dispatcher and the group committer
+        # run there): plain counters without locks, turned into Prometheus families at
+        # scrape time. bench/metrics_hook.py measures what an append pays for them.
+        self.ops: dict[str, _OpStats] = {}
+        self.events_appended = 0
+        self.events_read: dict[str, int] = {}
+        self.batch_commands = _Histogram(BATCH_COMMAND_BUCKETS)
+        self.batch_bytes = _Histogram(BATCH_BYTE_BUCKETS)
+        self.batch_seconds = _Histogram(LATENCY_BUCKETS)
         self.fsync_seconds = Histogram(
             "esdb_fsync_seconds",
             "Time of an explicit sync, by file (store: the cluster checkpointer's store sync).",
@@ -136,7 +122,7 @@ class NodeMetrics:
             ["subscription", "group"], registry=r,
         )  # fmt: skip
         r.register(_StateCollector(self))
-        self._children: dict[type[Any], tuple[Any, Any, Any]] = {}
+        self._by_kind: dict[type[Any], _OpStats] = {}
         self._last_leader: str | None = None
 
     # --- hooks ----------------------------------------------------------------------------------
@@ -145,26 +131,20 @@ class NodeMetrics:
         self, request: ops.Request[Any], outcome: str, seconds: float, records: int
     ) -> None:
         kind = type(request)
-        children = self._children.get(kind)
-        if children is None:
+        stats = self._by_kind.get(kind)
+        if stats is None:
             name = kind.wire_name()
-            children = (
-                self.requests.labels(name, "ok"),
-                self.request_seconds.labels(name),
-                self.events_read.labels(name) if issubclass(kind, _READ_OPS) else None,
+            stats = self._by_kind[kind] = self.ops[name] = _OpStats(
+                timed=not issubclass(kind, _LIVE_OPS)
             )
-            self._children[kind] = children
-        ok, latency, read = children
-        if outcome == "ok":
-            ok.inc()
-            if kind is ops.Append:
-                self.events_appended.inc(len(request.events))  # type: ignore[attr-defined]
-        else:
-            self.requests.labels(kind.wire_name(), outcome).inc()
-        if not issubclass(kind, _LIVE_OPS):
-            latency.observe(seconds)
-        if read is not None and records:
-            read.inc(records)
+        stats.outcomes[outcome] = stats.outcomes.get(outcome, 0) + 1
+        if stats.timed:
+            stats.latency.observe(seconds)
+        if outcome == "ok" and kind is ops.Append:
+            self.events_appended += len(request.events)  # type: ignore[attr-defined]
+        if records and issubclass(kind, _READ_OPS):
+            name = kind.wire_name()
+            self.events_read[name] = self.events_read.get(name, 0) + records
 
     def batch_flushed(self, commands: int, size: int, seconds: float) -> None:
         self.batch_commands.observe(commands)
@@ -203,14 +183,95 @@ def _size(path: Path) -> int:
         return 0
 
 
+class _Histogram:
+    """Cumulative-on-export bucket counts (no lock: one thread writes)."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += count
+            out.append((floatToGoString(bound), running))
+        return out
+
+
+class _OpStats:
+    __slots__ = ("latency", "outcomes", "timed")
+
+    def __init__(self, *, timed: bool) -> None:
+        self.outcomes: dict[str, int] = {}
+        self.latency = _Histogram(LATENCY_BUCKETS)
+        self.timed = timed
+
+
+def _histogram(name: str, doc: str, h: _Histogram, labels: list[str] | None = None,
+               values: list[str] | None = None, family: HistogramMetricFamily | None = None
+               ) -> HistogramMetricFamily:  # fmt: skip
+    family = family or HistogramMetricFamily(name, doc, labels=labels)
+    family.add_metric(values or [], h.buckets(), h.total)
+    return family
+
+
 class _StateCollector(Collector):
-    """Gauges read from the node's state when Prometheus scrapes."""
+    """Families built when Prometheus scrapes: the loop-local counters above and gauges
+    read from the node's state."""
 
     def __init__(self, metrics: NodeMetrics) -> None:
         self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
         m = self.metrics
+        # A snapshot: the loop may add an operation while a scrape thread reads.
+        op_stats = list(m.ops.items())
+        requests = CounterMetricFamily(
+            "esdb_requests",
+            "Requests served, by operation and outcome (ok or an error code).",
+            labels=["op", "outcome"],
+        )
+        latency = HistogramMetricFamily(
+            "esdb_request_duration_seconds",
+            "Time to serve a request, by operation (live tails excluded).",
+            labels=["op"],
+        )
+        for name, stats in op_stats:
+            for outcome, count in list(stats.outcomes.items()):
+                requests.add_metric([name, outcome], count)
+            if stats.timed:
+                _histogram("", "", stats.latency, values=[name], family=latency)
+        yield requests
+        yield latency
+        yield CounterMetricFamily(
+            "esdb_events_appended",
+            "Events in appends that succeeded (retries included).",
+            value=m.events_appended,
+        )
+        read = CounterMetricFamily(
+            "esdb_events_read", "Events sent to readers, by operation.", labels=["op"]
+        )
+        for name, count in list(m.events_read.items()):
+            read.add_metric([name], count)
+        yield read
+        yield _histogram(
+            "esdb_batch_commands", "Commands per group-commit batch.", m.batch_commands
+        )
+        yield _histogram("esdb_batch_bytes", "Encoded bytes per group-commit batch.", m.batch_bytes)
+        yield _histogram(
+            "esdb_batch_flush_seconds",
+            "Time to replicate and apply one batch (standalone: the synced LMDB commit; "
+            "cluster: quorum journal sync plus apply).",
+            m.batch_seconds,
+        )
         st = m.service.status()
         yield InfoMetricFamily(
             "esdb_node",
