@@ -35,6 +35,7 @@ from esdb_node.errors import (
     EsdbError,
     InvalidInput,
     NotFound,
+    NotLeader,
     StorageError,
     StorageFull,
     Timeout,
@@ -96,7 +97,12 @@ def http_status(exc: EsdbError) -> int:
 
 
 def error_body(exc: EsdbError) -> dict[str, Any]:
-    return {"error": {"code": exc.code, "message": exc.message, "hint": exc.hint}}
+    error: dict[str, Any] = {"code": exc.code, "message": exc.message, "hint": exc.hint}
+    if isinstance(exc, NotLeader) and exc.leader_url:
+        # HTTP clients follow no redirects of the binary protocol: say where the leader is.
+        error["leader_url"] = exc.leader_url
+        error["hint"] = exc.hint or f"the leader is {exc.leader_url}"
+    return {"error": error}
 
 
 def error_response(exc: EsdbError) -> web.Response:

@@ -90,6 +90,7 @@ def test_cluster_metrics_follow_raft_and_writes(tmp_path: Path) -> None:
         http_url(cluster, follower) + "/streams/c-1", "POST", [{"type": "T", "data": 1}]
     )
     assert reply.status == 503 and reply.json()["error"]["code"] == "not_leader"
+    assert reply.json()["error"]["leader_url"] == cluster.url(leader)
     # and serves local reads
     page = request(http_url(cluster, follower) + "/streams/c-1?consistency=local")
     assert page.status == 200 and len(page.json()["events"]) == 5
