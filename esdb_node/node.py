@@ -261,6 +261,7 @@ async def _start_http(
         token=config.token,
         max_event_bytes=config.max_event_bytes,
         max_body=config.frame_limit,
+        # SEAM(security): ssl_context= the client port's TLS context once it exists.
     )
     try:
         await http.start()

@@ -1,10 +1,15 @@
 """The one token check of the HTTP API (the binary protocol checks the same token at hello).
 
 SEAM(security): the `security` branch adds scoped tokens (ops.Request.scope is READ, WRITE
-or ADMIN) and TLS on the client port. When it lands, `authorize` asks its token table whether
-the presented token grants `scope`; until then one `--token` grants every scope. Every HTTP
-request that reaches data goes through this function with the scope of the operation it
-runs, so connecting the two is a change here only.
+or ADMIN: `esdb_node.tokens.Authenticator`) and TLS. Until it lands one `--token` grants
+every scope. Every HTTP request that reaches data goes through `authorize` with the scope of
+the operation it runs, so connecting the two is local:
+
+* here: take the node's `Authenticator` instead of `required`; `grant =
+  authenticator.check(presented)`; None raises AuthenticationFailed (401), a grant without
+  `scope` raises `PermissionDenied` (add `PermissionDenied: 403` to `http.STATUS`);
+* TLS: node.py's `_start_http` passes `ssl_context=` the server context the security branch
+  builds from `tls_cert`/`tls_key` (`esdb_node.tls`); `HttpServer` already serves https then.
 """
 
 from __future__ import annotations
