@@ -300,14 +300,22 @@ class LocalCluster:
             return client.statuses()
 
     def wait_leader(self, timeout: float = 60.0) -> NodeStatus:
-        """Until every running node agrees on one leader that is ready."""
+        """Until every running node agrees on one leader that is ready, and the leader knows
+        every node of this cluster by its id (each member registers itself through Raft right
+        after it learns the leader; redirects and `cluster members` need that)."""
         deadline = time.monotonic() + timeout
         last = "no answer yet"
+        ids = {n.id for n in self.nodes}
         while time.monotonic() < deadline:
             statuses = [s for s in self.statuses() if isinstance(s, NodeStatus)]
             leaders = {s.leader_id for s in statuses}
             leader = next((s for s in statuses if s.role == "leader"), None)
-            if leader is not None and leaders == {leader.node_id} and leader.ready:
+            if (
+                leader is not None
+                and leaders == {leader.node_id}
+                and leader.ready
+                and ids <= set(leader.members)
+            ):
                 return leader
             last = ", ".join(f"{s.node_id}: {s.role}/{s.leader_id}" for s in statuses) or last
             time.sleep(0.1)

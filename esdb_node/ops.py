@@ -184,6 +184,35 @@ class Append(Request[AppendResult], tag="append", kw_only=True, frozen=True):
             check_event_size(event.size, f"event {_uuid(event.id)}", max_event_bytes)
 
 
+class StreamAppend(msgspec.Struct, frozen=True, kw_only=True):
+    """One part of an `append_many`."""
+
+    stream: str
+    expected: int = -2
+    events: Annotated[list[EventIn], msgspec.Meta(max_length=MAX_EVENTS)]
+
+    def __post_init__(self) -> None:
+        validate_stream_name(self.stream)
+        _expected(self.expected)
+        if not self.events:
+            raise InvalidInput(f"the append to {self.stream!r} has no events")
+
+
+class AppendMany(Request[list[AppendResult]], tag="append_many", kw_only=True, frozen=True):
+    """Append to several streams atomically: all parts or none. A failing part (wrong expected
+    version, ...) fails the whole request; its error says which part (`details.part`)."""
+
+    result = list[AppendResult]
+    scope = Scope.WRITE
+    write = True
+    parts: Annotated[list[StreamAppend], msgspec.Meta(min_length=1, max_length=1000)]
+
+    def check_limits(self, max_event_bytes: int) -> None:
+        for part in self.parts:
+            for event in part.events:
+                check_event_size(event.size, f"event {_uuid(event.id)}", max_event_bytes)
+
+
 class Delete(Request[DeleteResult], tag="delete", kw_only=True, frozen=True):
     result = DeleteResult
     scope = Scope.WRITE

@@ -373,6 +373,27 @@ class AsyncClient:
         )
         return await self.request(req, timeout=timeout)
 
+    async def append_many(
+        self,
+        appends: Sequence[tuple[str, EventData | Sequence[EventData], ExpectedVersion]],
+        *,
+        timeout: float | None = None,
+    ) -> list[AppendResult]:
+        """Append to several streams atomically: `(stream, events, expected_version)` each;
+        all or none. A failing part fails the whole call (`exc.details["part"]` says which)."""
+        parts = [
+            ops.StreamAppend(
+                stream=stream,
+                expected=expected_to_int(expected),
+                events=[
+                    ops.EventIn.of(e)
+                    for e in ([events] if isinstance(events, EventData) else events)
+                ],
+            )
+            for stream, events, expected in appends
+        ]
+        return await self.request(ops.AppendMany(parts=parts), timeout=timeout)
+
     async def delete_stream(
         self,
         stream: str,

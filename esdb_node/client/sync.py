@@ -94,6 +94,17 @@ class Client(BlockingClientBase):
             self._async.append(stream, events, expected_version=expected_version, timeout=timeout)
         )
 
+    def append_many(
+        self,
+        appends: Sequence[tuple[str, EventData | Sequence[EventData], ExpectedVersion]],
+        *,
+        timeout: float | None = None,
+    ) -> list[AppendResult]:
+        """Append to several streams atomically: `(stream, events, expected_version)` each;
+        all or none. A failing part fails the whole call (`exc.details["part"]` says which).
+        """
+        return self._run(self._async.append_many(appends, timeout=timeout))
+
     def cluster_snapshot(self, *, member_timeout: float = 2.0) -> ClusterSnapshot:
         """Every member's status (found through any reachable node's registry), the agreed
         leader and the quorum state; see `esdb_node.cluster_view`.

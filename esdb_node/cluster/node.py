@@ -115,7 +115,12 @@ class ClusterNode:
     async def open(self) -> None:
         """Find or form the cluster (first start only), then start Raft in the main thread."""
         found = await self.formation.find()
-        self._raft = RaftNode(self._raft_config(found.peers), self.store, on_fatal=self._on_fatal)
+        self._raft = RaftNode(
+            self._raft_config(found.peers),
+            self.store,
+            on_fatal=self._on_fatal,
+            loop=asyncio.get_running_loop(),
+        )
         log.info(
             "raft member %s (node %s), peers: %s",
             self.identity.raft,
@@ -177,7 +182,9 @@ class ClusterNode:
                 log.debug("cluster upkeep: %s", exc)
             except Exception:
                 log.exception("cluster upkeep failed")
-            await asyncio.sleep(UPKEEP_INTERVAL)
+            # Until this member is in the registry (redirects and `members` name it by its
+            # id only then), look again soon; afterwards once a second.
+            await asyncio.sleep(UPKEEP_INTERVAL if self._registered() else 0.1)
 
     def _announce(self) -> None:
         discovery = self.formation.discovery
@@ -217,8 +224,14 @@ class ClusterNode:
             )
         self._clock_warned = offset > self.config.max_clock_offset
 
+    def _mine(self) -> MemberRecord:
+        return MemberRecord(self.identity.raft, self.identity.node_id, self.identity.url)
+
+    def _registered(self) -> bool:
+        return self._mine() in self.store.members()
+
     async def _register_self(self) -> None:
-        mine = MemberRecord(self.identity.raft, self.identity.node_id, self.identity.url)
+        mine = self._mine()
         if self.raft().leader() is None or mine in self.store.members():
             return
         command = cmd.member_set(mine.raft, mine.node_id, mine.url)

@@ -14,6 +14,7 @@ which refuse to run on the tick thread.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import heapq
 import itertools
@@ -44,6 +45,7 @@ from esdb_node.raft import patches
 from esdb_node.raft.applier import Applier, Pending
 from esdb_node.raft.config import RaftConfig, split_addr
 from esdb_node.raft.journal import LmdbJournal
+from esdb_node.raft.loop import AsyncioPoller, LoopDriver
 from esdb_node.raft.outcome import (
     DISCARDED,
     FAIL_NAMES,
@@ -221,6 +223,13 @@ class _EsdbSyncObj(
         """Whether `message` may leave: only once everything it vouches for is durable."""
         return self._esdb_journal.flush()
 
+    def _SyncObj__sendAppendEntries(self) -> None:
+        super()._SyncObj__sendAppendEntries()
+        if not self._esdb_defer_sends:
+            # The entries are on their way: sync the leader's own copy while the followers
+            # sync theirs, instead of before sending (two syncs in a row on the critical path).
+            self._esdb_journal.flush()
+
     def _onTick(self, timeToWait: float = 0.0) -> None:
         # The leader's commit computation (start of stock _onTick) counts its own copy of the
         # log; make that copy durable first. Followers' entries were flushed when acked.
@@ -329,13 +338,18 @@ class RaftNode:
         store: Store,
         *,
         on_fatal: Callable[[str], NoReturn] = fatal,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
+        """With `loop` (the node's running event loop; construct RaftNode on it), Raft runs on
+        that loop (`raft/loop.py`); without, on pysyncobj's own tick thread (tools, tests)."""
         config.validate()
-        if threading.current_thread() is not threading.main_thread():
+        if loop is None and threading.current_thread() is not threading.main_thread():
             log.warning(
                 "RaftNode created outside the main thread: raft stops when this thread exits"
             )
         patches.install_global_patches()
+        self._loop = loop
+        self._driver = LoopDriver(loop, lambda: self._obj.doTick(0.0)) if loop is not None else None
         self.config = config
         self.store = store
         self._on_fatal = on_fatal
@@ -402,6 +416,12 @@ class RaftNode:
             useFork=False,
             bindRetryTime=0.2,
             onStateChanged=self._on_state_changed,
+            autoTick=self._driver is None,
+            pollerType=(
+                AsyncioPoller(self._driver.loop, self._driver.schedule)
+                if self._driver is not None
+                else "auto"
+            ),
         )
         try:
             self._obj = _EsdbSyncObj(self, conf)
@@ -411,15 +431,31 @@ class RaftNode:
             self._journal._destroy()
             raise
         self._obj.addOnTickCallback(self._on_tick)
-        self._tick_thread = self._obj._SyncObj__thread
-        # pysyncobj retries a failed bind for ever in the background; a node that cannot
-        # listen must fail loudly instead of looking alive.
         transport = self._obj._SyncObj__transport
         deadline = time.monotonic() + BIND_TIMEOUT
-        while not transport.ready and time.monotonic() < deadline:
-            time.sleep(0.02)
+        if self._driver is not None:
+            self._tick_thread = threading.current_thread()
+            while not transport.ready and time.monotonic() < deadline:
+                self._obj.doTick(0.0)  # the first tick binds the raft port
+                if not transport.ready:
+                    time.sleep(0.02)
+            if transport.ready:
+                self._driver.start()
+        else:
+            self._tick_thread = self._obj._SyncObj__thread
+            while not transport.ready and time.monotonic() < deadline:
+                time.sleep(0.02)
+        # pysyncobj retries a failed bind for ever in the background; a node that cannot
+        # listen must fail loudly instead of looking alive.
         if not transport.ready:
-            self.destroy()
+            if self._driver is not None:
+                self._stopped = True
+                self._driver.stop()
+                self._obj.destroy()
+                self.applier.stop(1)
+                self._deadlines.stop()
+            else:
+                self.destroy()
             raise Unavailable(
                 f"cannot listen for raft on {config.bind_addr}",
                 hint="is another process using the port?",
@@ -489,6 +525,8 @@ class RaftNode:
 
         try:
             self._obj.apply(batch, callback=done)
+            if self._driver is not None and threading.current_thread() is self._tick_thread:
+                self._driver.schedule()  # tick now, not after the pipe wake-up round trip
         except Exception as exc:
             pending.resolve(Unknown(f"raft enqueue failed: {type(exc).__name__}: {exc}"))
 
@@ -698,6 +736,12 @@ class RaftNode:
                 raise Timeout(f"leadership transfer did not finish within {timeout}s")
 
     def _wait_published(self, condition: Callable[[], bool], deadline: float) -> None:
+        if threading.current_thread() is self._tick_thread:
+            # On the loop (or tick) thread itself, waiting would hold up the very tick that
+            # publishes: publish now instead.
+            self._status_key = ()
+            self._publish_status()
+            return
         self._call_on_tick(lambda: None)  # wakes the tick thread, which publishes on its way out
         while not condition() and time.monotonic() < deadline:
             time.sleep(0.005)
@@ -749,15 +793,36 @@ class RaftNode:
 
     # --- shutdown ---------------------------------------------------------------------------------
 
+    def _destroy_on_loop(self, driver: LoopDriver) -> None:
+        """pysyncobj's destroy closes sockets registered with the loop: do it there."""
+        done = threading.Event()
+
+        def destroy() -> None:
+            try:
+                driver.stop()
+                self._obj.destroy()
+            finally:
+                done.set()
+
+        if driver.loop.is_closed():
+            destroy()
+            return
+        driver.loop.call_soon_threadsafe(destroy)
+        if not done.wait(30):
+            log.error("raft: the event loop did not run the shutdown within 30 s")
+
     def destroy(self) -> None:
         """Stop raft (idempotent). Pending submits get `Unknown`. The store stays open."""
         if self._stopped:
             return
         self._not_on_tick_thread()
         self._stopped = True
-        self._obj.destroy()
-        if self._tick_thread is not None:
-            self._tick_thread.join(30)
+        if self._driver is not None:
+            self._destroy_on_loop(self._driver)
+        else:
+            self._obj.destroy()
+            if self._tick_thread is not None:
+                self._tick_thread.join(30)
         self.snapshots.wait_idle(60)
         self.applier.stop(10)
         for pending in self._deadlines.stop():

@@ -27,6 +27,7 @@ SNAPSHOT_ACK_INTERVAL = 0.5
 NO_OP_COMMAND = b"\x01"  # _bchr(_COMMAND_TYPE.NO_OP)
 
 _installed = False
+_stock_create_poller = _pso_syncobj.createPoller
 _stock_create_journal = _pso_syncobj.createJournal
 
 
@@ -38,6 +39,14 @@ def _create_journal(journalFile: Any = None) -> Any:
     return _stock_create_journal(journalFile)
 
 
+def _create_poller(poller_type: Any) -> Any:
+    """syncobj.py:243 `createPoller(conf.pollerType)`: also accept a ready poller object (esdb's
+    asyncio poller, raft/loop.py), as createJournal accepts a journal object."""
+    if isinstance(poller_type, str):
+        return _stock_create_poller(poller_type)
+    return poller_type
+
+
 def install_global_patches() -> None:
     """Idempotent. Affects every SyncObj in the process (esdb has only its own)."""
     global _installed
@@ -47,6 +56,7 @@ def install_global_patches() -> None:
     # (2x size, 10x time); every member must run Python 3, which esdb requires anyway.
     setattr(_pso_pickle, "__protocol", PICKLE_PROTOCOL)
     _pso_syncobj.createJournal = _create_journal
+    _pso_syncobj.createPoller = _create_poller
     from esdb_node.raft.snapshot import install_replace_hook
 
     install_replace_hook()

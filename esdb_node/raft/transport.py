@@ -57,9 +57,13 @@ _TAG = 16
 _MIN_FRAME = _SEQ.size + _NONCE + _TAG
 _AAD = b"esdb-raft-frame-v1"
 
-# Messages that acknowledge or announce log contents, term or vote: the journal is made durable
-# before any of them leaves the node.
-DURABLE_TYPES = frozenset({"append_entries", "next_node_idx", "request_vote", "response_vote"})
+# Messages that acknowledge log contents, or carry a term or vote: the journal is made durable
+# before any of them leaves the node. append_entries is not among them: a leader sends its new
+# entries first and syncs its own copy while the followers sync theirs (Raft thesis 10.2.1); it
+# counts itself toward a commit only once synced (the tick starts with a flush).
+DURABLE_TYPES = frozenset({"next_node_idx", "request_vote", "response_vote"})
+# Received messages this node can take only if it can write its journal (disk not full).
+NEEDS_WRITABLE = frozenset({"append_entries", "request_vote"})
 
 MAX_PENDING_HANDSHAKES = 64
 HANDSHAKE_TIMEOUT = 5.0
@@ -462,7 +466,7 @@ class EsdbTransport(TCPTransport):
             return
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             return
-        if message["type"] in DURABLE_TYPES and not self._syncObj._esdb_durability_point(message):
+        if message["type"] in NEEDS_WRITABLE and not self._syncObj._esdb_durability_point(message):
             # Disk full: entries and votes could not be made durable, so they are not taken
             # (like a lost message); the sender retries, and this node resumes once it can write.
             return

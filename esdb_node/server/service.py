@@ -117,6 +117,13 @@ class NodeService:
         command = cmd.AppendEvents(req.stream, req.expected, req.events)
         return await self._write(command, ctx.deadline, AppendResult)
 
+    @handles(ops.AppendMany)
+    async def append_many(self, req: ops.AppendMany, ctx: Context) -> list[AppendResult]:
+        command = cmd.AppendMany(
+            [cmd.AppendEvents(p.stream, p.expected, p.events) for p in req.parts]
+        )
+        return await self._write(command, ctx.deadline, list)
+
     @handles(ops.Delete)
     async def delete(self, req: ops.Delete, ctx: Context) -> DeleteResult:
         command = cmd.DeleteStream(req.stream, req.expected, req.hard)

@@ -759,6 +759,32 @@ class _Writer:
             stream, first_version, version - 1, position - len(events), position - 1
         )
 
+    def append_many(self, command: cmd.AppendMany) -> list[AppendResult]:
+        """Every part in a nested transaction: the first failing part aborts them all and is
+        the result, with the index of the part (`details["part"]`)."""
+        if not command.parts:
+            raise InvalidInput("append_many needs at least one append")
+        outer, positions, streams = self.txn, self.next_position, self.stream_count
+        child = lmdb.Transaction(self.store.env, write=True, parent=outer)
+        self.txn = child
+        results: list[AppendResult] = []
+        try:
+            for i, part in enumerate(command.parts):
+                try:
+                    results.append(self.append(part))
+                except EsdbError as exc:
+                    exc.details["part"] = i
+                    raise
+        except BaseException:
+            child.abort()
+            self.next_position, self.stream_count = positions, streams
+            raise
+        else:
+            child.commit()
+        finally:
+            self.txn = outer
+        return results
+
     def _retry(
         self, stream: str, expected: int, events: list[EventIn], first_pos: int
     ) -> AppendResult:
@@ -891,6 +917,7 @@ def _noop(writer: _Writer, command: cmd.Noop) -> None:
 _APPLY: dict[type[Any], Any] = {
     cmd.Noop: _noop,
     cmd.AppendEvents: _Writer.append,
+    cmd.AppendMany: _Writer.append_many,
     cmd.DeleteStream: _Writer.delete,
     cmd.SetMetadata: _Writer.set_metadata,
     cmd.SaveSnapshot: _Writer.snapshot_save,

@@ -63,7 +63,7 @@ def test_cluster_up_status_health_leader_members_down(
     assert r.code == 0, r.err
     status = r.json()
     assert {"leader", "term", "nodes"} <= status.keys()
-    assert [n["id"] for n in status["nodes"]] == ["n1", "n2", "n3"]
+    assert [n["id"] for n in status["nodes"]] == ["n1", "n2", "n3"], status
     for row in status["nodes"]:
         assert row.keys() >= STATUS_KEYS, row
         assert row["reachable"] is True and row["url"] == cluster.url(row["id"])
