@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from esdb_node.config import NodeConfig
 from esdb_node.errors import (
@@ -374,3 +374,43 @@ def repair_local(cluster: LocalCluster, node_id: str, *, wait: float = 120.0) ->
                 raise Timeout(f"{node_id} did not catch up within {wait:g}s (lag {lag})")
             time.sleep(0.2)
         return client.verify(node.url, secret=cluster.secret)
+
+
+FOLLOW_POLL_S = 0.2
+
+
+def print_log(path: Path, *, lines: int, follow: bool, out: TextIO | None = None) -> None:
+    """The last `lines` lines of a node's log (all with 0), then with `follow` every line
+    written after them until interrupted (a log truncated meanwhile is read from its start)."""
+    stream = out or sys.stdout
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        raise NotFound(
+            f"no log at {path}",
+            hint="only detached nodes (`node start --detach`) and local clusters write one",
+        ) from None
+    with fh:
+        data = fh.read()
+        shown = data.splitlines(keepends=True)
+        if lines > 0:
+            shown = shown[-lines:]
+        stream.write(b"".join(shown).decode(errors="replace"))
+        stream.flush()
+        offset = len(data)
+        partial = b""
+        while follow:
+            time.sleep(FOLLOW_POLL_S)
+            size = os.fstat(fh.fileno()).st_size
+            if size < offset:  # truncated: start over
+                fh.seek(0)
+                offset = 0
+            chunk = fh.read()
+            if not chunk:
+                continue
+            offset += len(chunk)
+            partial += chunk
+            complete, _, partial = partial.rpartition(b"\n")
+            if complete:
+                stream.write((complete + b"\n").decode(errors="replace"))
+                stream.flush()

@@ -39,6 +39,7 @@ class LocalNode:
     # data_dir (`chaos disk-full`; unmounted and deleted by `down(purge=True)`).
     env: dict[str, str] = field(default_factory=dict)
     disk_image: str | None = None
+    http: str | None = None  # HOST:PORT of its HTTP API, if it serves one
 
     @property
     def listen(self) -> str:
@@ -197,6 +198,7 @@ class LocalCluster:
             "join": join,
             "secret": self.secret,
             "durability": self.durability,
+            "http": node.http,
         }
         return NodeConfig.load(values, env={})
 

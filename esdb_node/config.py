@@ -88,6 +88,8 @@ class NodeConfig:
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     max_frame_bytes: int = 0  # 0: derived from max_event_bytes
     log_level: str = "info"
+    log_format: str = "text"  # text | json (one object per line)
+    http: str | None = None  # HOST:PORT of the HTTP API (health, metrics, REST, SSE); off
     # Tuning (TOML keys and ESDB_* variables; tests shorten them). Seconds unless noted.
     election_timeout: float = 1.0  # a follower elects after [t, 2t] without a leader
     leader_fallback_timeout: float = 2.5  # an isolated leader steps down after this
@@ -143,6 +145,12 @@ class NodeConfig:
             raise InvalidInput(f"durability must be fsync or os, not {self.durability!r}")
         if self.discovery not in ("static", "mdns"):
             raise InvalidInput(f"discovery must be static or mdns, not {self.discovery!r}")
+        if self.log_format not in ("text", "json"):
+            raise InvalidInput(f"log format must be text or json, not {self.log_format!r}")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+            raise InvalidInput(
+                f"log level must be debug, info, warning or error, not {self.log_level!r}"
+            )
         if self.max_event_bytes < 1024:
             raise InvalidInput("max event size must be at least 1024 bytes")
         if self.max_frame_bytes and self.max_frame_bytes < self.max_event_bytes + 4096:
@@ -177,6 +185,8 @@ class NodeConfig:
             raise InvalidInput("compaction_entries must be at least 2")
         parse_hostport(self.listen, what="--listen", allow_zero=True)
         parse_hostport(self.raft, what="--raft")
+        if self.http is not None:
+            parse_hostport(self.http, what="--http", allow_zero=True)
         for peer in self.peers:
             parse_hostport(peer, what="peer")
         if self.cluster_mode and not self.secret:
@@ -197,8 +207,21 @@ class NodeConfig:
         config_file: Path | None = None,
     ) -> NodeConfig:
         """Merge the three sources; `flags` holds only options the user actually gave."""
+        return cls.resolve(flags, env=env, config_file=config_file)[0]
+
+    @classmethod
+    def resolve(
+        cls,
+        flags: Mapping[str, Any],
+        *,
+        env: Mapping[str, str] | None = None,
+        config_file: Path | None = None,
+    ) -> tuple[NodeConfig, dict[str, str]]:
+        """The merged settings and where each came from: `flag`, `env` (an ESDB_* variable),
+        `file` (the TOML file) or `default` (`esdb node config --show`)."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
         if config_file is not None:
             try:
                 with config_file.open("rb") as fh:
@@ -210,18 +233,35 @@ class NodeConfig:
             section = document.get("node", document)
             for key, value in section.items():
                 values[key.replace("-", "_")] = value
+                sources[key.replace("-", "_")] = "file"
         for f in fields(cls):
-            env_value = env.get("ESDB_" + f.name.upper())
+            env_value = env.get(env_var(f.name))
             if env_value is not None and env_value != "":
                 values[f.name] = env_value
-        values.update({k: v for k, v in flags.items() if v is not None})
+                sources[f.name] = "env"
+        for key, value in flags.items():
+            if value is not None:
+                values[key] = value
+                sources[key] = "flag"
         known = {f.name: f for f in fields(cls)}
         unknown = set(values) - set(known)
         if unknown:
             raise InvalidInput(f"unknown node settings: {', '.join(sorted(unknown))}")
-        return replace(
+        config = replace(
             cls(), **{k: _coerce(known[k].type, k, v) for k, v in values.items()}
         ).validate()
+        return config, {f.name: sources.get(f.name, "default") for f in fields(cls)}
+
+
+def env_var(setting: str) -> str:
+    """The ESDB_* variable of a setting (`data_dir` -> ESDB_DATA_DIR)."""
+    return "ESDB_" + setting.upper()
+
+
+def toml_key(setting: str) -> str:
+    """The key of a setting in the TOML file (top level or under `[node]`; `data-dir` is
+    accepted too)."""
+    return setting
 
 
 def _coerce(annotation: Any, name: str, value: Any) -> Any:

@@ -380,6 +380,17 @@ class Verify(Request[VerifyReport], tag="verify", kw_only=True, frozen=True):
     mac: bytes = b""
 
 
+class Backup(Request[list[bytes]], tag="backup", kw_only=True, frozen=True):
+    """A consistent, compacted copy of the answering node's store (one LMDB read
+    transaction), streamed as chunks of the data file's bytes (`esdb node backup`). The copy
+    records the Raft index and term it reflects."""
+
+    result = list[bytes]
+    streaming = True
+    scope = Scope.ADMIN
+    mac: bytes = b""
+
+
 # --- cluster administration ---------------------------------------------------------------------
 
 

@@ -35,7 +35,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from esdb_node.errors import InvalidInput
+from esdb_node.errors import InvalidInput, PermissionDenied
 from esdb_node.ops import Scope
 
 log = logging.getLogger("esdb.server")
@@ -58,6 +58,17 @@ class Grant:
 
 
 OPEN = Grant("anonymous", ALL_SCOPES)
+
+
+def scope_refusal(grant: Grant, op: str, scope: Scope) -> PermissionDenied | None:
+    """The error for running `op` (which needs `scope`) with `grant`, or None if allowed:
+    the same words on the binary port and over HTTP."""
+    if scope in grant.scopes:
+        return None
+    return PermissionDenied(
+        f"{op} needs the {scope.value} scope; the token {grant.name!r} has: {grant.describe()}",
+        hint="use a token with that scope (esdb token create --scope ...)",
+    )
 
 
 def mint() -> str:

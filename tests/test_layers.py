@@ -63,9 +63,18 @@ def test_storage_imports_neither_raft_nor_server() -> None:
     assert "pysyncobj" not in roots(loaded)
 
 
-@pytest.mark.parametrize("heavy", ["lmdb", "pysyncobj", "zeroconf", "textual"])
+@pytest.mark.parametrize(
+    "heavy", ["lmdb", "pysyncobj", "zeroconf", "textual", "aiohttp", "prometheus_client"]
+)
 def test_cli_entry_point_loads_no_node_machinery(heavy: str) -> None:
     loaded = loaded_after("esdb_cli.main")
     assert heavy not in roots(loaded)
-    node = {"esdb_node.node", "esdb_node.storage.store", "esdb_node.raft", "esdb_node.cluster"}
+    node = {
+        "esdb_node.node",
+        "esdb_node.storage.store",
+        "esdb_node.raft",
+        "esdb_node.cluster",
+        "esdb_node.server.http",
+        "esdb_node.backup",
+    }
     assert not loaded & node

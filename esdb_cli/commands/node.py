@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from esdb_cli import local
+from esdb_cli import completion, local
 from esdb_cli.context import (
     SecretOpt,
     client_command,
@@ -19,8 +19,15 @@ from esdb_cli.context import (
     printer,
     resolve_secret,
 )
-from esdb_cli.output import say, status_row, verdict_rows, verify_row
-from esdb_node.config import NodeConfig
+from esdb_cli.output import (
+    backup_row,
+    restore_row,
+    say,
+    status_row,
+    verdict_rows,
+    verify_row,
+)
+from esdb_node.config import NodeConfig, env_var, toml_key
 from esdb_node.errors import CorruptStore, EsdbError, InvalidInput, NotFound, Unhealthy
 from esdb_node.layout import DataDir
 from esdb_node.model import NodeStatus
@@ -155,6 +162,17 @@ def start(
         ),
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option(help="text (default) or json: one object per line with node, role, term."),
+    ] = None,
+    http: Annotated[
+        str | None,
+        typer.Option(
+            help="Serve the HTTP API (health, metrics, REST, SSE) on HOST:PORT [default: off].",
+            show_default=False,
+        ),
+    ] = None,
     detach: Annotated[
         bool,
         typer.Option(
@@ -218,6 +236,8 @@ def start(
         "durability": durability,
         "max_event_bytes": max_event_bytes,
         "log_level": log_level,
+        "log_format": log_format,
+        "http": http,
     }
     # Only options the user gave: a default passed here would override the --config file.
     cfg = NodeConfig.load({k: v for k, v in flags.items() if v is not None}, config_file=config)
@@ -287,17 +307,113 @@ def _start_detached(cfg: NodeConfig, wait: float) -> tuple[NodeStatus, Popen[byt
 
 def config_row(cfg: NodeConfig) -> dict[str, object]:
     """The effective settings, secrets masked (`node start --dry-run`)."""
-    row: dict[str, object] = {}
-    for f in fields(NodeConfig):
-        value = getattr(cfg, f.name)
-        if f.name in ("secret", "token") and value:
-            value = "***"
-        elif isinstance(value, Path):
-            value = str(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        row[f.name] = value
-    return row
+    return {f.name: _shown(f.name, getattr(cfg, f.name)) for f in fields(NodeConfig)}
+
+
+def _shown(name: str, value: object) -> object:
+    if name in ("secret", "token") and value:
+        return "***"
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+# Options of `node start` that are not node settings (everything else is a NodeConfig field
+# with an ESDB_* variable and a TOML key; tests/cli/test_config_view.py walks the list).
+NOT_SETTINGS = ("config", "detach", "wait", "dry_run", "output", "json_", "help")
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+@output_command
+def config(
+    ctx: typer.Context,
+    show: Annotated[
+        bool, typer.Option("--show", help="Print every setting, its value and its source.")
+    ] = False,
+) -> None:
+    """Show the settings `esdb node start` would run with, and where each comes from.
+
+    Takes the same options as `node start` (after --show). Sources, highest first: flag,
+    env (ESDB_* variable), file (--config TOML), default. Secrets are masked.
+
+    \b
+    Examples:
+      esdb node config --show
+      ESDB_HTTP=127.0.0.1:2118 esdb node config --show --config node.toml -D n1
+    """
+    if not show:
+        raise InvalidInput("say what to do", hint="`esdb node config --show`")
+    import click
+
+    start_cmd = typer.main.get_command(app).commands["start"]  # type: ignore[attr-defined]
+    try:
+        parsed = start_cmd.make_context("start", list(ctx.args), resilient_parsing=False)
+    except click.UsageError as exc:
+        raise InvalidInput(exc.format_message()) from None
+    params = {k: v for k, v in parsed.params.items() if k not in NOT_SETTINGS}
+    # Typer reads ESDB_DATA_DIR/ESDB_SECRET/ESDB_TOKEN itself: those are env, not flags.
+    given = {
+        k: v
+        for k, v in params.items()
+        if v is not None
+        and parsed.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE
+    }
+    config_file = parsed.params.get("config")
+    cfg, sources = NodeConfig.resolve(
+        given, config_file=Path(config_file) if config_file is not None else None
+    )
+    rows = [
+        {
+            "setting": f.name,
+            "value": _shown(f.name, getattr(cfg, f.name)),
+            "source": sources[f.name],
+            "env": env_var(f.name),
+            "toml": toml_key(f.name),
+        }
+        for f in fields(NodeConfig)
+    ]
+    printer().rows(rows, ["setting", "value", "source", "env"], key="settings")
+
+
+@app.command()
+def logs(
+    data_dir: DataDirOpt = None,
+    node: Annotated[
+        str | None,
+        typer.Argument(
+            help="Node of the local cluster (--cluster-dir) whose log to show.",
+            show_default=False,
+            autocompletion=completion.node_ids,
+        ),
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines (Ctrl-C stops).")
+    ] = False,
+    lines: Annotated[
+        int, typer.Option("--lines", "-n", help="Start with the last N lines (0: all).")
+    ] = 50,
+) -> None:
+    """Print the log of a detached node (-D) or of a local-cluster node (--cluster-dir NODE).
+
+    \b
+    Examples:
+      esdb node logs -D esdb-data --follow
+      esdb --cluster-dir demo node logs n2 -n 200
+    """
+    if node is not None:
+        cluster = _local_cluster()
+        if cluster is None:
+            raise InvalidInput(
+                f"{node}: which cluster?", hint="pass --cluster-dir DIR (or set ESDB_CLUSTER_DIR)"
+            )
+        directory = Path(cluster.node(node).data_dir)
+    else:
+        directory = data_dir or local.DEFAULT_DATA_DIR
+    local.print_log(DataDir(directory).log, lines=lines, follow=follow)
 
 
 @app.command()
@@ -457,6 +573,87 @@ def verify(data_dir: AskDataDirOpt = None, secret: SecretOpt = None) -> None:
             f"{count} problem{'s' * (count != 1)} in the store",
             hint="in a cluster, `esdb node repair` rebuilds this member from a healthy one",
         )
+
+
+@app.command()
+@client_command
+def backup(
+    to: Annotated[
+        Path,
+        typer.Option("--to", help="New or empty directory for the backup.", show_default=False),
+    ],
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir", "-D", help="Back up the node of this data directory.", show_default=False
+        ),
+    ] = None,
+    secret: SecretOpt = None,
+) -> None:
+    """Take a consistent copy of a running node: its store in one read transaction, the Raft
+    position it reflects, a manifest and a SHA-256. The node keeps serving.
+
+    The copy is taken on the node and streamed here (--url, -D or the default URL).
+
+    \b
+    Examples:
+      esdb node backup -D esdb-data --to backups/2026-12-07
+      esdb --url esdb://10.0.0.5:2113 node backup --to /srv/backups/n1
+    """
+    from esdb_node.backup import write_backup
+
+    url = _node_url(data_dir)
+    with connect() as client:
+        status = client.status(url)
+        chunks = client.iter_backup(
+            url or status.url, secret=resolve_secret(secret, required=False)
+        )
+        manifest = write_backup(chunks, status, to)
+    say(
+        f"backed up {manifest.events} events (up to position {manifest.last_position}, "
+        f"raft index {manifest.applied_index}) of node {manifest.node_id} to {to}"
+    )
+    printer().record(backup_row(manifest))
+
+
+@app.command()
+@output_command
+def restore(
+    source: Annotated[
+        Path,
+        typer.Option("--from", help="A directory made by `esdb node backup`.", show_default=False),
+    ],
+    data_dir: Annotated[
+        Path,
+        typer.Option(
+            "--data-dir", "-D", help="New or empty data directory to seed.", show_default=False
+        ),
+    ],
+    node_id: Annotated[
+        str | None, typer.Option(help="Id of the new node (default: generated).")
+    ] = None,
+) -> None:
+    """Seed a new node from a backup: checks the checksum, verifies every record, and gives
+    the node a new identity (same store id) with no Raft history.
+
+    Start it standalone, or with --secret as the first member of a new cluster that other
+    nodes then --join (they receive its data as a snapshot).
+
+    \b
+    Examples:
+      esdb node restore --from backups/2026-12-07 -D restored
+      esdb node start -D restored --detach
+      esdb node start -D restored --secret "$ESDB_SECRET" --raft 10.0.0.9:2114 --detach
+    """
+    from esdb_node.backup import restore as restore_backup
+
+    done = restore_backup(source, data_dir, node_id=node_id)
+    say(
+        f"restored {done.manifest.events} events of store {done.store_id} into {data_dir} as "
+        f"node {done.node_id}; start it with `esdb node start -D {data_dir}` (add --secret "
+        "to make it the first member of a new cluster)"
+    )
+    printer().record(restore_row(done))
 
 
 @app.command()

@@ -182,7 +182,7 @@ class AsyncClient:
         raise Unavailable(
             "no node reachable: " + "; ".join(str(e) for e in errors),
             hint=hints.pop() if len(hints) == 1 else "are the nodes running? check the URLs",
-            unreachable=[format_url(a) for a in self._candidates(leader)],
+            unreachable=[format_url(a, self.tls) for a in self._candidates(leader)],
         )
 
     def _note(self, waiting: Waiting) -> None:
@@ -620,12 +620,37 @@ class AsyncClient:
         A cluster member wants the cluster `secret` (an admin request); a standalone node not."""
         return await self.request(ops.Verify(), url=url, timeout=timeout, secret=secret)
 
+    def iter_backup(
+        self, url: str | None = None, *, secret: str | None = None
+    ) -> AsyncIterator[bytes]:
+        """A consistent copy of the store of the node at `url` (or any node), as the bytes of
+        an LMDB data file (`esdb_node.backup.write_backup` stores and checks it). A cluster
+        member wants the cluster `secret` (an admin request); a standalone node not."""
+        return self._backup(url, secret)
+
+    async def _backup(self, url: str | None, secret: str | None) -> AsyncIterator[bytes]:
+        conn = (
+            await self._connect(parse_urls(url)[0])
+            if url is not None
+            else await self._any_connection(False)
+        )
+        try:
+            # A stalled copy (a node paused mid-way) fails after the client's timeout.
+            stream = conn.stream(ops.Backup(), idle_timeout=self.timeout, secret=secret)
+            async for chunk in stream:
+                for part in chunk:
+                    yield part
+        except TimeoutError:
+            raise Timeout(f"backup: {conn.url} sent nothing for {self.timeout:g}s") from None
+        except ConnectionLost as exc:
+            raise Unavailable(f"{exc} during backup") from None
+
     async def statuses(self) -> list[NodeStatus | EsdbError]:
         """Status of every configured URL (an error value for the ones that do not answer)."""
 
         async def one(address: Address) -> NodeStatus | EsdbError:
             try:
-                return await self.status(format_url(address))
+                return await self.status(format_url(address, self.tls))
             except EsdbError as exc:
                 return exc
 

@@ -305,15 +305,23 @@ class Connection:
             timer.cancel()
 
     async def stream(
-        self, request: Request[Any], idle_timeout: float | None = None
+        self,
+        request: Request[Any],
+        idle_timeout: float | None = None,
+        *,
+        secret: str | None = None,
     ) -> AsyncIterator[list[bytes]]:
         """Chunks of one streamed answer; TimeoutError if the node sends nothing for
-        `idle_timeout` seconds (None: wait forever, as a live tail must)."""
+        `idle_timeout` seconds (None: wait forever, as a live tail must). With `secret` the
+        request is signed (admin requests)."""
         rid = next(self.ids)
+        budget = min(idle_timeout or request.timeout, 3600.0)
+        request = msgspec.structs.replace(request, id=rid, timeout=budget)
+        if secret is not None:
+            request = self.sign(request, secret)
         queue: asyncio.Queue[Any] = asyncio.Queue()
         self.streams[rid] = queue
-        budget = min(idle_timeout or request.timeout, 3600.0)
-        self._send(msgspec.structs.replace(request, id=rid, timeout=budget))
+        self._send(request)
         finished = False
         try:
             while True:

@@ -175,6 +175,15 @@ class Client(BlockingClientBase):
             )
         )
 
+    def iter_backup(
+        self, url: str | None = None, *, secret: str | None = None
+    ) -> BlockingIterator[bytes]:
+        """A consistent copy of the store of the node at `url` (or any node), as the bytes of
+        an LMDB data file (`esdb_node.backup.write_backup` stores and checks it). A cluster
+        member wants the cluster `secret` (an admin request); a standalone node not.
+        """
+        return self._iter(lambda: self._async.iter_backup(url, secret=secret))
+
     def iter_stream(
         self,
         stream: str,

@@ -33,7 +33,6 @@ from esdb_node.deadline import Deadline
 from esdb_node.errors import (
     AuthenticationFailed,
     EsdbError,
-    PermissionDenied,
     ProtocolError,
     Unavailable,
 )
@@ -41,7 +40,7 @@ from esdb_node.server import protocol as p
 from esdb_node.server.dispatch import Context, Dispatcher
 from esdb_node.server.limits import ByteBudget, RateLimitedLog, ServerLimits
 from esdb_node.server.service import NodeService
-from esdb_node.tokens import Authenticator, Grant
+from esdb_node.tokens import Authenticator, Grant, scope_refusal
 
 log = logging.getLogger("esdb.server")
 
@@ -110,6 +109,10 @@ class ClientServer:
         self.port = sock.getsockname()[1]
         self._accept_task = loop.create_task(self._accept_loop())
 
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
     async def stop(self) -> None:
         if self._accept_task is not None:
             self._accept_task.cancel()
@@ -121,10 +124,6 @@ class ClientServer:
             conn.close()
         if self._handlers:
             await asyncio.wait(list(self._handlers), timeout=5)
-
-    @property
-    def connections(self) -> int:
-        return len(self._connections)
 
     # --- accepting ------------------------------------------------------------------------------
 
@@ -459,12 +458,9 @@ class _Connection:
     def _access(self, req: ops.Request[Any]) -> EsdbError | None:
         grant = self.grant
         assert grant is not None
-        if req.scope not in grant.scopes:
-            return PermissionDenied(
-                f"{req.wire_name()} needs the {req.scope.value} scope; the token "
-                f"{grant.name!r} has: {grant.describe()}",
-                hint="use a token with that scope (esdb token create --scope ...)",
-            )
+        refusal = scope_refusal(grant, req.wire_name(), req.scope)
+        if refusal is not None:
+            return refusal
         if req.scope is ops.Scope.ADMIN:
             return self._check_admin_mac(req)
         return None

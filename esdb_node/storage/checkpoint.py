@@ -15,6 +15,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,7 @@ class Checkpointer:
         self.interval = interval
         self.synced_applied = store.applied[0]
         self.syncs = 0
+        self.on_sync: Callable[[float], None] | None = None  # seconds per sync (metrics)
         self._stop = threading.Event()
         write_json_atomic(marker, {"clean": False, "boot_id": boot_id()})
         self._thread = threading.Thread(target=self._run, name="esdb-checkpoint", daemon=True)
@@ -77,6 +79,7 @@ class Checkpointer:
         applied = self.store.applied[0]
         if applied == self.synced_applied:
             return
+        started = time.perf_counter()
         try:
             self.store.flush()
         except Exception as exc:  # a failing disk: the applier reports it where it matters
@@ -84,6 +87,8 @@ class Checkpointer:
             return
         self.synced_applied = applied
         self.syncs += 1
+        if self.on_sync is not None:
+            self.on_sync(time.perf_counter() - started)
 
     def close(self) -> None:
         """Final sync and the clean marker (call before the store closes)."""

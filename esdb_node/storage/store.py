@@ -582,6 +582,15 @@ class Store:
 
         return verify(self)
 
+    def rebase(self) -> None:
+        """Forget the Raft position and the cluster registry: this store (a restored backup)
+        seeds a new node, standalone or the first member of a new Raft group whose log starts
+        at index 1 again; an old applied index would make it skip those entries. Offline."""
+        with self.env.begin(write=True) as txn:
+            txn.delete(_APPLIED, db=self._meta)
+            txn.drop(self._members, delete=False)
+        self._applied = (0, 0)
+
     def copy_to_fd(self, fd: int) -> tuple[int, int]:
         """Write a compacted, consistent copy of the environment to `fd`; returns its applied
         (index, term), which the copy is guaranteed to match."""

@@ -375,6 +375,8 @@ EVERY_KEY = {
     "max_event_bytes": 65536,
     "max_frame_bytes": 1048576,
     "log_level": "debug",
+    "log_format": "json",
+    "http": "127.0.0.1:3115",
     "election_timeout": 0.7,
     "leader_fallback_timeout": 2.0,
     "raft_connection_timeout": 5.0,
