@@ -20,6 +20,7 @@ from typing import Protocol
 
 from esdb_cli import local, loopfs
 from esdb_cli.chaos import disk, shims
+from esdb_cli.local import is_stopped
 from esdb_cli.localcluster import LocalCluster, LocalNode
 from esdb_node.client import Client
 from esdb_node.errors import EsdbError, InvalidInput, NotFound, Unavailable
@@ -557,8 +558,3 @@ def largest_group(env: ChaosEnv, fault: Fault) -> tuple[int, int]:
     if isinstance(fault, Partition) and not fault.one_way:
         groups = [set(side) & running for side in fault.sides]
     return max((len(g) for g in groups), default=0), len(env.cluster.nodes)
-
-
-def is_stopped(pid: int) -> bool:
-    """True if `pid` is stopped by a signal (SIGSTOP): state T in /proc/PID/stat."""
-    return local.proc_state(pid) == "T"
