@@ -38,9 +38,9 @@ KEYS = {
 DESCRIPTIONS = {
     "kill": "kill the selected member (SIGKILL)",
     "pause": "pause (SIGSTOP) or resume (SIGCONT) the selected member",
-    "isolate": "cut the selected member off from all others (Raft traffic, both ways)",
+    "isolate": "isolate the selected member: Raft traffic cut both ways",
     "heal": "heal everything: partitions, paused and killed members",
-    "restart": "restart the selected member (SIGTERM, start), or start it if it is down",
+    "restart": "restart the selected member (SIGTERM, start), or start it",
     "stepdown": "the leader steps down; on a follower: hand leadership to it",
 }
 

@@ -167,7 +167,7 @@ class DashboardApp(App[None]):
     #member-detail { height: 1; padding: 0 1; }
     #subs-row { height: auto; max-height: 8; }
     #subs { width: 1fr; height: auto; max-height: 8; }
-    #consumers { width: 34; height: auto; padding: 0 1; }
+    #consumers { width: 52; height: auto; padding: 0 1; }
     #no-subs { height: 1; padding: 0 1; color: $text-muted; }
     #rates { height: auto; }
     .rate { height: 1; }
@@ -217,31 +217,47 @@ class DashboardApp(App[None]):
 
     # --- layout ---------------------------------------------------------------------------------
 
-    def compose(self) -> ComposeResult:
-        yield Static(render.header(None, None, self.label, self.interval), id="header")
-        yield Static("Members", classes="title")
-        members: DataTable[str | Text] = DataTable(id="members", cursor_type="row")
+    def _build(self) -> None:
+        """The widgets, kept as attributes: handlers update them directly, since a query
+        would search the screen on top (a confirmation) rather than the dashboard."""
+        self.header = Static(render.header(None, None, self.label, self.interval), id="header")
+        self.members: DataTable[str | Text] = DataTable(id="members", cursor_type="row")
         for key, label in render.MEMBER_COLUMNS:
-            members.add_column(label, key=key)
-        yield members
-        yield Static("", id="member-detail")
+            self.members.add_column(label, key=key)
+        self.member_detail = Static("", id="member-detail")
+        self.no_subs = Static(render.NO_SUBSCRIPTIONS, id="no-subs")
+        self.subs: DataTable[str] = DataTable(id="subs", cursor_type="row")
+        for key, label in render.SUBSCRIPTION_COLUMNS:
+            self.subs.add_column(label, key=key)
+        self.subs_row = Horizontal(id="subs-row")
+        self.subs_row.display = False
+        self.consumers = Static(render.consumers(None), id="consumers")
+        self.sparks = {name: Spark(id=f"{name}-spark") for name in ("appended", "delivered")}
+        self.rate_values = {
+            name: Static("", id=f"{name}-value", classes="rate-value") for name in self.sparks
+        }
+        self.log_view = RichLog(id="log", max_lines=LOG_LINES, wrap=True, min_width=20)
+
+    def compose(self) -> ComposeResult:
+        self._build()
+        yield self.header
+        yield Static("Members", classes="title")
+        yield self.members
+        yield self.member_detail
         yield Static("Subscriptions", classes="title")
-        yield Static(render.NO_SUBSCRIPTIONS, id="no-subs")
-        with Horizontal(id="subs-row"):
-            subs: DataTable[str] = DataTable(id="subs", cursor_type="row")
-            for key, label in render.SUBSCRIPTION_COLUMNS:
-                subs.add_column(label, key=key)
-            yield subs
-            yield Static(render.consumers(None), id="consumers")
+        yield self.no_subs
+        with self.subs_row:
+            yield self.subs
+            yield self.consumers
         yield Static(render.throughput_title(self.throughput.rates()), classes="title")
         with Vertical(id="rates"):
-            for name in ("appended", "delivered"):
+            for name, spark in self.sparks.items():
                 with Horizontal(classes="rate"):
                     yield Static(name, classes="rate-label")
-                    yield Spark(id=f"{name}-spark")
-                    yield Static("", id=f"{name}-value", classes="rate-value")
+                    yield spark
+                    yield self.rate_values[name]
         yield Static("Events", classes="title")
-        yield RichLog(id="log", max_lines=LOG_LINES, wrap=True)
+        yield self.log_view
         yield Footer()
 
     def on_mount(self) -> None:
@@ -249,7 +265,6 @@ class DashboardApp(App[None]):
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGHUP):
                 loop.add_signal_handler(sig, self.exit)
-        self.query_one("#subs-row").display = False
         self._show_rates()
         self._poll_loop()
 
@@ -276,9 +291,11 @@ class DashboardApp(App[None]):
 
     def on_snapshot_updated(self, message: SnapshotUpdated) -> None:
         frame = message.frame
+        self.frames += 1
+        if frame == self.frame and self.stale is None:
+            return  # nothing changed: nothing to draw
         self.frame = frame
         self.stale = None
-        self.frames += 1
         self.throughput.add(frame)
         for change in self.tracker.update(frame):
             self.log_change(change)
@@ -298,16 +315,16 @@ class DashboardApp(App[None]):
 
     def log_change(self, change: Change) -> None:
         self.changes = [*self.changes[-LOG_LINES + 1 :], change]
-        self.query_one("#log", RichLog).write(render.change_line(change))
+        self.log_view.write(render.change_line(change))
 
     def _show_header(self) -> None:
         text = render.header(self.frame, self.stale, self.label, self.interval)
         if self.busy is not None and self.stale is None:
             text.append(f" · running {self.busy.action} {self.busy.node}…", style="bold yellow")
-        self.query_one("#header", Static).update(text)
+        self.header.update(text)
 
     def _show_members(self, frame: Frame) -> None:
-        table: DataTable[str | Text] = self.query_one("#members", DataTable)
+        table = self.members
         rows = render.member_cells(frame)
         selected = self.selected_member()
         if [key for key, _ in rows] == [k.value for k in table.rows]:
@@ -326,12 +343,12 @@ class DashboardApp(App[None]):
 
     def _show_member_detail(self) -> None:
         detail = render.member_detail(self.frame, self.selected_member()) if self.frame else ""
-        self.query_one("#member-detail", Static).update(detail)
+        self.member_detail.update(detail)
 
     def _show_subscriptions(self, rows: tuple[SubscriptionRow, ...]) -> None:
-        self.query_one("#no-subs").display = not rows
-        self.query_one("#subs-row").display = bool(rows)
-        table: DataTable[str] = self.query_one("#subs", DataTable)
+        self.no_subs.display = not rows
+        self.subs_row.display = bool(rows)
+        table = self.subs
         selected = self._selected_key(table)
         table.clear()
         for key, cells in render.subscription_cells(rows):
@@ -342,19 +359,19 @@ class DashboardApp(App[None]):
         self._show_consumers()
 
     def _show_consumers(self) -> None:
-        name = self._selected_key(self.query_one("#subs", DataTable))
+        name = self._selected_key(self.subs)
         rows = self.frame.subscriptions if self.frame is not None else ()
         row = next((s for s in rows if s.name == name), None)
-        self.query_one("#consumers", Static).update(render.consumers(row))
+        self.consumers.update(render.consumers(row))
 
     def _show_rates(self) -> None:
         rates = self.throughput.rates()
         for name, series in (("appended", rates.appended), ("delivered", rates.delivered)):
-            spark = self.query_one(f"#{name}-spark", Spark)
+            spark = self.sparks[name]
             spark.values = series.rates if series is not None else ()
             spark.display = series is not None
-            self.query_one(f"#{name}-value", Static).update(render.rate_line(series))
-        self.query_one("#delivered-value").styles.width = "1fr" if rates.delivered is None else 36
+            self.rate_values[name].update(render.rate_line(series))
+        self.rate_values["delivered"].styles.width = "1fr" if rates.delivered is None else 36
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.data_table.id == "members":
@@ -370,7 +387,7 @@ class DashboardApp(App[None]):
         return str(key) if key is not None else None
 
     def selected_member(self) -> str | None:
-        return self._selected_key(self.query_one("#members", DataTable))
+        return self._selected_key(self.members)
 
     # --- keys -----------------------------------------------------------------------------------
 

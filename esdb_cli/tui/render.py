@@ -111,12 +111,12 @@ def clock_offsets(snapshot: ClusterSnapshot) -> str:
 def _role(m: MemberSnapshot, proc: ProcessStats | None, local: bool) -> Text:
     if m.reachable:
         style = {"leader": "bold green", "candidate": "yellow"}.get(m.role, "")
-        return Text(m.role, style=style)
+        return Text(m.role, style=style, justify="left")
     if proc is not None and proc.stopped:
-        return Text("paused", style="bold yellow")
+        return Text("paused", style="bold yellow", justify="left")
     if local and proc is None:
-        return Text("down", style="bold red")
-    return Text("unreachable", style="bold red")
+        return Text("down", style="bold red", justify="left")
+    return Text("unreachable", style="bold red", justify="left")
 
 
 def member_cells(frame: Frame) -> list[tuple[str, tuple[str | Text, ...]]]:
@@ -124,7 +124,8 @@ def member_cells(frame: Frame) -> list[tuple[str, tuple[str | Text, ...]]]:
     rows: list[tuple[str, tuple[str | Text, ...]]] = []
     for m in frame.cluster.members:
         proc = frame.process(m.id)
-        lag = Text(_num(m.lag), style="yellow" if m.lag and m.lag > LAG_LIMIT else "")
+        lag_style = "yellow" if m.lag and m.lag > LAG_LIMIT else ""
+        lag = Text(_num(m.lag), style=lag_style, justify="left")
         rows.append(
             (
                 m.id,
@@ -190,7 +191,8 @@ NO_SUBSCRIPTIONS = "none: the nodes report no persistent subscriptions (not buil
 def consumers(row: SubscriptionRow | None) -> Text:
     if row is None:
         return Text("select a subscription to see its consumers", style="dim")
-    text = Text(f"consumers of {row.name}\n", style="bold")
+    text = Text()
+    text.append(f"consumers of {row.name}\n", style="bold")
     if not row.consumers:
         text.append("none connected", style="yellow")
     for c in row.consumers:

@@ -50,9 +50,9 @@ class _Counter:
         if self.first is None:
             self.first = total
         self.samples.append((at, total))
-        while self.samples and self.samples[0][0] < at - self.window_s:
+        while self.samples and self.samples[0][0] <= at - self.window_s:
             self.samples.popleft()
-        while self.rates and self.rates[0][0] < at - self.window_s:
+        while self.rates and self.rates[0][0] <= at - self.window_s:
             self.rates.popleft()
 
     def series(self) -> Series:
