@@ -26,7 +26,9 @@ def _check(condition: Callable[[], T | None]) -> tuple[T | None, BaseException |
 
 
 def _timed_out(timeout: float, what: str, last_error: BaseException | None) -> AssertionError:
-    return AssertionError(f"timed out after {timeout}s waiting for {what}; last error: {last_error}")
+    return AssertionError(
+        f"timed out after {timeout}s waiting for {what}; last error: {last_error}"
+    )
 
 
 def wait_for(

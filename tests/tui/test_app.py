@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import pytest
 from textual.pilot import Pilot
@@ -199,13 +198,3 @@ def test_no_color_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
     assert DashboardApp(FakeSource(frames.healthy())).no_color
     monkeypatch.delenv("NO_COLOR")
     assert not DashboardApp(FakeSource(frames.healthy())).no_color
-
-
-def test_the_app_module_is_the_only_one_that_imports_textual() -> None:
-    sources = Path(__file__).parents[2] / "esdb_cli" / "tui"
-    importing = sorted(
-        p.name
-        for p in sources.glob("*.py")
-        if "import textual" in p.read_text() or "from textual" in p.read_text()
-    )
-    assert importing == ["app.py"]
