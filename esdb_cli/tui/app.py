@@ -213,6 +213,7 @@ class DashboardApp(App[None]):
         self.changes: list[Change] = []  # what the event log shows, newest last
         self.frames = 0  # frames rendered
         self.busy: Plan | None = None  # the chaos action running
+        self.quitting = False  # asked to quit while a chaos action runs: quit after it
         self._wake = threading.Event()
 
     # --- layout ---------------------------------------------------------------------------------
@@ -264,7 +265,7 @@ class DashboardApp(App[None]):
         if self.exit_on_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGHUP):
-                loop.add_signal_handler(sig, self.exit)
+                loop.add_signal_handler(sig, self.request_quit)
         self._show_rates()
         self._poll_loop()
 
@@ -320,7 +321,9 @@ class DashboardApp(App[None]):
     def _show_header(self) -> None:
         text = render.header(self.frame, self.stale, self.label, self.interval)
         if self.busy is not None and self.stale is None:
-            text.append(f" · running {self.busy.action} {self.busy.node}…", style="bold yellow")
+            then = "; quitting after it" if self.quitting else ""
+            running = f" · running {self.busy.action} {self.busy.node}…{then}"
+            text.append(running, style="bold yellow")
         self.header.update(text)
 
     def _show_members(self, frame: Frame) -> None:
@@ -391,6 +394,18 @@ class DashboardApp(App[None]):
 
     # --- keys -----------------------------------------------------------------------------------
 
+    async def action_quit(self) -> None:
+        self.request_quit()
+
+    def request_quit(self) -> None:
+        """Quit, but never in the middle of a chaos action: the caller may stop the cluster
+        next (`esdb demo`), and a restart finishing after that would leave a node running."""
+        if self.busy is None:
+            self.exit()
+            return
+        self.quitting = True
+        self._show_header()
+
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
@@ -444,5 +459,8 @@ class DashboardApp(App[None]):
 
     def _chaos_over(self) -> None:
         self.busy = None
+        if self.quitting:
+            self.exit()
+            return
         self._show_header()
         self._wake.set()  # show the cluster after the fault now, not at the next tick

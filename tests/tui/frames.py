@@ -217,11 +217,14 @@ class FakeSource:
 class Recorder:
     """Stands in for the local cluster's chaos runner (the real one runs in test_e2e.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, gate: threading.Event | None = None) -> None:
         self.plans: list[Plan] = []
+        self.gate = gate  # if given, a run returns only once it is set
 
     def run(self, plan: Plan) -> FaultReport:
         self.plans.append(plan)
+        if self.gate is not None and not self.gate.wait(30):
+            raise TimeoutError("the test never opened the gate")
         return FaultReport(
             action=plan.action,
             target=plan.node,

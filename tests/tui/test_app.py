@@ -4,6 +4,7 @@ and what its widgets then hold."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -157,6 +158,25 @@ def test_a_chaos_key_asks_first_and_logs_the_report() -> None:
         await pilot.press("down", "s", "y")
         await wait_until(lambda: len(chaos.plans) == 2, timeout=10, what="the step-down")
         assert chaos.plans[1].to == "n2"  # on a follower: hand leadership to it
+
+    run(source, scenario, chaos=chaos)
+
+
+def test_quitting_during_a_chaos_action_waits_for_it() -> None:
+    source = FakeSource(frames.healthy())
+    gate = threading.Event()
+    chaos = Recorder(gate)
+
+    async def scenario(app: DashboardApp, pilot: Pilot[None]) -> None:
+        await first(app, source)
+        await pilot.press("k", "y")
+        await wait_until(lambda: chaos.plans, timeout=10, what="the kill to start")
+        await pilot.press("q")
+        assert app.is_running and app.quitting
+        assert "running kill n1…; quitting after it" in text(app, "#header")
+        gate.set()
+        await wait_until(lambda: not app.is_running, timeout=10, what="the app to exit")
+        assert app.changes[-1].kind == "chaos"
 
     run(source, scenario, chaos=chaos)
 
