@@ -198,6 +198,13 @@ def resolve_urls() -> str:
     return _urls_and_source()[0]
 
 
+def resolve_target() -> tuple[str, Path | None, str]:
+    """(URLs, the local cluster directory they come from or None, where they come from)."""
+    urls, source = _urls_and_source()
+    local = source.startswith(("--cluster-dir", "ESDB_CLUSTER_DIR"))
+    return urls, cluster_dir() if local else None, source
+
+
 def _urls_and_source() -> tuple[str, str]:
     opts = options()
     if opts.url:

@@ -12,9 +12,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
+
+import psutil
 
 from esdb_node.config import NodeConfig
 from esdb_node.errors import (
@@ -58,22 +60,59 @@ def read_pid(data_dir: Path) -> int | None:
     return DataDir(data_dir).read_pid()
 
 
-def proc_state(pid: int) -> str:
-    """The state letter of /proc/PID/stat (R, S, T stopped, Z zombie...); "?" if unknown."""
-    try:
-        # The command name in parentheses may itself contain ") ": split after the last one.
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "?"
-
-
 def is_node_process(pid: int) -> bool:
     """True if `pid` is alive and is an esdb node (guards against recycled pids)."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return "esdb" in "\0".join(proc.cmdline())  # esdb_node.node or the esdb CLI
+    except psutil.Error:  # gone, a zombie, or not ours to look at
         return False
-    return proc_state(pid) != "Z" and b"esdb" in cmdline  # esdb_node.node or the esdb CLI
+
+
+def is_stopped(pid: int) -> bool:
+    """True if `pid` is stopped by a signal (SIGSTOP: `esdb chaos pause`)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    except psutil.Error:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessStats:
+    """What the dashboard shows of a local node process."""
+
+    pid: int
+    cpu_percent: float | None  # since the previous sample of this pid (None: first sample)
+    rss_bytes: int
+    connections: int  # open TCP connections, listening sockets not counted
+    stopped: bool  # SIGSTOPped (`esdb chaos pause`)
+
+
+class ProcessSampler:
+    """Samples local processes. CPU % is the difference between two samples of the same
+    process, so the psutil handle of each pid is kept from one sample to the next."""
+
+    def __init__(self) -> None:
+        self._procs: dict[int, psutil.Process] = {}
+
+    def sample(self, pid: int) -> ProcessStats | None:
+        """None if `pid` is gone (or not ours to look at)."""
+        proc = self._procs.get(pid)
+        first = proc is None or not proc.is_running()  # is_running: also a recycled pid
+        try:
+            if proc is None or first:
+                proc = self._procs[pid] = psutil.Process(pid)
+            with proc.oneshot():
+                cpu = proc.cpu_percent(interval=None)
+                rss = proc.memory_info().rss
+                stopped = proc.status() == psutil.STATUS_STOPPED
+            conns = sum(c.status != psutil.CONN_LISTEN for c in proc.net_connections("tcp"))
+        except psutil.Error:
+            self._procs.pop(pid, None)
+            return None
+        return ProcessStats(pid, None if first else cpu, rss, conns, stopped)
 
 
 def running_pid(data_dir: Path) -> int | None:
@@ -238,14 +277,13 @@ def dir_flag(data_dir: Path) -> str:
 
 def data_dir_of(pid: int) -> Path | None:
     """The data directory of a running node: the one whose esdb.lock it holds open."""
-    fds = Path(f"/proc/{pid}/fd")
     try:
-        links = [os.readlink(fd) for fd in fds.iterdir()]
-    except OSError:
+        files = psutil.Process(pid).open_files()
+    except psutil.Error:
         return None
-    for target in links:
-        if target.endswith("/esdb.lock"):
-            return Path(target).parent
+    for f in files:
+        if f.path.endswith("/esdb.lock"):
+            return Path(f.path).parent
     return None
 
 

@@ -11,7 +11,7 @@ import click
 import typer
 
 from esdb_cli import completion as completions
-from esdb_cli.commands import bench, chaos, cluster, node, snapshot, stream, token
+from esdb_cli.commands import bench, chaos, cluster, dashboard, node, snapshot, stream, token
 from esdb_cli.context import (
     CaOpt,
     ClusterDirOpt,
@@ -99,6 +99,8 @@ for command in (
     stream.info,
     stream.metadata,
     stream.delete,
+    dashboard.dashboard,
+    dashboard.demo,
 ):
     app.command()(command)
 

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from esdb_cli import local, loopfs
 from esdb_cli.chaos import disk, shims
+from esdb_cli.local import is_stopped
 from esdb_cli.localcluster import LocalCluster, LocalNode
 from esdb_node.client import Client
 from esdb_node.errors import EsdbError, InvalidInput, NotFound, Unavailable
@@ -62,6 +63,20 @@ class FaultReport:
     @property
     def majority(self) -> bool:
         return self.together * 2 > self.members
+
+    @property
+    def summary(self) -> str:
+        """One line for people: what was done to whom, and whether writes recovered."""
+        if not self.majority:
+            recovered = (
+                f"no majority left ({self.together} of {self.members} members run and reach "
+                "each other): no leader can be elected until healed (`esdb chaos heal`)"
+            )
+        elif self.recovery_s is not None:
+            recovered = f"recovered in {self.recovery_s:.2f}s"
+        else:
+            recovered = "no acknowledged write yet"
+        return f"{self.action} {self.target}: {self.detail}; {recovered}"
 
     def row(self) -> dict[str, object]:
         return {
@@ -240,6 +255,26 @@ class Restart:
     def inject(self, env: ChaosEnv, target: str) -> str:
         detail, self.in_force_ns = restart(env, target, graceful=self.graceful)
         return detail
+
+
+@dataclass
+class StepDown:
+    """Make the leader hand leadership over: to `to` (a node id), or to the most caught-up
+    member. Not a crash: the leader stays up, so recovery is one election's worth."""
+
+    to: str | None = None
+    action: str = "stepdown"
+
+    def target(self, env: ChaosEnv) -> str:
+        return env.pick("leader").id
+
+    def inject(self, env: ChaosEnv, target: str) -> str:
+        if self.to is not None and env.node(self.to).id == target:
+            raise InvalidInput(f"{target} already leads")
+        with env.client(timeout=10.0) as client:
+            reply = client.stepdown(env.cluster.secret, to=self.to, timeout=10.0)
+        new = next((n.id for n in env.cluster.nodes if n.raft == reply.new_leader), None)
+        return f"handed leadership to {new or reply.new_leader or 'nobody yet (an election runs)'}"
 
 
 def restart(
@@ -557,8 +592,3 @@ def largest_group(env: ChaosEnv, fault: Fault) -> tuple[int, int]:
     if isinstance(fault, Partition) and not fault.one_way:
         groups = [set(side) & running for side in fault.sides]
     return max((len(g) for g in groups), default=0), len(env.cluster.nodes)
-
-
-def is_stopped(pid: int) -> bool:
-    """True if `pid` is stopped by a signal (SIGSTOP): state T in /proc/PID/stat."""
-    return local.proc_state(pid) == "T"

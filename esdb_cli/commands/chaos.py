@@ -60,16 +60,7 @@ def _run(fault: Fault) -> None:
     from esdb_cli.chaos.faults import run_fault
 
     report = run_fault(_env(), fault)
-    if not report.majority:
-        recovered = (
-            f"no majority left ({report.together} of {report.members} members run and reach "
-            "each other): no leader can be elected until healed (`esdb chaos heal`)"
-        )
-    elif report.recovery_s is not None:
-        recovered = f"recovered in {report.recovery_s:.2f}s"
-    else:
-        recovered = "no acknowledged write yet"
-    say(f"{report.action} {report.target}: {report.detail}; {recovered}")
+    say(report.summary)
     printer().record(report.row())
 
 
