@@ -76,11 +76,14 @@ def identity(events: list[RecordedEvent]) -> list[tuple[int, str, int, str, byte
     return [(e.position, e.stream, e.version, str(e.id), e.data) for e in events]
 
 
-def backup_under_load(esdb: Esdb, url: str, to: Path) -> tuple[dict[str, object], Load, float]:
+def backup_under_load(
+    esdb: Esdb, url: str, to: Path, *admin: str
+) -> tuple[dict[str, object], Load, float]:
+    """`admin`: the cluster's `--secret S` (a backup is an admin request)."""
     with Load(url) as load:
         load.wait_acked(50)
         started = time.monotonic()
-        r = esdb("--url", url, "node", "backup", "--to", to, "--json")
+        r = esdb("--url", url, "node", "backup", "--to", to, "--json", *admin)
         assert r.code == 0, r.err
         load.wait_acked(len(load.acked) + 20)  # the load went on during and after the copy
     manifest: dict[str, object] = r.json()
@@ -132,7 +135,14 @@ def test_backup_of_a_cluster_member_restores_into_a_new_single_member_cluster(
     cluster = Cluster.create(tmp_path / "c", nodes=3)
     leader = cluster.start().node_id
     follower = cluster.followers(leader)[0]
-    manifest, load, started = backup_under_load(esdb, cluster.url(follower), tmp_path / "bk")
+    url = cluster.url(follower)
+    # Unsigned, a member refuses: a backup copies everything, so it takes the secret.
+    r = esdb("--url", url, "node", "backup", "--to", tmp_path / "no")
+    assert r.code == 2 and "backup is not signed" in r.err, r.err
+    assert not (tmp_path / "no" / "manifest.json").exists()
+    manifest, load, started = backup_under_load(
+        esdb, url, tmp_path / "bk", "--secret", cluster.local.secret
+    )
     assert manifest["mode"] == "cluster" and manifest["node_id"] == follower
     assert int(str(manifest["applied_index"])) > 0 and int(str(manifest["applied_term"])) >= 1
     r = esdb("node", "restore", "--from", tmp_path / "bk", "-D", tmp_path / "r", "--node-id", "r1")
