@@ -434,6 +434,9 @@ class EsdbApplicationRecorder(EsdbAggregateRecorder, ApplicationRecorder):
     def __init__(self, client: Client, category: str, *, json_state: bool = False) -> None:
         super().__init__(client, category, json_state=json_state)
         self._all = AllFilter(stream_prefix=f"{category}-")
+        # stream name -> UUID: an aggregate's notifications come in runs, and parsing a UUID
+        # costs more than the rest of turning a record into a notification
+        self._uuids: dict[str, UUID] = {}
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> list[int]:
         return self._insert(stored_events)
@@ -445,8 +448,15 @@ class EsdbApplicationRecorder(EsdbAggregateRecorder, ApplicationRecorder):
 
     def _notification(self, r: Record) -> Notification:
         meta = naming.decode_meta(r.metadata)
+        oid: UUID | str | None = meta.id
+        if oid is None:
+            oid = self._uuids.get(r.stream)
+            if oid is None:
+                if len(self._uuids) >= MAX_REMEMBERED:
+                    self._uuids = {}
+                oid = self._uuids[r.stream] = UUID(r.stream[len(self.category) + 1 :])
         return Notification(
-            originator_id=naming.originator_id(meta, r.stream, self.category),
+            originator_id=oid,
             originator_version=meta.v,
             topic=r.type,
             state=r.data,
@@ -492,7 +502,7 @@ class EsdbApplicationRecorder(EsdbAggregateRecorder, ApplicationRecorder):
     def _tail(self, gt: int | None, topics: Sequence[str]) -> BlockingIterator[Record]:
         """Events with ids above `gt` (positions from `gt`), then live ones."""
         with translated():
-            return self.client.tail(None, from_=gt or 0, filter=self._filter(topics))
+            return self.client.tail(None, from_=max(gt or 0, 0), filter=self._filter(topics))
 
 
 class EsdbTrackingRecorder(_StreamRecorder, TrackingRecorder):

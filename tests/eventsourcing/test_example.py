@@ -43,3 +43,9 @@ def test_the_documented_example_runs_and_resumes_from_its_tracking_record(
     assert tracked == deposits  # each deposit processed once, in order, over both runs
     assert len(tracked) == 6
     assert len(snapshots) == 2  # snapshotting_intervals = {Account: 2}: one per account
+
+
+def test_the_docs_show_the_example_as_it_is() -> None:
+    doc = (EXAMPLE.parents[1] / "eventsourcing.md").read_text()
+    shown = doc.split("```python\n", 1)[1].split("\n```", 1)[0] + "\n"
+    assert shown == EXAMPLE.read_text()

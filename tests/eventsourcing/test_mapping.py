@@ -31,6 +31,7 @@ from esdb_node.client import Client
 from esdb_node.errors import StreamNotFound
 from esdb_node.eventsourcing import EsdbFactory, naming
 from esdb_node.eventsourcing.recorders import EsdbApplicationRecorder
+from esdb_node.model import StreamMetadata
 from tests.harness import NodeProc, free_port, wait_for
 
 
@@ -212,7 +213,16 @@ def test_process_recorder_writes_events_and_tracking_together_or_not_at_all(
     assert len(recorder.select_events(oid)) == 1
     with node.client() as client:
         (record,) = client.read_stream("Tallies.tracking-Bank")
-    assert record.json() == {"application_name": "Bank", "notification_id": 5}
+        assert record.json() == {"application_name": "Bank", "notification_id": 5}
+        # as docs/eventsourcing.md suggests: keep the visible tracking stream short
+        client.set_stream_metadata("Tallies.tracking-Bank", StreamMetadata(max_count=1))
+    recorder.insert_tracking(Tracking("Bank", 7))
+    fresh = factory_on(factories, node.url, "Tallies").process_recorder()
+    assert fresh.max_tracking_id("Bank") == 7
+    with pytest.raises(IntegrityError):
+        fresh.insert_tracking(Tracking("Bank", 6))
+    fresh.insert_events([stored(oid, 2)], tracking=Tracking("Bank", 8))
+    assert recorder.max_tracking_id("Bank") == 8
 
 
 # --- notification ids ---------------------------------------------------------------------------
