@@ -27,6 +27,7 @@ from esdb_node.errors import (
     WrongExpectedVersion,
 )
 from esdb_node.model import AllFilter, EventData, StreamMetadata
+from esdb_node.ops import PROTOCOL_VERSION
 from esdb_node.server import protocol as p
 from tests.harness import NodeProc, free_port, raw_socket, wait_for
 
@@ -53,7 +54,7 @@ def recv_frames(sock: socket.socket, count: int = 1) -> list[dict[str, Any]]:
 
 
 def hello(sock: socket.socket, **extra: Any) -> dict[str, Any]:
-    send_frame(sock, {"id": 0, "op": "hello", "version": 1, **extra})
+    send_frame(sock, {"id": 0, "op": "hello", "version": PROTOCOL_VERSION, **extra})
     return recv_frames(sock)[0]
 
 
@@ -234,7 +235,7 @@ def test_client_disconnecting_mid_request_loses_nothing(node: NodeProc) -> None:
         "op": "append",
         "stream": "cut",
         "expected": -2,
-        "events": [[event.id.bytes, event.type, event.data, b"", True]],
+        "events": [event.encode()],
     }
     frame = p.encode_frame(request)
     for _ in range(20):
