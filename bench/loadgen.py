@@ -10,8 +10,8 @@ depend on, or pay for, the client library, and it measures what a lean client wo
 * Each append request is encoded once per client slot, its events in the documented event
   layout (docs/protocol.md: a 24-byte header, type, metadata, data). Sending one patches only
   the event ids in place: 8 random bytes per process and run, then a 64-bit counter, so every
-  event id is unique. The request id is the slot's own number on its connection (one request in flight
-  per slot keeps it unique among in-flight requests, as the protocol asks).
+  event id is unique. The request id is the slot's own number on its connection (one request
+  in flight per slot keeps it unique among in-flight requests, as the protocol asks).
 * `clients` slots are closed loops (one request in flight each, on its own stream) spread over
   `processes` worker processes and `conns` connections per process: requests from the slots
   of a connection are pipelined on it. etcd's loader does the same with goroutines over gRPC

@@ -18,6 +18,7 @@ before or after its store was migrated.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Union
 
 import msgspec
@@ -149,7 +150,7 @@ _BATCH = msgspec.msgpack.Decoder(_Batch)
 _COMMAND = msgspec.msgpack.Decoder(AnyCommand)
 
 
-def encode_batch(created_us: int, commands: list[Command]) -> bytes:
+def encode_batch(created_us: int, commands: Sequence[Command]) -> bytes:
     return _ENCODER.encode([FORMAT, created_us, commands])
 
 

@@ -97,12 +97,16 @@ def merged_runs(
     """Runs of several names merged in position order: (first, count, name), where `first`
     is the highest position when backward. Runs of different names never overlap (a position
     has one type, one category)."""
-    sources = [
-        ((first, count, name) for first, count in position_runs(txn, db, name, start, backward))
-        for name in names
-    ]
+    sources = [_named(txn, db, name, start, backward) for name in names]
     if len(sources) == 1:
         return sources[0]
     if backward:
         return heapq.merge(*sources, key=lambda run: -run[0])
     return heapq.merge(*sources)
+
+
+def _named(
+    txn: Any, db: Any, name: bytes, start: int, backward: bool
+) -> Iterator[tuple[int, int, bytes]]:
+    for first, count in position_runs(txn, db, name, start, backward):
+        yield first, count, name

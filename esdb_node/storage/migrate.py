@@ -80,7 +80,9 @@ def store_format(path: Path) -> int | None:
     if not (path / "data.mdb").exists():
         return None
     try:
-        env = lmdb.open(str(path), readonly=True, max_dbs=MAX_DBS)
+        # No lock file: this process owns the store (the node's data directory), and creating
+        # one on a full disk would fault (LMDB maps it).
+        env = lmdb.open(str(path), readonly=True, max_dbs=MAX_DBS, lock=False)
     except lmdb.Error as exc:
         raise StorageError(f"cannot open store at {path}: {exc}") from None
     try:
@@ -101,21 +103,21 @@ def migrate(
     """Convert the format-1 store at `path` to format 2 (crash-safe; see the module doc)."""
     started = time.monotonic()
     work = path / WORK_DIR
-    work.mkdir()
+    used = (path / "data.mdb").stat().st_size
+    need = used + used // 4 + (1 << 20)  # the new store is about the old one's size
+    free = free_bytes(path)
+    if free < need:
+        raise StorageFull(
+            f"migrating the store at {path} to storage format 2 needs about {need >> 20} MiB "
+            f"free; the disk has {free >> 20} MiB",
+            hint="free space on that disk and start the node again; the store is unchanged "
+            "(still format 1)",
+        )
+    log.info("migrating the store at %s to storage format 2 (%d MiB)", path, used >> 20)
     try:
-        old = lmdb.open(str(path), readonly=True, max_dbs=MAX_DBS)
+        work.mkdir()
+        old = lmdb.open(str(path), readonly=True, max_dbs=MAX_DBS, lock=False)
         try:
-            used = old.info()["last_pgno"] * old.stat()["psize"]
-            need = used + used // 4 + (16 << 20)
-            free = free_bytes(path)
-            if free < need:
-                raise StorageFull(
-                    f"migrating the store at {path} to storage format 2 needs about "
-                    f"{need >> 20} MiB free; the disk has {free >> 20} MiB",
-                    hint="free space on that disk and start the node again; the store is "
-                    "unchanged (still format 1)",
-                )
-            log.info("migrating the store at %s to storage format 2 (%d MiB)", path, used >> 20)
             new = lmdb.open(
                 str(work),
                 map_size=max(DEFAULT_MAP_SIZE, 4 * used),
@@ -124,6 +126,7 @@ def migrate(
                 metasync=False,
                 writemap=False,
                 readahead=False,
+                lock=False,  # nobody else opens the work directory
             )
             try:
                 _Copy(old, new, _Reporter(on_progress, progress_every)).run()
@@ -145,7 +148,7 @@ def migrate(
             f"corrupt store: migrating {path} to storage format 2: {exc.message}",
             hint="restore this node's data from a healthy replica (`esdb node repair`) or a backup",
         ) from None
-    except lmdb.Error as exc:
+    except (lmdb.Error, OSError) as exc:
         shutil.rmtree(work, ignore_errors=True)
         raise classify(path, f"migrating to storage format 2 failed: {exc}") from exc
     except BaseException:

@@ -197,9 +197,10 @@ class Writer:
             )
         allowed = (
             expected == ANY
-            or (expected == NO_STREAM and anchor == info.delete_before)
+            # no-stream: the stream's first version, or the first after a soft delete
+            or (expected == NO_STREAM and anchor in (0, info.delete_before))
             or (expected == EXISTS and anchor > info.delete_before)
-            or expected == anchor - 1
+            or (expected >= 0 and expected == anchor - 1)
         )
         if not allowed:
             raise WrongExpectedVersion(
