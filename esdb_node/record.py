@@ -157,9 +157,10 @@ def seal_record(
 
 def check_record(record: bytes, what: str) -> bytes:
     """`record` if its checksum and layout hold, else CorruptRecord naming `what`."""
-    if len(record) < TYPE_AT + 2:
-        raise CorruptRecord(f"corrupt {what}: value is {len(record)} bytes")
-    if zlib.crc32(memoryview(record)[4:]) != CRC.unpack_from(record)[0]:
+    # (called for every record read: a copy of the slice is cheaper than a memoryview of it)
+    if len(record) < TYPE_AT + 2 or zlib.crc32(record[4:]) != CRC.unpack_from(record)[0]:
+        if len(record) < TYPE_AT + 2:
+            raise CorruptRecord(f"corrupt {what}: value is {len(record)} bytes")
         raise CorruptRecord(
             f"corrupt {what}: checksum mismatch",
             hint="restore this node's data from a healthy replica or a backup",

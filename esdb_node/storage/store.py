@@ -547,7 +547,14 @@ class Store:
         out: list[bytes] = []
         scanned, step = 0, -1 if backward else 1
         move = cur.prev if backward else cur.next
+        floor = start  # runs never overlap: each starts beyond where the one before ended
         for first, count, name in merged_runs(txn, db, list(names), start, backward):
+            if (first - floor) * step < 0:
+                raise CorruptRecord(
+                    f"corrupt store: table {table}, key {name.decode(errors='replace')!r}@"
+                    f"{first}: overlaps positions listed before it"
+                )
+            floor = first + count * step
             position = first
             if not cur.set_key(U64.pack(position)):
                 raise CorruptRecord(

@@ -16,7 +16,7 @@ import pytest
 
 from esdb_node.codec import U64
 from esdb_node.errors import CorruptStore
-from esdb_node.model import EventData
+from esdb_node.model import AllFilter, EventData
 from esdb_node.storage import commands as cmd
 from esdb_node.storage.store import Store
 
@@ -64,6 +64,22 @@ def test_a_flipped_index_entry_is_named(pristine: Path, tmp_path: Path) -> None:
     report = store.verify()
     assert not report.ok
     assert any("table sidx, key 's-3'@500" in p for p in report.problems), report.problems
+    store.close()
+
+
+def test_an_overlapping_category_run_is_named(pristine: Path, tmp_path: Path) -> None:
+    """A category-index run whose count grew (500 -> 1012) would list the next run's records
+    twice: filtered reads refuse it, verify names it."""
+    raw = (pristine / "data.mdb").read_bytes()
+    key = b"s\x00" + U64.pack(500)  # category "s", the second append's run
+    found = [m.end() + 2 for m in re.finditer(re.escape(key), raw)]
+    assert found
+    store = Store(damaged(pristine, tmp_path / "store", found, xor=0x02))
+    with pytest.raises(CorruptStore, match=r"table cidx, key 's'@1000: overlaps"):
+        store.read_all(0, filter=AllFilter(stream_prefix="s-"), limit=10**6, max_scan=10**6)
+    report = store.verify()
+    assert any(p.startswith("table cidx, key 's'@1000: overlaps") for p in report.problems)
+    assert any("lists 20512 positions; the log holds 20000" in p for p in report.problems)
     store.close()
 
 
