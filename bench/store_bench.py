@@ -17,6 +17,9 @@ own code on the same machine, one after the other, with the same workload:
   streams it), and a filter on an event type that 1% of the events have.
 * decode: turning records into event objects on the client (format 1: `codec.decode_record`,
   eager; format 2: `RecordedEvent.from_record`, lazy, then reading position, type and data).
+* client read: a standalone node of the format, 200,000 events, `$all` streamed to one
+  `AsyncClient` reading each event's position, type and data (the node's and the client's
+  code of that format).
 * migrate: the format-1 store of `--events` events converted to format 2 by the current code
   (what a node does when it starts on a format-1 data directory).
 
@@ -176,6 +179,61 @@ class Worker:
         seconds = time.perf_counter() - started
         return {"records": len(records), "events_per_s": round(len(records) / seconds)}
 
+    def client_read_cell(self, events: int = 200_000) -> dict[str, float]:
+        """End to end: a standalone node of this format (durability os), `events` appended in
+        batches of 1,000, then `$all` streamed to one `AsyncClient` that reads each event's
+        position, type and data; best of three reads."""
+        import asyncio
+        import signal
+        import socket
+
+        from esdb_cli.local import node_env
+        from esdb_node.client import AsyncClient
+        from esdb_node.config import NodeConfig
+        from esdb_node.model import EventData
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        config = NodeConfig(
+            data_dir=self.directory / "node", listen=f"127.0.0.1:{port}", durability="os"
+        )
+        config.data_dir.mkdir()
+        node = subprocess.Popen(
+            [sys.executable, "-m", "esdb_node.node"],
+            env=node_env(config),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        async def main() -> list[float]:
+            url = f"esdb://127.0.0.1:{port}"
+            async with AsyncClient(url, timeout=60) as client:
+                for _ in range(600):
+                    try:
+                        await client.status()
+                        break
+                    except Exception:
+                        await asyncio.sleep(0.05)
+                for k in range(events // 1000):
+                    batch = [EventData("BenchEvent", DATA, is_json=False) for _ in range(1000)]
+                    await client.append(f"bench-{k % STREAMS}", batch)
+                rates = []
+                for _ in range(3):
+                    started, read = time.perf_counter(), []
+                    async for e in client.iter_all(consistency="local"):
+                        read.append((e.position, e.type, e.data))
+                    assert len(read) == events
+                    rates.append(events / (time.perf_counter() - started))
+                return rates
+
+        try:
+            rates = asyncio.run(main())
+        finally:
+            node.send_signal(signal.SIGTERM)
+            node.wait(timeout=60)
+        return {"events": events, "events_per_s": round(max(rates))}
+
     def run(self, events: int) -> dict[str, Any]:
         from esdb_node.model import AllFilter
 
@@ -192,6 +250,7 @@ class Worker:
         out["store_mib"] = round((self.directory / "big" / "data.mdb").stat().st_size / 2**20)
         big.close()
         shutil.rmtree(self.directory / "empty")
+        out["client_read_all"] = self.client_read_cell()
         return out
 
 
@@ -279,6 +338,12 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
     print(
         f"| decode, reading position/type/data: events/s | {a['events_per_s']:,} | "
         f"{b['events_per_s_reading_position_type_data']:,} | |"
+    )
+    a, b = old["client_read_all"], new["client_read_all"]
+    print(
+        f"| $all to one AsyncClient (position, type, data read): events/s | "
+        f"{a['events_per_s']:,} | {b['events_per_s']:,} | "
+        f"{b['events_per_s'] / a['events_per_s']:.1f}x faster |"
     )
     fills = old["fill"]["events_per_s"], new["fill"]["events_per_s"]
     print(f"| fill: events/s | {fills[0]:,.0f} | {fills[1]:,.0f} | |")
