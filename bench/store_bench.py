@@ -10,8 +10,10 @@ own code on the same machine, one after the other, with the same workload:
 * apply: pre-encoded batches (one append of `batch` 100-byte events to one of 1,000 streams,
   `any`, random UUIDs), timed around `Store.apply` only: microseconds per event, and bytes the
   process handed to write(2) per event (LMDB writes each dirty page at commit, so this is the
-  write amplification). Unsynced (`sync=False`: a cluster member's store, synced by the
-  checkpointer), and synced per batch (`sync=True`: a standalone node with durability fsync).
+  write amplification). `batch 1 x50`: 50 single-event appends in one Raft batch (one
+  transaction), what group commit makes of many concurrent single-event clients. Unsynced
+  (`sync=False`: a cluster member's store, synced by the checkpointer), and synced per batch
+  (`sync=True`: a standalone node with durability fsync).
   Measured on an empty store, then again once the store holds `--events` events.
 * read: the whole `$all` log through `Store.read_all` (1,000 records per call, as the node
   streams it), and a filter on an event type that 1% of the events have.
@@ -72,19 +74,24 @@ class Worker:
         self.clock = 1_767_225_600_000_000
         self.stream = 0
 
-    def batch(self, size: int, event_type: str = "BenchEvent") -> bytes:
-        """One append of `size` events to the next stream (lists work in both formats)."""
+    def batch(self, size: int, event_type: str = "BenchEvent", appends: int = 1) -> bytes:
+        """A Raft batch of `appends` appends of `size` events, each to the next stream
+        (events as lists: the one form both formats' `commands.append` take)."""
         self.clock += 1
-        self.stream = (self.stream + 1) % STREAMS
-        events = [[uuid.uuid4().bytes, event_type, DATA, b"", False] for _ in range(size)]
-        command = self.cmd.append(f"bench-{self.stream}", -2, events)
-        return bytes(self.cmd.encode_batch(self.clock, [command]))
+        commands = []
+        for _ in range(appends):
+            self.stream = (self.stream + 1) % STREAMS
+            events = [[uuid.uuid4().bytes, event_type, DATA, b"", False] for _ in range(size)]
+            commands.append(self.cmd.append(f"bench-{self.stream}", -2, events))
+        return bytes(self.cmd.encode_batch(self.clock, commands))
 
     def open(self, name: str, sync: bool) -> Any:
         return self.store_module.Store(self.directory / name, sync=sync)
 
-    def apply_cell(self, store: Any, batch: int, appends: int) -> dict[str, float]:
-        batches = [self.batch(batch) for _ in range(appends)]
+    def apply_cell(
+        self, store: Any, batch: int, appends: int, per_txn: int = 1
+    ) -> dict[str, float]:
+        batches = [self.batch(batch, appends=per_txn) for _ in range(appends // per_txn)]
         wchar = _wchar()
         elapsed, done = 0.0, 0
         for data in batches:
@@ -92,7 +99,7 @@ class Worker:
             results = store.apply(data)
             elapsed += time.perf_counter() - started
             assert results is not None and not isinstance(results[0], Exception), results
-            done += 1
+            done += per_txn
             if elapsed > self.max_seconds:
                 break
         events = done * batch
@@ -106,6 +113,7 @@ class Worker:
         out = {}
         store = self.open(name, sync=False)
         out["batch_1"] = self.apply_cell(store, 1, 5000)
+        out["batch_1_x50"] = self.apply_cell(store, 1, 20000, per_txn=50)
         out["batch_100"] = self.apply_cell(store, 100, 300)
         store.close()
         store = self.open(name, sync=True)
@@ -315,7 +323,7 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
     print("| cell | format 1 | format 2 | format 1 / format 2 |")
     print("|---|---:|---:|---:|")
     for phase, title in (("apply_empty", "empty store"), ("apply_full", "full store")):
-        for cell in ("batch_1", "batch_100", "batch_1_synced", "batch_100_synced"):
+        for cell in ("batch_1", "batch_1_x50", "batch_100", "batch_1_synced", "batch_100_synced"):
             a, b = old[phase][cell], new[phase][cell]
             name = f"apply, {title}, {cell.replace('_', ' ')}"
             print(
