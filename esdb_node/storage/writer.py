@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import lmdb
 
-from esdb_node import record
+from esdb_node import codec, record
 from esdb_node.codec import U64, pack, seal
 from esdb_node.errors import (
     CorruptStore,
@@ -52,7 +52,8 @@ from esdb_node.model import (
     validate_stream_name,
 )
 from esdb_node.storage import commands as cmd
-from esdb_node.storage.indexes import COUNT, SEP, SIDX_RUN, name_key, stream_key
+from esdb_node.storage import legacy
+from esdb_node.storage.indexes import COUNT, SEP, SIDX_RUN, is_key_of, name_key, stream_key
 from esdb_node.storage.info import DELETED, TOMBSTONED, Info
 
 if TYPE_CHECKING:
@@ -260,8 +261,6 @@ class Writer:
         return AppendResult(stream, first_version, version - 1, first_position, position - 1)
 
     def legacy_append(self, command: cmd.LegacyAppend) -> AppendResult:
-        from esdb_node.storage import legacy
-
         return legacy.append(self, command)
 
     # --- other commands -------------------------------------------------------------------------
@@ -291,8 +290,6 @@ class Writer:
         return info.public(stream)
 
     def snapshot_save(self, command: cmd.SaveSnapshot) -> Snapshot:
-        from esdb_node import codec
-
         stream, version, data, metadata = (
             command.stream,
             command.version,
@@ -328,8 +325,6 @@ class Writer:
         return bool(self.txn.delete(_text(raft, "raft address").encode(), db=self.store._members))
 
     def snapshot_delete(self, command: cmd.DeleteSnapshot) -> int:
-        from esdb_node.storage.indexes import is_key_of
-
         stream, version = command.stream, command.version
         raw = validate_stream_name(stream)
         snaps = self.store._snaps
