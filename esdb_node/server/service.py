@@ -14,7 +14,6 @@ from typing import TypeVar
 
 from esdb_node import __version__, ops
 from esdb_node.clock import LeaderClock
-from esdb_node.codec import record_header
 from esdb_node.deadline import Deadline
 from esdb_node.errors import StreamNotFound
 from esdb_node.model import (
@@ -25,6 +24,7 @@ from esdb_node.model import (
     StreamInfo,
     VerifyReport,
 )
+from esdb_node.record import record_version
 from esdb_node.replication import Replicator, result_or_raise
 from esdb_node.server.dispatch import Context, handles
 from esdb_node.storage import commands as cmd
@@ -170,7 +170,7 @@ class NodeService:
             if len(payloads) < want or not payloads:
                 return
             remaining -= len(payloads)
-            last_version = record_header(payloads[-1])[1]
+            last_version = record_version(payloads[-1])
             version = last_version - 1 if req.backward else last_version + 1
             if version < 0:
                 return
@@ -219,7 +219,7 @@ class NodeService:
                 if version is None:
                     version = 0
             if payloads:
-                version = record_header(payloads[-1])[1] + 1
+                version = record_version(payloads[-1]) + 1
                 for chunk in _chunks(payloads):
                     yield chunk
                 if len(payloads) == CHUNK_EVENTS:
