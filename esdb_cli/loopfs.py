@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from esdb_node.errors import EsdbError, InvalidInput
@@ -81,9 +82,22 @@ def is_mounted(at: Path) -> bool:
     return os.path.ismount(at)
 
 
+BUSY_WAIT_S = 10.0
+
+
 def unmount(at: Path) -> None:
-    if is_mounted(at):
-        _run("umount", str(at))
+    """Unmount `at`. A process that was just killed may hold files there for a moment
+    (until it is reaped): retry while the kernel says busy, then detach lazily, so that a
+    mount never outlives its user (the loop device goes when the last file closes)."""
+    deadline = time.monotonic() + BUSY_WAIT_S
+    while is_mounted(at):
+        try:
+            _run("umount", str(at))
+        except EsdbError:
+            if time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
+            _run("umount", "--lazy", str(at))
 
 
 def release(image: Path, at: Path) -> None:
