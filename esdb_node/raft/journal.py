@@ -67,8 +67,6 @@ FLUSH_BYTES = 8 << 20
 _READ_ENTRIES = 256
 # While the disk is full, a write is retried at most this often.
 BLOCKED_RETRY = 1.0
-# How stale the "is the disk full" answer may be (one statvfs per check).
-SPACE_CHECK = 0.05
 DEFAULT_SEGMENT_BYTES = 64 << 20
 
 
@@ -95,8 +93,6 @@ class SegmentJournal(Journal):
         self._vote_pending: tuple[int, str | None] | None = None
         self._blocked_since: float | None = None
         self._retry_at = 0.0
-        self._space_at = 0.0
-        self._space_full = False
 
         self._cache: deque[Entry] = deque()
         self._cache_bytes = 0
@@ -254,14 +250,12 @@ class SegmentJournal(Journal):
         return self._blocked_since is not None
 
     def _disk_full(self) -> bool:
-        now = time.monotonic()
-        if now >= self._space_at or self._blocked_since is not None:
-            self._space_at = now + SPACE_CHECK
-            try:
-                self._space_full = is_full(self.path)
-            except OSError:
-                self._space_full = False
-        return self._space_full
+        # Every commit (one statvfs, ~1 us): an entry let through just after the disk filled
+        # would be committed and then hold the tick thread in Store.apply until space is back.
+        try:
+            return is_full(self.path)
+        except OSError:
+            return False
 
     def _commit(self) -> bool:
         if self._closed:
@@ -328,9 +322,14 @@ class SegmentJournal(Journal):
         if not self._spare_asked and seg.end > seg.size // 2:
             self._ask_spare()
         off = start
+        add_entry, seq = self._index.add_entry, seg.seq
         for kind, index, term, payload in ops:
-            self._apply(kind, index, term, seg, off, salt, len(payload))
-            off += REC_BYTES + len(payload)
+            n = len(payload)
+            if kind == ENTRY:
+                add_entry(index, seq, off, salt, n)  # (contiguous: add() checked it)
+            else:
+                self._apply(kind, index, term, seg, off, salt, n)
+            off += REC_BYTES + n
         self._new_session = False
         self._ops = []
         self._ops_bytes = 0
@@ -457,20 +456,22 @@ class SegmentJournal(Journal):
     # --- pysyncobj Journal interface -------------------------------------------------------------
 
     def add(self, command: Any, idx: int, term: int) -> None:
-        if not isinstance(command, bytes):
+        if command.__class__ is not bytes:
             command = bytes(command, "utf-8") if isinstance(command, str) else bytes(command)
-        if self._last and idx != self._last + 1:
-            self._on_failure(f"raft journal: non-contiguous append {idx} after {self._last}")
-        if not self._last:
+        last = self._last
+        if not last:
             self._first = idx
             self._first_cum = self._cum_end
+        elif idx != last + 1:
+            self._on_failure(f"raft journal: non-contiguous append {idx} after {last}")
+        n = len(command)
         self._cache.append((command, idx, term))
-        self._cache_bytes += len(command)
-        self._cum_end += len(command)
+        self._cache_bytes += n
+        self._cum_end += n
         self._last = idx
         self._ops.append((ENTRY, idx, term, command))
         self._pending += 1
-        self._ops_bytes += REC_BYTES + len(command)
+        self._ops_bytes += REC_BYTES + n
         if self._ops_bytes > FLUSH_BYTES:
             self.flush()
 

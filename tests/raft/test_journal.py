@@ -439,12 +439,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield at
 
 
-def test_a_full_disk_blocks_flushes_keeps_everything_and_recovers(
-    small_disk: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_full_disk_blocks_flushes_keeps_everything_and_recovers(small_disk: Path) -> None:
     """The segment's preallocated blocks would still take the writes, but a member whose
     store cannot apply must not acknowledge: the journal refuses until space is back."""
-    monkeypatch.setattr(journal_mod, "SPACE_CHECK", 0.0)  # (no cached "not full")
     j = filled(small_disk / "journal", 10)
     try:
         _full_then_free(j, small_disk)
