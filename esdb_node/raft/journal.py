@@ -64,7 +64,10 @@ CACHE_ENTRIES = 4096
 CACHE_BYTES = 16 << 20
 # Appends are written early when this much is buffered (a durability point comes sooner anyway).
 FLUSH_BYTES = 8 << 20
+# Reads from the segments come in chunks of up to this many entries / bytes of commands.
 _READ_ENTRIES = 256
+_READ_BYTES = 1 << 20
+_PREAD_BYTES = 128 << 10
 # While the disk is full, a write is retried at most this often.
 BLOCKED_RETRY = 1.0
 DEFAULT_SEGMENT_BYTES = 64 << 20
@@ -96,6 +99,9 @@ class SegmentJournal(Journal):
 
         self._cache: deque[Entry] = deque()
         self._cache_bytes = 0
+        self._head: Entry | None = None  # the first entry, once read from disk
+        self._chunk_lo = 0  # the last chunk read from disk
+        self._chunk: list[Entry] = []
         self._pending = 0  # newest entries of the cache not yet written
         self._ops: list[_Op] = []
         self._ops_bytes = 0
@@ -405,8 +411,9 @@ class SegmentJournal(Journal):
             ix.commit = index
         return True
 
-    def _scan(self, lo: int, hi: int, want: Callable[[int, sg.Record, int], None]) -> None:
-        """Calls want(index, record, cum before it) for the written live entries lo..hi-1."""
+    def _scan(self, lo: int, hi: int, want: Callable[[int, sg.Record, int], bool]) -> None:
+        """Calls want(index, record, cum before it) for the written live entries lo..hi-1,
+        until it returns False."""
         idx = lo
         while idx < hi:
             try:
@@ -416,13 +423,13 @@ class SegmentJournal(Journal):
             seg = self._segments[seq]
             expected = start
             stop = min(hi, limit)
-            for rec in sg.iter_records(seg.fd, offset, seg.end, salt):
+            for rec in sg.iter_records(seg.fd, offset, seg.end, salt, _PREAD_BYTES):
                 if rec.kind != ENTRY:
                     continue
                 if rec.idx != expected:
                     break
-                if expected >= idx:
-                    want(expected, rec, cum)
+                if expected >= idx and not want(expected, rec, cum):
+                    return
                 cum += rec.length
                 expected += 1
                 if expected >= stop:
@@ -435,12 +442,28 @@ class SegmentJournal(Journal):
         if index == self._index.last + 1:
             return self._index.cum_end
         found: list[int] = []
-        self._scan(index, index + 1, lambda _i, _rec, cum: found.append(cum))
+
+        def want(_i: int, _rec: sg.Record, cum: int) -> bool:
+            found.append(cum)
+            return False
+
+        self._scan(index, index + 1, want)
         return found[0]
 
-    def _read_disk(self, lo: int, hi: int) -> list[Entry]:
+    def _read_disk(self, lo: int, hi: int, max_bytes: int = 1 << 62) -> list[Entry]:
+        """Entries lo..hi-1 from the segments (fewer once `max_bytes` of commands are read:
+        at least one); the last chunk read is kept for the reads that follow it."""
         out: list[Entry] = []
-        self._scan(lo, hi, lambda i, rec, _cum: out.append((bytes(rec.payload), i, rec.term)))
+        size = 0
+
+        def want(i: int, rec: sg.Record, _cum: int) -> bool:
+            nonlocal size
+            out.append((bytes(rec.payload), i, rec.term))
+            size += rec.length
+            return size < max_bytes
+
+        self._scan(lo, hi, want)
+        self._chunk_lo, self._chunk = lo, out
         return out
 
     def _cum(self, index: int) -> int:
@@ -480,7 +503,13 @@ class SegmentJournal(Journal):
         """Command bytes of the entries in the log."""
         return self._cum_end - self._first_cum if self._last else 0
 
+    def _forget_reads(self) -> None:
+        """Entries read from disk may be replaced (truncation, clear): read them again."""
+        self._head = None
+        self._chunk = []
+
     def clear(self) -> None:
+        self._forget_reads()
         self._cache.clear()
         self._cache_bytes = 0
         self._pending = 0
@@ -498,7 +527,9 @@ class SegmentJournal(Journal):
         cut = self._first + max(entryFrom, 0)
         if not self._last or cut > self._last:
             return
-        self._cum_end = self._cum(cut)
+        self._forget_reads()
+        if cut > self._first:  # (emptied, the running total stays: as LogIndex.reset does)
+            self._cum_end = self._cum(cut)
         dropped = [op for op in self._ops if op[0] == ENTRY and op[1] >= cut]
         if dropped:
             self._ops = [op for op in self._ops if not (op[0] == ENTRY and op[1] >= cut)]
@@ -664,7 +695,18 @@ class SegmentJournal(Journal):
         cache_first = self._cache_first()
         if idx >= cache_first:
             return self._cache[idx - cache_first]
-        return self._read_disk(idx, idx + 1)[0]
+        # pysyncobj reads log[0] several times per message, and the apply loop reads the
+        # entry it applies again (term_at) right after a slice read it: both are kept.
+        head = self._head
+        if head is not None and head[1] == idx == self._first:
+            return head
+        k = idx - self._chunk_lo
+        if 0 <= k < len(self._chunk):
+            return self._chunk[k]
+        entry = self._read_disk(idx, min(cache_first, idx + _READ_ENTRIES), _READ_BYTES)[0]
+        if idx == self._first:
+            self._head = entry
+        return entry
 
     def term_at(self, idx: int) -> int:
         return self.entry(idx)[2]
@@ -679,7 +721,7 @@ class SegmentJournal(Journal):
                 yield self._cache[idx - cache_first]
                 idx += 1
                 continue
-            chunk = self._read_disk(idx, min(hi, cache_first, idx + _READ_ENTRIES))
+            chunk = self._read_disk(idx, min(hi, cache_first, idx + _READ_ENTRIES), _READ_BYTES)
             yield from chunk
             idx = chunk[-1][1] + 1
 

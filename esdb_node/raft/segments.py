@@ -207,17 +207,19 @@ class Record(NamedTuple):
     payload: memoryview
 
 
-def iter_records(fd: int, start: int, end: int, salt: int) -> Iterator[Record]:
-    """Valid records from `start`, up to the first invalid one or `end`. A SESSION record
-    switches the salt for the records after it. Payloads are views into a read buffer: copy
-    what you keep."""
+def iter_records(
+    fd: int, start: int, end: int, salt: int, chunk: int = _READ_CHUNK
+) -> Iterator[Record]:
+    """Valid records from `start`, up to the first invalid one or `end`, read `chunk` bytes
+    at a time (more for a bigger record). A SESSION record switches the salt for the records
+    after it. Payloads are views into a read buffer: copy what you keep."""
     buf = memoryview(b"")
     base = start
     pos = start
     while pos + REC_BYTES <= end:
         rel = pos - base
         if rel + REC_BYTES > len(buf):
-            buf = memoryview(os.pread(fd, min(_READ_CHUNK, end - pos), pos))
+            buf = memoryview(os.pread(fd, min(chunk, end - pos), pos))
             base, rel = pos, 0
             if len(buf) < REC_BYTES:
                 return
@@ -228,7 +230,7 @@ def iter_records(fd: int, start: int, end: int, salt: int) -> Iterator[Record]:
         if stop > end:
             return
         if rel + REC_BYTES + length > len(buf):
-            buf = memoryview(os.pread(fd, max(_READ_CHUNK, REC_BYTES + length), pos))
+            buf = memoryview(os.pread(fd, max(min(chunk, end - pos), REC_BYTES + length), pos))
             base, rel = pos, 0
             if len(buf) < REC_BYTES + length:
                 return

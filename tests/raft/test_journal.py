@@ -208,12 +208,21 @@ def test_truncation_across_segments_and_back_again(tmp_path: Path) -> None:
 def test_truncation_to_nothing_then_any_index(tmp_path: Path) -> None:
     j = filled(tmp_path, 10)
     j.deleteEntriesFrom(0)
-    assert len(j) == 0
-    j.add(cmd(5), 5, 3)
+    assert len(j) == 0 and j.live_bytes == 0
+    for i in range(5, 105):
+        j.add(cmd(i, 100), i, 3)
     j.flush()
+    j.deleteEntriesTo(50)  # the running byte count of disk and memory agree after a reset
+    assert j.live_bytes == 50 * 100
     j._destroy()
     j = SegmentJournal(tmp_path)
-    assert list(j[0:]) == [(cmd(5), 5, 3)]
+    assert [e[1] for e in j[0:]] == list(range(55, 105)) and j.live_bytes == 50 * 100
+    j.clear()
+    j.add(cmd(7), 7, 4)
+    assert j.live_bytes == len(cmd(7))
+    j.flush()
+    j.deleteEntriesFrom(1)
+    assert j.live_bytes == len(cmd(7))
     j._destroy()
 
 
@@ -549,3 +558,31 @@ def test_restarts_without_writes_leave_no_new_files(tmp_path: Path) -> None:
         settled(j)
         j._destroy()
     assert sorted(p.name for p in tmp_path.iterdir()) == files
+
+
+def test_old_entries_are_read_in_chunks_and_the_first_one_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pysyncobj reads log[0] several times per message, and its apply loop reads each entry
+    of a slice again (term_at): neither may cost a disk read per call."""
+    j = SegmentJournal(tmp_path, fsync=False)
+    for i in range(1, 20_001):
+        j.add(cmd(i, 100), i, 1)
+        if i % 1000 == 0:
+            j.flush()
+    reads: list[int] = []
+    real = os.pread
+
+    def pread(fd: int, n: int, off: int) -> bytes:
+        reads.append(n)
+        return real(fd, n, off)
+
+    monkeypatch.setattr(os, "pread", pread)
+    for _ in range(1000):
+        assert j[0] == (cmd(1, 100), 1, 1)
+    assert len(reads) == 1
+    reads.clear()
+    for entry in j[0:10_000]:  # what __applyLogEntries does after a restart
+        assert j.term_at(entry[1]) == 1
+    assert len(reads) <= 2 * 10_000 // 256 + 2
+    j._destroy()
