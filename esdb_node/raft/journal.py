@@ -721,6 +721,11 @@ class SegmentJournal(Journal):
                 yield self._cache[idx - cache_first]
                 idx += 1
                 continue
+            k = idx - self._chunk_lo
+            if 0 <= k < len(self._chunk):  # (pysyncobj iterates a slice, then slices it again)
+                yield self._chunk[k]
+                idx += 1
+                continue
             chunk = self._read_disk(idx, min(hi, cache_first, idx + _READ_ENTRIES), _READ_BYTES)
             yield from chunk
             idx = chunk[-1][1] + 1
