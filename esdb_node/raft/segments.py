@@ -493,7 +493,11 @@ class Preparer:
                     self._cond.wait()
                 if self._stopped:
                     return
-                job = self._running = self._jobs.popleft()
+                # A prepare goes first: the tick thread may be waiting for it, while retiring
+                # (in order among themselves) can wait.
+                first = next((k for k, j in enumerate(self._jobs) if j[0] == "prepare"), 0)
+                job = self._running = self._jobs[first]
+                del self._jobs[first]
             try:
                 if job[0] == "prepare":
                     segment = self._prepare(job[1], job[2])
