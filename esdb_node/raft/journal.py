@@ -376,12 +376,12 @@ class SegmentJournal(Journal):
         self._active = seg
         self._next_seq = seg.seq + 1
         self._new_session = False
-        self._spare_asked = False
+        self._ask_spare()
         return seg
 
     def _ask_spare(self) -> None:
-        """Have the next segment prepared (asked once the active one is half full, so an
-        idle node that restarts often does not collect empty segments)."""
+        """Have the next segment prepared: at each roll, or once the active segment is half
+        full (after an open: an idle node that restarts often collects no empty files)."""
         self._spare_asked = True
         self._preparer.prepare(self._next_seq, self._target_size(0))
 
