@@ -3,7 +3,7 @@
     python -m tests.raft.journal_child DIR SEED fsync|os [KIND:N]
 
 Opens the journal at DIR, then runs random operations (append groups, truncate a tail,
-compact, change term and vote) until it is killed or has done MAX_OPS. Before each
+compact, change term and vote) until it is killed (or MAX_OPS / MAX_SECONDS). Before each
 operation it prints what it is about to do, and "ok" once the operation is durable
 (`flush()` or the synchronous write returned), so the killer knows which operations finished
 and which one may have been cut in the middle. With KIND:N it prints "paused" after the N-th
@@ -21,7 +21,8 @@ from pathlib import Path
 
 from esdb_node.raft.journal import SegmentJournal
 
-MAX_OPS = 400
+MAX_OPS = 5000
+MAX_SECONDS = 5.0
 SIZES = (10, 100, 1000, 8000)
 
 
@@ -43,7 +44,10 @@ def main(directory: str, seed: int, mode: str, pause: str = "") -> None:
     j = SegmentJournal(Path(directory), fsync=mode == "fsync", segment_bytes=2 << 20)
     term = max(j.getCurrentTerm(), j[-1][2] if len(j) else 0)
     say("open", j.first_index, j.last_index, term)
+    stop_at = time.monotonic() + MAX_SECONDS
     for k in range(MAX_OPS):
+        if time.monotonic() > stop_at:
+            break
         r = rng.random()
         n = len(j)
         if r < 0.08 and n > 10:
