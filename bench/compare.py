@@ -1,13 +1,16 @@
 """esdb against its peers, on the same workloads in one run: figures, ratios and JSON.
 
-    python bench/compare.py [--quick] [--peers etcd,nats,postgres,sqlite,redis]
+    python bench/compare.py [--quick] [--peers etcd,nats,postgres,sqlite,redis,esdb_es,esdb_es3]
                             [--duration S] [--runs N] [--failovers N] [--json out.json]
 
 Systems (each started on free 127.0.0.1 ports in a temp dir and stopped by PID afterwards):
 esdb as a 3-node local cluster with durability fsync; etcd 3 members (Go loader); NATS
 JetStream 3 nodes, R=3 file storage (nats-py); PostgreSQL and SQLite through the
-`eventsourcing` library; Redis Streams with appendfsync always. Each peer installs what it
-needs (apt-get, and the `bench` extra: pip install -e '.[bench]') unless --no-install.
+`eventsourcing` library; Redis Streams with appendfsync always; and esdb itself through the
+`eventsourcing` library (esdb_node.eventsourcing) on a standalone node (`esdb_es`) and on a
+3-node cluster (`esdb_es3`), durability fsync, with the PostgreSQL and SQLite peers' loader.
+Each peer installs what it needs (apt-get, and the `bench` extra: pip install -e '.[bench]')
+unless --no-install.
 
 Workloads, 100-byte events: appends of 1 event from 1 client and from 64 concurrent clients,
 appends of 100 events from 1 client, all events read back by one client (decoded), and for the
@@ -44,8 +47,12 @@ from bench.machine import Machine, describe, load_avg
 from bench.peers.common import Peer
 from bench.results import APPEND_WORKLOADS, Cell, Failover, PeerReport, Run, RunConfig, Workload
 
-PEERS = ("etcd", "nats", "postgres", "sqlite", "redis")
+PEERS = ("etcd", "nats", "postgres", "sqlite", "redis", "esdb_es", "esdb_es3")
 BASELINE = "etcd"
+# The systems measured through the `eventsourcing` library with one loader
+# (bench/peers/eventsourcing_load.py): they differ only in the persistence module.
+ES_SYSTEMS = ("esdb-es", "esdb-es-3", "postgres", "sqlite")
+ES_BASELINE = "esdb-es"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -230,6 +237,54 @@ def ratios(reports: list[PeerReport]) -> dict[str, dict[str, float | None]]:
     return out
 
 
+def es_ratios(reports: list[PeerReport]) -> dict[str, dict[str, float | None]]:
+    """esdb through eventsourcing (standalone) divided by each other eventsourcing backend."""
+    mine = next((r for r in reports if r.system == ES_BASELINE and not r.error), None)
+    out: dict[str, dict[str, float | None]] = {}
+    if mine is None:
+        return out
+    for peer in reports:
+        if peer.system not in ES_SYSTEMS or peer.system == ES_BASELINE or peer.error:
+            continue
+        row: dict[str, float | None] = {}
+        for w in APPEND_WORKLOADS:
+            a, b = mine.cell(w.key), peer.cell(w.key)
+            if a and b and b.median.events_per_s:
+                row[f"{w.key} events/s"] = round(a.median.events_per_s / b.median.events_per_s, 3)
+        if mine.read and peer.read and peer.read.median.events_per_s:
+            row["read events/s"] = round(
+                mine.read.median.events_per_s / peer.read.median.events_per_s, 3
+            )
+        out[peer.system] = row
+    return out
+
+
+def print_es_tables(reports: list[PeerReport]) -> None:
+    """The eventsourcing application benchmark: one loader, each backend."""
+    rows = [r for s in ES_SYSTEMS for r in reports if r.system == s]
+    mine = next((r for r in rows if r.system == ES_BASELINE), None)
+    if len(rows) < 2:
+        return
+    print(f"\n## the eventsourcing application on each backend ({ES_BASELINE} ÷ system)")
+    for w in APPEND_WORKLOADS:
+        print(f"\n### Application.save, {w.batch} event(s) per save, {w.clients} thread(s)\n")
+        print("| system | shape | events/s | saves/s | p50 ms | p99 ms | errors | loader CPU % "
+              f"| {ES_BASELINE} ÷ system |")  # fmt: skip
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        reference = mine.cell(w.key) if mine else None
+        for r in rows:
+            cell = r.cell(w.key)
+            if cell is None:
+                continue
+            m = cell.median
+            ratio = _ratio(reference.median.events_per_s if reference else None, m.events_per_s)
+            print(
+                f"| {r.system} | {r.shape} | {_num(m.events_per_s)} | {_num(m.ops_per_s)} "
+                f"| {m.p50_ms:.2f} | {m.p99_ms:.2f} | {m.errors} | {_num(m.loader_cpu_pct)} "
+                f"| {ratio} |"
+            )
+
+
 def print_tables(machine: Machine, cfg: RunConfig, reports: list[PeerReport]) -> None:
     ok = reports  # a system that failed part way still shows what it measured
     esdb = next((r for r in ok if r.system == "esdb"), None)
@@ -324,6 +379,7 @@ def print_tables(machine: Machine, cfg: RunConfig, reports: list[PeerReport]) ->
                 f"| failover median s | {esdb.failover.median_s:.2f} "
                 f"| {peer.failover.median_s:.2f} | {base['failover median']:.2f}x |"
             )
+    print_es_tables(reports)
     notes = [(r.system, n) for r in ok for n in r.notes]
     if notes:
         print("\nNotes:")
@@ -374,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             ],
             "wall_s": wall,
             "ratios_esdb_over": ratios(reports),
+            "ratios_esdb_es_over": es_ratios(reports),
         }  # fmt: skip
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
     failed = [r.system for r in reports if r.error]

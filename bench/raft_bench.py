@@ -8,7 +8,7 @@ batches in flight, for esdb with durability=fsync and =os, and for a naive stock
 pysyncobj 0.3.17 with default settings (journal + dump files, no password), one replicated
 call per event, a "batch" being that many calls in flight together; and the same with
 appendEntriesUseBatch=False ("tuned", the notes' best stock setting for latency). Also a
-frame-codec micro-benchmark: stock (pickle 2 + zlib + Fernet) vs esdb (pickle 4 + AES-GCM).
+frame-codec micro-benchmark: stock (pickle 2 + zlib + Fernet) vs esdb (msgpack schema + AES-GCM).
 Every cell is bounded in time; every process is SIGKILLed and reaped at the end.
 """
 
@@ -287,11 +287,13 @@ def codec_bench() -> list[dict[str, Any]]:
     from cryptography.fernet import Fernet
 
     from esdb_node.raft.transport import FrameCipher
+    from esdb_node.raft.wire import decode_message, encode_message
 
     fernet = Fernet(Fernet.generate_key())
-    cipher = FrameCipher(SECRET, "bench")
+    cipher = FrameCipher.for_cluster(SECRET, "bench")
+    key = os.urandom(32)
     rows = []
-    entries = [(b"\x00" + os.urandom(EVENT), i, 1) for i in range(100)]
+    entries = [(b"\x00E" + os.urandom(EVENT), i, 1) for i in range(100)]
     cases = {
         "heartbeat": {"type": "append_entries", "term": 1, "commit_index": 5, "entries": []},
         "100 entries x 100 B": {
@@ -302,6 +304,8 @@ def codec_bench() -> list[dict[str, Any]]:
         },
         "1 MiB snapshot chunk": {
             "type": "append_entries",
+            "term": 1,
+            "commit_index": 5,
             "serialized": (os.urandom(1 << 20), False, False),
         },
     }
@@ -313,7 +317,7 @@ def codec_bench() -> list[dict[str, Any]]:
             pickle.loads(zlib.decompress(fernet.decrypt(data)))
 
         def ours(msg: Any = msg) -> None:
-            pickle.loads(cipher.open(0, cipher.seal(0, pickle.dumps(msg, 4))))
+            decode_message(cipher.open(0, cipher.seal(0, encode_message(msg, key))), key)
 
         timings = {}
         for label, fn in (("stock", stock), ("esdb", ours)):
@@ -325,7 +329,7 @@ def codec_bench() -> list[dict[str, Any]]:
         ratio = timings["stock"] / timings["esdb"]
         print(
             f"  {name:22} stock pickle2+zlib+Fernet {timings['stock']:9.1f} us   "
-            f"esdb pickle4+AES-GCM {timings['esdb']:8.1f} us   ({ratio:.1f}x)",
+            f"esdb msgpack+AES-GCM {timings['esdb']:8.1f} us   ({ratio:.1f}x)",
             flush=True,
         )
     return rows

@@ -4,6 +4,7 @@
 #   faketime   libfaketime for `esdb chaos clock`
 #   gcc        builds the fsync-delay shim of `esdb chaos slow-disk` (esdb_cli/chaos/slowsync.c)
 #   e2fsprogs, mount   mkfs.ext4 and losetup for `esdb chaos disk-full`'s loop image
+#   strace     captures every socket read/write of cluster members (tests/cluster/test_secret_on_wire.py)
 # Installs only what is missing; a no-op (with a message) when not root or nothing is missing.
 # The tests that need a package skip with the reason when it is absent.
 set -euo pipefail
@@ -17,6 +18,7 @@ declare -A need=(
   [libc-dev]=libc6-dev
   [mkfs.ext4]=e2fsprogs
   [losetup]=mount
+  [strace]=strace
 )
 
 missing=()

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from esdb_node.client import AsyncClient
-from esdb_node.errors import EsdbError
+from esdb_node.errors import EsdbError, Unavailable
 from esdb_node.model import EventData
 
 
@@ -96,10 +96,11 @@ async def run_append(
     run_id = uuid.uuid4().hex[:8]
     latencies: list[float] = []
     errors = 0
+    last_error: EsdbError | None = None
     budget = [max_ops]
 
     async def worker(k: int, until: float, record: bool) -> None:
-        nonlocal errors
+        nonlocal errors, last_error
         async with AsyncClient(urls, token=token, timeout=30) as client:
             stream = f"bench-{run_id}-{k}"
             while time.perf_counter() < until and budget[0] > 0:
@@ -108,8 +109,15 @@ async def run_append(
                 t0 = time.perf_counter()
                 try:
                     await client.append(stream, events)
-                except EsdbError:
+                except Unavailable as exc:
+                    if exc.details.get("unreachable"):
+                        raise  # no node at all: measuring nothing for `duration` helps nobody
                     errors += 1
+                    last_error = exc
+                    continue
+                except EsdbError as exc:
+                    errors += 1
+                    last_error = exc
                     continue
                 if record:
                     latencies.append(time.perf_counter() - t0)
@@ -123,6 +131,8 @@ async def run_append(
     await asyncio.gather(*(worker(k, start + duration, True) for k in range(clients)))
     if samples is not None:
         samples.extend(latencies)
+    if not latencies and last_error is not None:
+        raise last_error  # not one append succeeded: that is the result, not a zero rate
     return _summary("append", clients, batch, size, time.perf_counter() - start, latencies, errors)
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from esdb_node.errors import InvalidInput
-from esdb_node.model import EventData, RecordedEvent
+from esdb_node.model import AllFilter, EventData, RecordedEvent
 
 
 def read_source(value: str, what: str) -> bytes:
@@ -94,6 +96,10 @@ def events_file(source: str) -> list[EventData]:
     return events
 
 
+def is_end(value: str | None) -> bool:
+    return value is not None and value.strip().lower() == "end"
+
+
 def parse_from(value: str | None, *, backward: bool) -> int | None:
     """start | end | N  ->  0 | None (the end) | N."""
     if value is None:
@@ -112,7 +118,11 @@ def parse_from(value: str | None, *, backward: bool) -> int | None:
     return number
 
 
-def parse_where(clauses: list[str]) -> list[tuple[list[str], str]]:
+Where = list[tuple[list[str], str]]
+
+
+def parse_where(clauses: list[str]) -> Where:
+    """`PATH=VALUE` clauses; a path not starting with data. or metadata. is under data."""
     out = []
     for clause in clauses:
         path, sep, expected = clause.partition("=")
@@ -136,7 +146,7 @@ def _lookup(value: Any, path: list[str]) -> Iterator[Any]:
     yield value
 
 
-def where_matches(event: RecordedEvent, clauses: list[tuple[list[str], str]]) -> bool:
+def where_matches(event: RecordedEvent, clauses: Where) -> bool:
     if not clauses:
         return True
     docs: dict[str, Any] = {}
@@ -156,6 +166,62 @@ def where_matches(event: RecordedEvent, clauses: list[tuple[list[str], str]]) ->
         if text != expected:
             return False
     return True
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which events `read` and `tail` show: one stream, or `$all` narrowed to a category
+    (`order-*`), event types, a type glob and `--where` clauses.
+
+    The node filters `$all` by category, types and glob (`server`); a single stream's
+    events are filtered here, and `--where` always is (`matches`)."""
+
+    stream: str | None  # one stream; None for `$all` or a category
+    server: AllFilter
+    where: Where
+
+    def matches(self, event: RecordedEvent) -> bool:
+        if self.stream is not None:
+            flt = self.server
+            if flt.event_types and event.type not in flt.event_types:
+                return False
+            if flt.type_pattern and not fnmatch.fnmatchcase(event.type, flt.type_pattern):
+                return False
+        return where_matches(event, self.where)
+
+    @property
+    def filters_here(self) -> bool:
+        """True when `matches` may drop events (so a node-side limit would count wrong)."""
+        return bool(self.where) or (self.stream is not None and not self.server.is_empty())
+
+    @property
+    def is_log(self) -> bool:
+        """`$all` or a category: positions, not versions."""
+        return self.stream is None
+
+
+def select(
+    stream: str | None,
+    types: Sequence[str] | None = None,
+    pattern: str | None = None,
+    where: Sequence[str] | None = None,
+) -> Selection:
+    """`STREAM`, `CATEGORY-*` or `$all` (None), plus --type, --pattern and --where."""
+    name = None if stream in (None, "$all") else stream
+    prefix = None
+    if name is not None and name.endswith("*"):
+        prefix, name = name[:-1], None
+        if not prefix or "*" in prefix:
+            raise InvalidInput(
+                f"{stream!r}: a category is a name prefix followed by one *, e.g. 'order-*'"
+            )
+    return Selection(
+        stream=name,
+        server=AllFilter(
+            stream_prefix=prefix, event_types=tuple(types or ()), type_pattern=pattern
+        ),
+        where=parse_where(list(where or [])),
+    )
 
 
 def node_settings(items: list[str]) -> dict[str, str]:

@@ -11,13 +11,25 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import fields
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
+
+import psutil
 
 from esdb_node.config import NodeConfig
-from esdb_node.errors import EsdbError, NotFound, Timeout, Unavailable
+from esdb_node.errors import (
+    AuthenticationFailed,
+    Conflict,
+    EsdbError,
+    InvalidInput,
+    NotFound,
+    Timeout,
+    Unavailable,
+    Unhealthy,
+    UnknownOutcome,
+)
 from esdb_node.layout import DataDir
 from esdb_node.model import NodeStatus, VerifyReport
 
@@ -48,22 +60,59 @@ def read_pid(data_dir: Path) -> int | None:
     return DataDir(data_dir).read_pid()
 
 
-def proc_state(pid: int) -> str:
-    """The state letter of /proc/PID/stat (R, S, T stopped, Z zombie...); "?" if unknown."""
-    try:
-        # The command name in parentheses may itself contain ") ": split after the last one.
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "?"
-
-
 def is_node_process(pid: int) -> bool:
     """True if `pid` is alive and is an esdb node (guards against recycled pids)."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return "esdb" in "\0".join(proc.cmdline())  # esdb_node.node or the esdb CLI
+    except psutil.Error:  # gone, a zombie, or not ours to look at
         return False
-    return proc_state(pid) != "Z" and b"esdb" in cmdline  # esdb_node.node or the esdb CLI
+
+
+def is_stopped(pid: int) -> bool:
+    """True if `pid` is stopped by a signal (SIGSTOP: `esdb chaos pause`)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    except psutil.Error:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessStats:
+    """What the dashboard shows of a local node process."""
+
+    pid: int
+    cpu_percent: float | None  # since the previous sample of this pid (None: first sample)
+    rss_bytes: int
+    connections: int  # open TCP connections, listening sockets not counted
+    stopped: bool  # SIGSTOPped (`esdb chaos pause`)
+
+
+class ProcessSampler:
+    """Samples local processes. CPU % is the difference between two samples of the same
+    process, so the psutil handle of each pid is kept from one sample to the next."""
+
+    def __init__(self) -> None:
+        self._procs: dict[int, psutil.Process] = {}
+
+    def sample(self, pid: int) -> ProcessStats | None:
+        """None if `pid` is gone (or not ours to look at)."""
+        proc = self._procs.get(pid)
+        first = proc is None or not proc.is_running()  # is_running: also a recycled pid
+        try:
+            if proc is None or first:
+                proc = self._procs[pid] = psutil.Process(pid)
+            with proc.oneshot():
+                cpu = proc.cpu_percent(interval=None)
+                rss = proc.memory_info().rss
+                stopped = proc.status() == psutil.STATUS_STOPPED
+            conns = sum(c.status != psutil.CONN_LISTEN for c in proc.net_connections("tcp"))
+        except psutil.Error:
+            self._procs.pop(pid, None)
+            return None
+        return ProcessStats(pid, None if first else cpu, rss, conns, stopped)
 
 
 def running_pid(data_dir: Path) -> int | None:
@@ -85,7 +134,8 @@ def spawn_node(
     if existing is not None:
         raise Unavailable(
             f"a node is already running on {config.data_dir} (pid {existing})",
-            hint="stop it first with `esdb node stop`",
+            hint=f"stop it first with `esdb node stop{dir_flag(config.data_dir)}`, "
+            "or use another --data-dir",
         )
     env = node_env(config)
     env.update(extra_env or {})
@@ -109,34 +159,151 @@ def log_tail(data_dir: Path, lines: int = 8) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def wait_serving(config: NodeConfig, proc: subprocess.Popen[bytes], timeout: float) -> NodeStatus:
-    """Wait until the child answers `status` on its client port, or fail with its log."""
+def node_error(data_dir: Path) -> str | None:
+    """The error a node that exited printed last (`error: ...`, see esdb_node.node.main)."""
+    for line in reversed(log_tail(data_dir, 40).splitlines()):
+        if line.startswith("error: "):
+            return line.removeprefix("error: ").strip()
+    return None
+
+
+# A node exits with its error's exit code; `node start --detach` exits with the same one.
+_BY_EXIT_CODE = {
+    int(cls.exit_code): cls
+    for cls in (InvalidInput, Unavailable, Conflict, Unhealthy, UnknownOutcome, NotFound)
+}
+
+
+def _exited(config: NodeConfig, code: int) -> EsdbError:
+    files = DataDir(config.data_dir)
+    error = node_error(config.data_dir)
+    tail = log_tail(config.data_dir)
+    detail = f": {error}" if error else f":\n{tail}" if tail else ""
+    cls = _BY_EXIT_CODE.get(code, EsdbError)
+    return cls(
+        f"the node exited during start-up (exit code {code}){detail}",
+        hint=f"full log: {files.log}",
+    )
+
+
+def _give_up(proc: subprocess.Popen[bytes], config: NodeConfig, message: str) -> Timeout:
+    """A node that did not get ready in time is stopped: the caller reports a failure, so
+    nothing may keep running behind it."""
+    stop_pid(proc.pid, timeout=10.0, force=True)
+    reap(proc.pid)
+    return Timeout(
+        f"{message}; stopped it (pid {proc.pid})",
+        hint=f"see {DataDir(config.data_dir).log}, or give it longer with --wait",
+    )
+
+
+def wait_serving(
+    config: NodeConfig,
+    proc: subprocess.Popen[bytes],
+    timeout: float,
+    *,
+    until: Callable[[NodeStatus], bool] | None = None,
+    waiting_for: str = "start serving",
+    settle: bool = False,
+) -> NodeStatus:
+    """Wait until the child answers `status` on its client port (and `until(status)` holds),
+    or fail with the node's own error if it exits, or stop it after `timeout`.
+
+    `settle`: once it serves, `until` is a hope, not a condition: after `timeout` return
+    the last status instead of failing."""
     from esdb_node.client import Client
 
     deadline = time.monotonic() + timeout
     last: EsdbError | None = None
+    status: NodeStatus | None = None
     while time.monotonic() < deadline:
         code = proc.poll()
         if code is not None:
-            tail = log_tail(config.data_dir)
-            raise Unavailable(
-                f"the node exited with code {code} during start-up"
-                + (f":\n{tail}" if tail else ""),
-                hint=f"full log: {DataDir(config.data_dir).log}",
-            )
+            raise _exited(config, code)
         runtime = DataDir(config.data_dir).read_runtime()
         if runtime and runtime.get("pid") == proc.pid and runtime.get("url"):
-            client = Client(str(runtime["url"]), timeout=2.0, connect_timeout=1.0)
+            # The token matters: a node that requires one refuses a status without it.
+            url = str(runtime["url"])
+            client = Client(
+                url, timeout=2.0, connect_timeout=1.0, token=config.token, ca=config.tls_ca
+            )
             try:
-                return client.status(str(runtime["url"]))
+                status = client.status(url)
+                if until is None or until(status):
+                    return status
+            except AuthenticationFailed:
+                # It answered, and refused what we have (a tokens file without --token, or
+                # a certificate our CA does not sign): it serves; its status is not ours to read.
+                return _unread_status(runtime)
             except EsdbError as exc:
                 last = exc
             finally:
                 client.close()
         time.sleep(0.05)
-    raise Timeout(
+    if status is not None and settle:
+        return status
+    if status is not None:
+        seen = f"role {status.role}, leader {status.leader_id or 'none'}"
+        raise _give_up(proc, config, f"the node did not {waiting_for} within {timeout:g}s ({seen})")
+    raise _give_up(
+        proc,
+        config,
         f"the node did not start serving within {timeout:g}s" + (f" ({last})" if last else ""),
-        hint=f"see {DataDir(config.data_dir).log}",
+    )
+
+
+def joins(config: NodeConfig) -> bool:
+    """Will this node join a running cluster through --join (a first start, not dns:)?"""
+    from esdb_node.discovery import is_dns_target
+
+    return (
+        bool(config.join)
+        and not is_dns_target(config.join or "")
+        and not DataDir(config.data_dir).has_raft_state()
+    )
+
+
+def has_leader(status: NodeStatus) -> bool:
+    return status.leader_id is not None
+
+
+DEFAULT_DATA_DIR = Path("esdb-data")
+
+
+def dir_flag(data_dir: Path) -> str:
+    """` -D DIR` for hints, unless DIR is the default (then the hint works as printed)."""
+    return "" if data_dir == DEFAULT_DATA_DIR else f" -D {data_dir}"
+
+
+def data_dir_of(pid: int) -> Path | None:
+    """The data directory of a running node: the one whose esdb.lock it holds open."""
+    try:
+        files = psutil.Process(pid).open_files()
+    except psutil.Error:
+        return None
+    for f in files:
+        if f.path.endswith("/esdb.lock"):
+            return Path(f.path).parent
+    return None
+
+
+def _unread_status(runtime: dict[str, object]) -> NodeStatus:
+    return NodeStatus(
+        node_id=str(runtime.get("node_id", "")),
+        store_id=str(runtime.get("store_id", "")),
+        role="unknown",
+        url=str(runtime.get("url", "")),
+        leader_id=None,
+        leader_url=None,
+        term=0,
+        commit_index=0,
+        applied_index=0,
+        last_position=-1,
+        stream_count=0,
+        version="",
+        mode=str(runtime.get("mode", "")),
+        ready=False,
+        pid=int(str(runtime.get("pid", 0))),
     )
 
 
@@ -179,7 +346,8 @@ def stop_node(data_dir: Path, *, timeout: float, force: bool) -> int:
     pid = running_pid(data_dir)
     if pid is None:
         raise NotFound(
-            f"no node is running on {data_dir}", hint="start one with `esdb node start --detach`"
+            f"no node is running on {data_dir}",
+            hint=f"start one with `esdb node start --detach{dir_flag(data_dir)}`",
         )
     if not stop_pid(pid, timeout=timeout, force=force):
         raise Timeout(
@@ -243,4 +411,44 @@ def repair_local(cluster: LocalCluster, node_id: str, *, wait: float = 120.0) ->
             if time.monotonic() > deadline:
                 raise Timeout(f"{node_id} did not catch up within {wait:g}s (lag {lag})")
             time.sleep(0.2)
-        return client.verify(node.url)
+        return client.verify(node.url, secret=cluster.secret)
+
+
+FOLLOW_POLL_S = 0.2
+
+
+def print_log(path: Path, *, lines: int, follow: bool, out: TextIO | None = None) -> None:
+    """The last `lines` lines of a node's log (all with 0), then with `follow` every line
+    written after them until interrupted (a log truncated meanwhile is read from its start)."""
+    stream = out or sys.stdout
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        raise NotFound(
+            f"no log at {path}",
+            hint="only detached nodes (`node start --detach`) and local clusters write one",
+        ) from None
+    with fh:
+        data = fh.read()
+        shown = data.splitlines(keepends=True)
+        if lines > 0:
+            shown = shown[-lines:]
+        stream.write(b"".join(shown).decode(errors="replace"))
+        stream.flush()
+        offset = len(data)
+        partial = b""
+        while follow:
+            time.sleep(FOLLOW_POLL_S)
+            size = os.fstat(fh.fileno()).st_size
+            if size < offset:  # truncated: start over
+                fh.seek(0)
+                offset = 0
+            chunk = fh.read()
+            if not chunk:
+                continue
+            offset += len(chunk)
+            partial += chunk
+            complete, _, partial = partial.rpartition(b"\n")
+            if complete:
+                stream.write((complete + b"\n").decode(errors="replace"))
+                stream.flush()

@@ -39,6 +39,7 @@ class LocalNode:
     # data_dir (`chaos disk-full`; unmounted and deleted by `down(purge=True)`).
     env: dict[str, str] = field(default_factory=dict)
     disk_image: str | None = None
+    http: str | None = None  # HOST:PORT of its HTTP API, if it serves one
 
     @property
     def listen(self) -> str:
@@ -76,7 +77,7 @@ class LocalCluster:
         except FileNotFoundError:
             raise NotFound(
                 f"no cluster in {directory} (missing cluster.json)",
-                hint="create one with `esdb cluster up --dir DIR`",
+                hint=f"create one with `esdb cluster up --dir {directory}`",
             ) from None
         except (OSError, ValueError) as exc:
             raise InvalidInput(f"cannot read {path}: {exc}") from None
@@ -150,8 +151,8 @@ class LocalCluster:
         if (directory / "cluster.json").exists():
             raise InvalidInput(
                 f"{directory} already holds a cluster",
-                hint="use `esdb cluster up --dir` on it again to restart it, "
-                "or `esdb cluster down --purge` first",
+                hint=f"`esdb cluster up --dir {directory}` restarts it; "
+                f"`esdb cluster down --dir {directory} --purge` deletes it",
             )
         ports = [] if hosts else _ports(nodes * 2, base_port)
         cluster = cls(
@@ -197,6 +198,7 @@ class LocalCluster:
             "join": join,
             "secret": self.secret,
             "durability": self.durability,
+            "http": node.http,
         }
         return NodeConfig.load(values, env={})
 
@@ -215,8 +217,14 @@ class LocalCluster:
         self, node: LocalNode, *, join: str | None = None, wait: float = 60.0
     ) -> LocalNode:
         cfg = self.config_for(node, join=join)
+        joining = local.joins(cfg)
         proc = self._spawn(node, cfg)
-        local.wait_serving(cfg, proc, wait)
+        if joining:  # a refused join ends the node: report that, not a started node
+            local.wait_serving(
+                cfg, proc, wait, until=local.has_leader, waiting_for="join the cluster"
+            )
+        else:
+            local.wait_serving(cfg, proc, wait)
         return self.replace_node(replace(node, pid=proc.pid))
 
     def add_node(
@@ -292,14 +300,22 @@ class LocalCluster:
             return client.statuses()
 
     def wait_leader(self, timeout: float = 60.0) -> NodeStatus:
-        """Until every running node agrees on one leader that is ready."""
+        """Until every running node agrees on one leader that is ready, and the leader knows
+        every node of this cluster by its id (each member registers itself through Raft right
+        after it learns the leader; redirects and `cluster members` need that)."""
         deadline = time.monotonic() + timeout
         last = "no answer yet"
+        ids = {n.id for n in self.nodes}
         while time.monotonic() < deadline:
             statuses = [s for s in self.statuses() if isinstance(s, NodeStatus)]
             leaders = {s.leader_id for s in statuses}
             leader = next((s for s in statuses if s.role == "leader"), None)
-            if leader is not None and leaders == {leader.node_id} and leader.ready:
+            if (
+                leader is not None
+                and leaders == {leader.node_id}
+                and leader.ready
+                and ids <= set(leader.members)
+            ):
                 return leader
             last = ", ".join(f"{s.node_id}: {s.role}/{s.leader_id}" for s in statuses) or last
             time.sleep(0.1)

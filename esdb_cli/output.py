@@ -7,142 +7,61 @@ terminal.
 
 from __future__ import annotations
 
-import base64
 import json
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 from esdb_node.errors import EsdbError
-from esdb_node.model import (
-    AppendResult,
-    DeleteResult,
-    MemberView,
-    NodeStatus,
-    RecordedEvent,
-    Snapshot,
-    StreamInfo,
-    VerifyReport,
-    iso_utc,
+from esdb_node.model import VerifyReport
+from esdb_node.ops import Scope
+from esdb_node.tokens import token_hash
+from esdb_node.views import (
+    Row,
+    append_row,
+    cluster_rows,
+    cluster_summary,
+    delete_row,
+    event_row,
+    member_row,
+    snapshot_row,
+    status_row,
+    stream_row,
+    verdict_rows,
 )
 
 if TYPE_CHECKING:
-    from esdb_node.cluster_view import ClusterSnapshot, Verdict
+    from esdb_node.backup import BackupManifest, Restored
+    from esdb_node.cluster_view import ClusterSnapshot
+
+__all__ = [
+    "FORMATS",
+    "STATUS_COLUMNS",
+    "Printer",
+    "Row",
+    "append_row",
+    "backup_row",
+    "cluster_rows",
+    "cluster_summary",
+    "delete_row",
+    "event_row",
+    "member_row",
+    "print_error",
+    "restore_row",
+    "say",
+    "snapshot_row",
+    "status_row",
+    "stream_row",
+    "tail_line",
+    "verdict_rows",
+    "verify_row",
+]
 
 FORMATS = ("table", "json", "jsonl")
-Row = dict[str, Any]
 
 
-# --- row builders (pure) -----------------------------------------------------------------------
-
-
-def _payload(raw: bytes, is_json: bool, key: str) -> Row:
-    if not raw:
-        return {key: {} if key == "metadata" else None}
-    if is_json or key == "metadata":
-        try:
-            return {key: json.loads(raw)}
-        except ValueError:
-            pass
-    return {key: base64.b64encode(raw).decode(), f"{key}_encoding": "base64"}
-
-
-def event_row(event: RecordedEvent) -> Row:
-    row: Row = {
-        "stream": event.stream,
-        "version": event.version,
-        "position": event.position,
-        "id": str(event.id),
-        "type": event.type,
-    }
-    row.update(_payload(event.data, event.is_json, "data"))
-    row.update(_payload(event.metadata, True, "metadata"))
-    row["created"] = iso_utc(event.created)
-    return row
-
-
-def append_row(result: AppendResult) -> Row:
-    return {
-        "stream": result.stream,
-        "first_version": result.first_version,
-        "last_version": result.last_version,
-        "position": result.position,
-        "last_position": result.last_position,
-    }
-
-
-def delete_row(result: DeleteResult) -> Row:
-    return {
-        "stream": result.stream,
-        "last_version": result.last_version,
-        "deleted": "tombstone" if result.hard else "soft",
-    }
-
-
-def stream_row(info: StreamInfo) -> Row:
-    state = "tombstoned" if info.tombstoned else "deleted" if info.deleted else "live"
-    return {
-        "stream": info.stream,
-        "last_version": info.last_version,
-        "first_visible": info.first_visible,
-        "state": state,
-        "max_count": info.metadata.max_count,
-        "max_age": info.metadata.max_age,
-        "truncate_before": info.metadata.truncate_before,
-        "custom": info.metadata.custom,
-    }
-
-
-def snapshot_row(snap: Snapshot, *, with_data: bool) -> Row:
-    row: Row = {"stream": snap.stream, "version": snap.version, "created": iso_utc(snap.created)}
-    if with_data:
-        row.update(_payload(snap.data, True, "data"))
-        row.update(_payload(snap.metadata, True, "metadata"))
-    else:
-        row["size"] = snap.size
-    return row
-
-
-def status_row(st: NodeStatus) -> Row:
-    return {
-        "node_id": st.node_id,
-        "store_id": st.store_id,
-        "url": st.url,
-        "mode": st.mode,
-        "role": st.role,
-        "leader_id": st.leader_id,
-        "leader_url": st.leader_url,
-        "term": st.term,
-        "commit_index": st.commit_index,
-        "applied_index": st.applied_index,
-        "last_position": st.last_position,
-        "streams": st.stream_count,
-        "ready": st.ready,
-        "durability": st.durability,
-        "raft": st.raft,
-        "pid": st.pid,
-        "version": st.version,
-        "uptime_s": st.uptime_s,
-    }
-
-
-def member_row(member: MemberView) -> Row:
-    """A member as the node sees it; last_seen becomes ISO-8601 UTC."""
-    last_seen = member.last_seen
-    return {
-        "id": member.node_id,
-        "url": member.url,
-        "raft": member.raft,
-        "role": member.role,
-        "reachable": member.reachable,
-        "found_by": member.found_by,
-        "last_seen": iso_utc(datetime.fromtimestamp(last_seen, tz=UTC))
-        if last_seen is not None
-        else None,
-    }
-
+# --- row builders (pure; the shared ones live in esdb_node.views) ------------------------------
 
 STATUS_COLUMNS = [
     "id",
@@ -158,38 +77,20 @@ STATUS_COLUMNS = [
 ]
 
 
-def cluster_rows(snapshot: ClusterSnapshot, pids: dict[str, int | None]) -> list[Row]:
-    rows = []
-    for m in snapshot.members:
-        row: Row = {
-            "id": m.id,
-            "role": m.role,
-            "url": m.url,
-            "pid": pids.get(m.id) or (m.status.pid if m.status else None),
-            "term": m.term,
-            "commit_index": m.commit_index,
-            "applied_index": m.applied_index,
-            "lag": m.lag,
-            "rtt_ms": m.rtt_ms,
-            "clock_offset_ms": m.clock_offset_ms,
-            "reachable": m.reachable,
-            "leader": m.leader_id,
-        }
-        if m.error:
-            row["error"] = m.error
-        rows.append(row)
-    return rows
+def backup_row(manifest: BackupManifest) -> Row:
+    return dict(asdict(manifest))
 
 
-def cluster_summary(snapshot: ClusterSnapshot, rows: list[Row]) -> Row:
+def restore_row(done: Restored) -> Row:
     return {
-        "leader": snapshot.leader,
-        "term": snapshot.term,
-        "quorum": snapshot.quorum,
-        "up": snapshot.up,
-        "total": snapshot.total,
-        "store_id": snapshot.store_id,
-        "nodes": rows,
+        "data_dir": str(done.data_dir),
+        "node_id": done.node_id,
+        "store_id": done.store_id,
+        "events": done.manifest.events,
+        "last_position": done.manifest.last_position,
+        "from_node": done.manifest.node_id,
+        "from_applied_index": done.manifest.applied_index,
+        "verified": done.report.ok,
     }
 
 
@@ -208,10 +109,6 @@ def verify_row(report: VerifyReport) -> Row:
     }
 
 
-def verdict_rows(verdict: Verdict) -> list[Row]:
-    return [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in verdict.checks]
-
-
 def cluster_summary_line(snapshot: ClusterSnapshot) -> str:
     leader = snapshot.leader or "none"
     return (
@@ -221,6 +118,15 @@ def cluster_summary_line(snapshot: ClusterSnapshot) -> str:
 
 
 # --- printing ----------------------------------------------------------------------------------
+
+
+def token_row(name: str, token: str, scopes: frozenset[Scope]) -> Row:
+    return {
+        "name": name,
+        "token": token,
+        "scopes": [s.value for s in Scope if s in scopes],
+        "hash": token_hash(token),
+    }
 
 
 def _cell(value: Any) -> str:
@@ -268,17 +174,14 @@ class Printer:
         elif self.fmt == "jsonl":
             self.json_line(row)
         else:
-            from rich.table import Table
-
-            table = Table(show_header=False, box=None, pad_edge=False)
-            table.add_column("key", style="bold")
-            table.add_column("value", overflow="fold")
-            for key, value in row.items():
-                table.add_row(key, _cell(value))
-            self._console().print(table)
+            self._console().print(_record_table(row))
 
     def rows(self, rows: Iterable[Row], columns: Sequence[str], *, key: str | None = None) -> int:
-        """Many objects. json wraps them in a list (or {key: [...]}), jsonl streams them."""
+        """Many objects. json wraps them in a list (or {key: [...]}), jsonl streams them.
+
+        A table never cuts ids, positions or times: when the terminal is too narrow for
+        every other column in full plus a little of the elidable ones (`data`), each row
+        is printed as a record (key/value lines) instead."""
         count = 0
         if self.fmt == "jsonl":
             for row in rows:
@@ -289,17 +192,68 @@ class Printer:
         if self.fmt == "json":
             self.json_doc({key: materialised} if key else materialised)
             return len(materialised)
-        from rich.table import Table
-
-        table = Table(box=None, pad_edge=False, header_style="bold")
-        for column in columns:
-            wide = column in ("data", "custom")
-            table.add_column(column, overflow="ellipsis" if wide else "fold", no_wrap=not wide)
-        for row in materialised:
-            table.add_row(*(_cell(row.get(c)) for c in columns))
-        if materialised:
-            self._console().print(table)
+        if not materialised:
+            return 0
+        console = self._console()
+        cells = [[_cell(row.get(c)) for c in columns] for row in materialised]
+        table = _fitted_table(columns, cells, console.width)
+        if table is not None:
+            console.print(table)
+            return len(materialised)
+        for i, row in enumerate(materialised):
+            if i:
+                console.print()
+            console.print(_record_table({c: row.get(c) for c in columns}))
         return len(materialised)
+
+
+# Columns a table may elide with "…" (free text); every other column is shown in full.
+ELIDABLE = ("data", "custom", "metadata", "detail", "error")
+# An elidable column narrower than this is not worth showing: use records instead.
+MIN_ELIDED = 10
+GAP = 2  # between table columns (Rich's padding of one on each side)
+
+
+def _fitted_table(columns: Sequence[str], cells: list[list[str]], width: int) -> Any:
+    """A Rich table that fits `width` with every non-elidable cell in full, or None."""
+    from rich.table import Table
+
+    natural = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    elidable = [c in ELIDABLE for c in columns]
+    fixed = sum(w for w, e in zip(natural, elidable, strict=True) if not e)
+    spare = width - fixed - GAP * (len(columns) - 1)
+    wanted = sum(w for w, e in zip(natural, elidable, strict=True) if e)
+    if spare < min(wanted, MIN_ELIDED * sum(elidable)) or spare < 0:
+        return None
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    # Elidable columns share what is left, in proportion to what they would need.
+    share = [
+        max(1, min(w, spare * w // max(wanted, 1))) if e else w
+        for w, e in zip(natural, elidable, strict=True)
+    ]
+    for column, w, e in zip(columns, share, elidable, strict=True):
+        table.add_column(column, width=w, no_wrap=True, overflow="ellipsis" if e else "fold")
+    for row in cells:
+        table.add_row(*row)
+    return table
+
+
+def _record_table(row: Row) -> Any:
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column("key", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for key, value in row.items():
+        table.add_row(key, _cell(value))
+    return table
+
+
+def tail_line(row: Row) -> str:
+    """`tail -o table`: one line per event, data as compact JSON (not a Python repr)."""
+    data = row.get("data")
+    shown = data if row.get("data_encoding") else _cell(data)
+    return f"{row['stream']}@{row['version']}  {row['type']}  {shown}"
 
 
 def say(message: str) -> None:
@@ -307,7 +261,13 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def print_error(exc: EsdbError) -> None:
+def print_error(exc: EsdbError, *, as_json: bool = False, code: str | None = None) -> None:
+    """One plain `error:` line (and `hint:`), or with --json one JSON object that scripts
+    can parse: {"error": {"code", "message", "hint"}}."""
+    if as_json:
+        doc = {"error": {"code": code or exc.code, "message": exc.message, "hint": exc.hint}}
+        print(json.dumps(doc, ensure_ascii=False), file=sys.stderr)
+        return
     print(f"error: {exc.message}", file=sys.stderr)
     if exc.hint:
         print(f"hint: {exc.hint}", file=sys.stderr)

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from esdb_node import ops
-from esdb_node.client.connection import format_url
 from esdb_node.errors import EsdbError, Timeout
 from esdb_node.model import MemberView, NodeStatus
 
@@ -144,7 +143,7 @@ def readiness(status: NodeStatus | EsdbError) -> Verdict:
     return Verdict(
         (
             Check("node", True, f"{st.node_id} at {st.url}"),
-            Check("leader", st.leader_id is not None, st.leader_id or "no leader known"),
+            _leader_check(st),
             Check(
                 "store",
                 st.ready,
@@ -157,6 +156,19 @@ def readiness(status: NodeStatus | EsdbError) -> Verdict:
             ),
         )
     )
+
+
+def _leader_check(st: NodeStatus) -> Check:
+    if st.leader_id is None:
+        return Check("leader", False, "no leader known")
+    if not st.has_quorum:
+        return Check(
+            "leader",
+            False,
+            f"no quorum: in touch with fewer than a majority of the members "
+            f"(last leader {st.leader_id})",
+        )
+    return Check("leader", True, st.leader_id)
 
 
 class ClusterView:
@@ -186,7 +198,10 @@ class ClusterView:
             return []
 
     async def snapshot(self) -> ClusterSnapshot:
-        seeds = [format_url(a) for a in self.client.addresses]
+        # Imported here: esdb_node.client imports this module, which must load first too.
+        from esdb_node.client.connection import format_url
+
+        seeds = [format_url(a, self.client.tls) for a in self.client.addresses]
         answers = dict(
             zip(seeds, await asyncio.gather(*(self._status(u) for u in seeds)), strict=True)
         )

@@ -18,6 +18,7 @@ DEFAULT_CLIENT_PORT = 2113
 DEFAULT_RAFT_PORT = 2114
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_EVENT_BYTES = 4 << 20
+URL_SCHEMES = ("esdb://", "esdb+tls://")
 
 
 def parse_hostport(
@@ -27,13 +28,16 @@ def parse_hostport(
     what: str = "address",
     allow_zero: bool = False,
 ) -> tuple[str, int]:
-    """Parse `host:port`, `[v6]:port`, `esdb://host:port` (or `host` with a default port).
+    """Parse `host:port`, `[v6]:port`, `esdb://host:port`, `esdb+tls://host:port` (or `host`
+    with a default port).
 
     The one parser for every address esdb reads (flags, URLs, peers, discovery records).
     """
     value = value.strip()
-    if value.startswith("esdb://"):
-        value = value[len("esdb://") :].rstrip("/")
+    for scheme in URL_SCHEMES:
+        if value.startswith(scheme):
+            value = value[len(scheme) :].rstrip("/")
+            break
     host, port_text = value, ""
     if value.startswith("["):
         close = value.find("]")
@@ -75,11 +79,17 @@ class NodeConfig:
     bootstrap_expect: int = 0
     bootstrap_timeout: float = 60.0
     secret: str | None = None
-    token: str | None = None
+    token: str | None = None  # a token with every scope (also presented to other members)
+    tokens_file: Path | None = None  # named, hashed tokens with scopes (esdb_node.tokens)
+    tls_cert: Path | None = None  # TLS on the client port: certificate chain (PEM)
+    tls_key: Path | None = None  # ... and its private key (PEM)
+    tls_ca: Path | None = None  # CA this node trusts when it calls other members over TLS
     durability: str = "fsync"
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     max_frame_bytes: int = 0  # 0: derived from max_event_bytes
     log_level: str = "info"
+    log_format: str = "text"  # text | json (one object per line)
+    http: str | None = None  # HOST:PORT of the HTTP API (health, metrics, REST, SSE); off
     # Tuning (TOML keys and ESDB_* variables; tests shorten them). Seconds unless noted.
     election_timeout: float = 1.0  # a follower elects after [t, 2t] without a leader
     leader_fallback_timeout: float = 2.5  # an isolated leader steps down after this
@@ -89,6 +99,14 @@ class NodeConfig:
     discovery_expiry: float = 90.0  # mdns: forget a peer not seen for S
     dns_interval: float = 10.0  # dns discovery: re-resolve every S
     max_clock_offset: float = 1.0  # seconds a member's clock may differ from the leader's
+    # What one client can cost the node (server/limits.py, raft/transport.py).
+    max_connections: int = 0  # client port; 0: 1000, or fewer if descriptors are short
+    max_pending_per_host: int = 64  # client connections from one host before hello
+    hello_timeout: float = 10.0  # to finish hello (client) or the handshake (raft)
+    frame_timeout: float = 30.0  # to finish a frame once started / take a reply
+    idle_timeout: float = 600.0  # client connection with nothing in flight
+    max_buffered_bytes: int = 0  # frames and replies in memory; 0: max(256 MiB, 4 frames)
+    raft_max_connections: int = 64  # incoming raft connections, members included
 
     @property
     def cluster_mode(self) -> bool:
@@ -103,6 +121,14 @@ class NodeConfig:
     @property
     def frame_limit(self) -> int:
         return self.max_frame_bytes or max(16 << 20, self.max_event_bytes * 2 + (1 << 20))
+
+    @property
+    def buffer_budget(self) -> int:
+        return self.max_buffered_bytes or max(256 << 20, 4 * self.frame_limit)
+
+    @property
+    def url_scheme(self) -> str:
+        return "esdb+tls://" if self.tls_cert else "esdb://"
 
     def advertised_host(self, bound_host: str) -> str:
         if self.advertise:
@@ -119,6 +145,12 @@ class NodeConfig:
             raise InvalidInput(f"durability must be fsync or os, not {self.durability!r}")
         if self.discovery not in ("static", "mdns"):
             raise InvalidInput(f"discovery must be static or mdns, not {self.discovery!r}")
+        if self.log_format not in ("text", "json"):
+            raise InvalidInput(f"log format must be text or json, not {self.log_format!r}")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+            raise InvalidInput(
+                f"log level must be debug, info, warning or error, not {self.log_level!r}"
+            )
         if self.max_event_bytes < 1024:
             raise InvalidInput("max event size must be at least 1024 bytes")
         if self.max_frame_bytes and self.max_frame_bytes < self.max_event_bytes + 4096:
@@ -133,13 +165,28 @@ class NodeConfig:
             "discovery_expiry",
             "dns_interval",
             "max_clock_offset",
+            "hello_timeout",
+            "frame_timeout",
+            "idle_timeout",
         ):
             if getattr(self, name) <= 0:
                 raise InvalidInput(f"{name} must be > 0 seconds")
+        if self.max_connections < 0 or self.max_buffered_bytes < 0:
+            raise InvalidInput("max_connections and max_buffered_bytes must be >= 0 (0: auto)")
+        if self.max_pending_per_host < 1 or self.raft_max_connections < 2:
+            raise InvalidInput("max_pending_per_host must be >= 1, raft_max_connections >= 2")
+        if self.max_buffered_bytes and self.max_buffered_bytes < 2 * self.frame_limit:
+            raise InvalidInput(
+                f"max_buffered_bytes must be at least two frames ({2 * self.frame_limit} bytes)"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidInput("TLS needs both --tls-cert and --tls-key")
         if self.compaction_entries < 2:
             raise InvalidInput("compaction_entries must be at least 2")
         parse_hostport(self.listen, what="--listen", allow_zero=True)
         parse_hostport(self.raft, what="--raft")
+        if self.http is not None:
+            parse_hostport(self.http, what="--http", allow_zero=True)
         for peer in self.peers:
             parse_hostport(peer, what="peer")
         if self.cluster_mode and not self.secret:
@@ -160,8 +207,21 @@ class NodeConfig:
         config_file: Path | None = None,
     ) -> NodeConfig:
         """Merge the three sources; `flags` holds only options the user actually gave."""
+        return cls.resolve(flags, env=env, config_file=config_file)[0]
+
+    @classmethod
+    def resolve(
+        cls,
+        flags: Mapping[str, Any],
+        *,
+        env: Mapping[str, str] | None = None,
+        config_file: Path | None = None,
+    ) -> tuple[NodeConfig, dict[str, str]]:
+        """The merged settings and where each came from: `flag`, `env` (an ESDB_* variable),
+        `file` (the TOML file) or `default` (`esdb node config --show`)."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
         if config_file is not None:
             try:
                 with config_file.open("rb") as fh:
@@ -173,18 +233,35 @@ class NodeConfig:
             section = document.get("node", document)
             for key, value in section.items():
                 values[key.replace("-", "_")] = value
+                sources[key.replace("-", "_")] = "file"
         for f in fields(cls):
-            env_value = env.get("ESDB_" + f.name.upper())
+            env_value = env.get(env_var(f.name))
             if env_value is not None and env_value != "":
                 values[f.name] = env_value
-        values.update({k: v for k, v in flags.items() if v is not None})
+                sources[f.name] = "env"
+        for key, value in flags.items():
+            if value is not None:
+                values[key] = value
+                sources[key] = "flag"
         known = {f.name: f for f in fields(cls)}
         unknown = set(values) - set(known)
         if unknown:
             raise InvalidInput(f"unknown node settings: {', '.join(sorted(unknown))}")
-        return replace(
+        config = replace(
             cls(), **{k: _coerce(known[k].type, k, v) for k, v in values.items()}
         ).validate()
+        return config, {f.name: sources.get(f.name, "default") for f in fields(cls)}
+
+
+def env_var(setting: str) -> str:
+    """The ESDB_* variable of a setting (`data_dir` -> ESDB_DATA_DIR)."""
+    return "ESDB_" + setting.upper()
+
+
+def toml_key(setting: str) -> str:
+    """The key of a setting in the TOML file (top level or under `[node]`; `data-dir` is
+    accepted too)."""
+    return setting
 
 
 def _coerce(annotation: Any, name: str, value: Any) -> Any:

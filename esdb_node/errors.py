@@ -58,6 +58,12 @@ class AuthenticationFailed(InvalidInput):
     code = "auth_failed"
 
 
+class PermissionDenied(AuthenticationFailed):
+    """The connection's token lacks the scope a request needs (read, write, admin)."""
+
+    code = "permission_denied"
+
+
 class DiscoveryConflict(InvalidInput):
     """Another node announces this node's id (or mDNS name) on the same network."""
 

@@ -9,6 +9,7 @@
     esdb.log          log of a detached node
     esdb.lock         held while a node runs (two nodes can never share a directory)
     leave-requested   written by `esdb node stop --leave` just before SIGTERM
+    restored-from.json  the backup manifest a restored node was seeded from
 
 Importing this module loads nothing heavy: the CLI reads pid and runtime files through it
 without importing the node.
@@ -44,6 +45,11 @@ class DataDir:
         return self.raft / "dump"
 
     @property
+    def checkpoint(self) -> Path:
+        """Whether the store was closed cleanly, and on which boot (storage/checkpoint.py)."""
+        return self.path / "checkpoint.json"
+
+    @property
     def identity(self) -> Path:
         return self.path / "identity.json"
 
@@ -67,6 +73,11 @@ class DataDir:
     def leave(self) -> Path:
         """Written by `esdb node stop --leave`: leave the cluster on the way out."""
         return self.path / "leave-requested"
+
+    @property
+    def restored_from(self) -> Path:
+        """The manifest of the backup this data directory was seeded from (esdb_node.backup)."""
+        return self.path / "restored-from.json"
 
     def has_raft_state(self) -> bool:
         """A node that ever ran as a cluster member rejoins from its own Raft state."""

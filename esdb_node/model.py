@@ -333,6 +333,10 @@ class NodeStatus:
     max_clock_offset: float = 1.0  # seconds; beyond this `cluster health` fails
     storage: str = "ok"  # ok | full | failed: whether this node can write its disk
     storage_error: str | None = None
+    # Connected to a majority of the members (itself included). A follower cut off from the
+    # others keeps naming its last leader (pysyncobj starts no election while it is connected
+    # to nobody), so "leader known" alone would call it ready.
+    has_quorum: bool = True
 
 
 @dataclass(frozen=True, slots=True)

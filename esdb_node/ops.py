@@ -9,7 +9,8 @@ parameter is its result type. From that one declaration follow:
 * routing: `write` operations are replicated and go to the leader; `needs_leader()` says
   where a client must send a request, `idempotent` whether it may resend it after an unknown
   outcome, `streaming` whether the answer is a stream of record chunks,
-* the token scope a request needs (`scope`).
+* the token scope a request needs (`scope`); ADMIN requests also carry a MAC made with the
+  cluster's admin key (`mac`, see `esdb_node.keys` and `signed_fields`).
 
 The server dispatches by type through a table (`esdb_node.server.dispatch`); the client has
 one typed method per operation (`esdb_node.client`). docs/protocol.md lists the wire names.
@@ -144,6 +145,10 @@ class HelloReply(msgspec.Struct, frozen=True, kw_only=True):
     leader_url: str | None
     max_frame: int
     max_event_bytes: int
+    # Fresh random bytes per connection: admin requests on it are signed over them.
+    nonce: bytes = b""
+    # What the token of this connection may do ("read", "write", "admin").
+    scopes: list[str] = msgspec.field(default_factory=list)
 
 
 class Hello(Request[HelloReply], tag="hello", kw_only=True, frozen=True):
@@ -182,6 +187,35 @@ class Append(Request[AppendResult], tag="append", kw_only=True, frozen=True):
     def check_limits(self, max_event_bytes: int) -> None:
         for event in self.events:
             check_event_size(event.size, f"event {_uuid(event.id)}", max_event_bytes)
+
+
+class StreamAppend(msgspec.Struct, frozen=True, kw_only=True):
+    """One part of an `append_many`."""
+
+    stream: str
+    expected: int = -2
+    events: Annotated[list[EventIn], msgspec.Meta(max_length=MAX_EVENTS)]
+
+    def __post_init__(self) -> None:
+        validate_stream_name(self.stream)
+        _expected(self.expected)
+        if not self.events:
+            raise InvalidInput(f"the append to {self.stream!r} has no events")
+
+
+class AppendMany(Request[list[AppendResult]], tag="append_many", kw_only=True, frozen=True):
+    """Append to several streams atomically: all parts or none. A failing part (wrong expected
+    version, ...) fails the whole request; its error says which part (`details.part`)."""
+
+    result = list[AppendResult]
+    scope = Scope.WRITE
+    write = True
+    parts: Annotated[list[StreamAppend], msgspec.Meta(min_length=1, max_length=1000)]
+
+    def check_limits(self, max_event_bytes: int) -> None:
+        for part in self.parts:
+            for event in part.events:
+                check_event_size(event.size, f"event {_uuid(event.id)}", max_event_bytes)
 
 
 class Delete(Request[DeleteResult], tag="delete", kw_only=True, frozen=True):
@@ -338,10 +372,23 @@ class Status(Request[NodeStatus], tag="status", kw_only=True, frozen=True):
 
 class Verify(Request[VerifyReport], tag="verify", kw_only=True, frozen=True):
     """Check every record checksum and cross-check the indexes against the log, on the
-    answering node, read-only (it scans the whole store: minutes for a large one)."""
+    answering node, read-only. Admin (signed with the cluster secret in a cluster): it scans
+    the whole store, minutes for a large one."""
 
     result = VerifyReport
     scope = Scope.ADMIN
+    mac: bytes = b""
+
+
+class Backup(Request[list[bytes]], tag="backup", kw_only=True, frozen=True):
+    """A consistent, compacted copy of the answering node's store (one LMDB read
+    transaction), streamed as chunks of the data file's bytes (`esdb node backup`). The copy
+    records the Raft index and term it reflects."""
+
+    result = list[bytes]
+    streaming = True
+    scope = Scope.ADMIN
+    mac: bytes = b""
 
 
 # --- cluster administration ---------------------------------------------------------------------
@@ -372,8 +419,8 @@ class AddMember(Request[MemberAdded], tag="add_member", kw_only=True, frozen=Tru
     raft: str
     url: str = ""
     store_id: str = ""
-    secret: str
     found_by: str = "join"
+    mac: bytes = b""
 
 
 class MemberRemoved(msgspec.Struct, frozen=True):
@@ -388,7 +435,7 @@ class RemoveMember(Request[MemberRemoved], tag="remove_member", kw_only=True, fr
     scope = Scope.ADMIN
     write = True
     node: str
-    secret: str
+    mac: bytes = b""
 
 
 class SteppedDown(msgspec.Struct, frozen=True):
@@ -404,7 +451,7 @@ class StepDown(Request[SteppedDown], tag="stepdown", kw_only=True, frozen=True):
     write = True
     idempotent = False
     to: str | None = None
-    secret: str
+    mac: bytes = b""
 
 
 class PartitionState(msgspec.Struct, frozen=True):
@@ -419,9 +466,9 @@ class Fault(Request[PartitionState], tag="fault", kw_only=True, frozen=True):
     result = PartitionState
     scope = Scope.ADMIN
     idempotent = False
-    secret: str
     drop_in: list[str] = msgspec.field(default_factory=list)
     drop_out: list[str] = msgspec.field(default_factory=list)
+    mac: bytes = b""
 
 
 def _registry() -> dict[str, type[Request[Any]]]:
@@ -433,8 +480,22 @@ def _registry() -> dict[str, type[Request[Any]]]:
         name = cls.wire_name()
         if name in found:
             raise TypeError(f"two operations named {name!r}")
+        if cls.scope is Scope.ADMIN and "mac" not in cls.__struct_fields__:
+            raise TypeError(f"admin operation {name!r} needs a `mac` field")
         found[name] = cls
     return dict(sorted(found.items()))
+
+
+_UNSIGNED = frozenset({"id", "timeout", "mac"})
+
+
+def signed_fields(request: Request[Any]) -> dict[str, Any]:
+    """The fields an admin request's MAC covers, under their wire names (`esdb_node.keys`)."""
+    return {
+        f.encode_name: getattr(request, f.name)
+        for f in msgspec.structs.fields(request)
+        if f.name not in _UNSIGNED
+    }
 
 
 OPERATIONS: dict[str, type[Request[Any]]] = _registry()

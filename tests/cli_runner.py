@@ -21,4 +21,4 @@ class Run:
 Esdb = Callable[..., Run]
 
 # Variables from a developer's shell that would point the CLI at another node or secret.
-CLI_ENV = ("ESDB_URL", "ESDB_CLUSTER_DIR", "ESDB_TOKEN", "ESDB_DATA_DIR", "ESDB_SECRET")
+CLI_ENV = ("ESDB_URL", "ESDB_CLUSTER_DIR", "ESDB_TOKEN", "ESDB_DATA_DIR", "ESDB_SECRET", "ESDB_CA")

@@ -74,3 +74,18 @@ def esdb(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) ->
         return Run(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture
+def detached() -> Iterator[list[Path]]:
+    """Data directories of nodes a test starts with `esdb node start --detach`: whatever
+    still runs on them at teardown is stopped by PID (SIGTERM, then SIGKILL)."""
+    from esdb_cli import local
+
+    dirs: list[Path] = []
+    yield dirs
+    for d in dirs:
+        pid = local.running_pid(d)
+        if pid is not None:
+            local.stop_pid(pid, timeout=10, force=True)
+            local.reap(pid)

@@ -4,7 +4,9 @@
   Rich or Textual;
 * `esdb_node.storage` imports neither `raft` nor `server`;
 * `import esdb_cli.main` (what every `esdb --help` pays for) loads neither LMDB nor the node,
-  Raft, zeroconf or Textual.
+  Raft, zeroconf or Textual;
+* the dashboard's poller, event log, throughput, chaos plans and cell builders are headless:
+  only `esdb_cli.tui.app` (and the launcher that wires it) imports Textual.
 """
 
 from __future__ import annotations
@@ -63,9 +65,25 @@ def test_storage_imports_neither_raft_nor_server() -> None:
     assert "pysyncobj" not in roots(loaded)
 
 
-@pytest.mark.parametrize("heavy", ["lmdb", "pysyncobj", "zeroconf", "textual"])
+@pytest.mark.parametrize(
+    "heavy", ["lmdb", "pysyncobj", "zeroconf", "textual", "aiohttp", "prometheus_client"]
+)
 def test_cli_entry_point_loads_no_node_machinery(heavy: str) -> None:
     loaded = loaded_after("esdb_cli.main")
     assert heavy not in roots(loaded)
-    node = {"esdb_node.node", "esdb_node.storage.store", "esdb_node.raft", "esdb_node.cluster"}
+    node = {
+        "esdb_node.node",
+        "esdb_node.storage.store",
+        "esdb_node.raft",
+        "esdb_node.cluster",
+        "esdb_node.server.http",
+        "esdb_node.backup",
+    }
     assert not loaded & node
+
+
+def test_dashboard_data_is_headless() -> None:
+    headless = ["poller", "changes", "throughput", "actions", "render"]
+    loaded = loaded_after(*(f"esdb_cli.tui.{name}" for name in headless))
+    assert "textual" not in roots(loaded)
+    assert "esdb_cli.tui.app" not in loaded

@@ -218,7 +218,8 @@ def _warnings(ix: HistoryIndex) -> list[str]:
 
 
 def report_to_json(report: CheckReport) -> dict[str, Any]:
-    """The `esdb chaos drill --json` keys (DESIGN.md §4) plus the checker's details."""
+    """The `esdb chaos drill --json` keys (docs/history-format.md §5) plus the checker's
+    details."""
     return {
         "scenario": report.scenario,
         "seed": report.seed,
@@ -243,7 +244,7 @@ def report_to_json(report: CheckReport) -> dict[str, Any]:
 
 
 def render_text(report: CheckReport, *, details_per_kind: int = 10) -> str:
-    """The human summary of notes/reliability.md §5.3, then anomaly details."""
+    """The human summary (docs/history-format.md §5), then anomaly details."""
     a, r, u = report.appends, report.reads, report.unknown_outcomes
     counts = {k: n for k, n in report.anomaly_counts.items() if n}
     diverged = sorted(

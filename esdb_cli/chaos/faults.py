@@ -20,6 +20,7 @@ from typing import Protocol
 
 from esdb_cli import local, loopfs
 from esdb_cli.chaos import disk, shims
+from esdb_cli.local import is_stopped
 from esdb_cli.localcluster import LocalCluster, LocalNode
 from esdb_node.client import Client
 from esdb_node.errors import EsdbError, InvalidInput, NotFound, Unavailable
@@ -54,6 +55,28 @@ class FaultReport:
     # When the fault was fully in effect (every node partitioned, the process gone): an
     # append invoked before this may succeed without proving anything about recovery.
     in_force_ns: int = 0
+    # The most members that still run and reach each other, of how many: without a
+    # majority no leader can be elected until the fault is healed.
+    together: int = 0
+    members: int = 0
+
+    @property
+    def majority(self) -> bool:
+        return self.together * 2 > self.members
+
+    @property
+    def summary(self) -> str:
+        """One line for people: what was done to whom, and whether writes recovered."""
+        if not self.majority:
+            recovered = (
+                f"no majority left ({self.together} of {self.members} members run and reach "
+                "each other): no leader can be elected until healed (`esdb chaos heal`)"
+            )
+        elif self.recovery_s is not None:
+            recovered = f"recovered in {self.recovery_s:.2f}s"
+        else:
+            recovered = "no acknowledged write yet"
+        return f"{self.action} {self.target}: {self.detail}; {recovered}"
 
     def row(self) -> dict[str, object]:
         return {
@@ -66,6 +89,7 @@ class FaultReport:
             "health_before": self.health_before,
             "health_after": self.health_after,
             "detail": self.detail,
+            "majority": self.majority,
         }
 
 
@@ -231,6 +255,26 @@ class Restart:
     def inject(self, env: ChaosEnv, target: str) -> str:
         detail, self.in_force_ns = restart(env, target, graceful=self.graceful)
         return detail
+
+
+@dataclass
+class StepDown:
+    """Make the leader hand leadership over: to `to` (a node id), or to the most caught-up
+    member. Not a crash: the leader stays up, so recovery is one election's worth."""
+
+    to: str | None = None
+    action: str = "stepdown"
+
+    def target(self, env: ChaosEnv) -> str:
+        return env.pick("leader").id
+
+    def inject(self, env: ChaosEnv, target: str) -> str:
+        if self.to is not None and env.node(self.to).id == target:
+            raise InvalidInput(f"{target} already leads")
+        with env.client(timeout=10.0) as client:
+            reply = client.stepdown(env.cluster.secret, to=self.to, timeout=10.0)
+        new = next((n.id for n in env.cluster.nodes if n.raft == reply.new_leader), None)
+        return f"handed leadership to {new or reply.new_leader or 'nobody yet (an election runs)'}"
 
 
 def restart(
@@ -515,7 +559,10 @@ def run_fault(
     # otherwise it is from now on.
     in_force = getattr(fault, "in_force_ns", None) or time.monotonic_ns()
     since = t_ns / 1e9
-    recovery = env.wait_recovered(recovery_timeout, since) if measure else None
+    together, members = largest_group(env, fault)
+    # Without a majority nothing can recover until healed: say so now, not after the wait.
+    waits = measure and together * 2 > members
+    recovery = env.wait_recovered(recovery_timeout, since) if waits else None
     after = env.health()
     return FaultReport(
         action=fault.action,
@@ -529,9 +576,19 @@ def run_fault(
         health_after=after.summary,
         detail=detail,
         in_force_ns=in_force,
+        together=together,
+        members=members,
     )
 
 
-def is_stopped(pid: int) -> bool:
-    """True if `pid` is stopped by a signal (SIGSTOP): state T in /proc/PID/stat."""
-    return local.proc_state(pid) == "T"
+def largest_group(env: ChaosEnv, fault: Fault) -> tuple[int, int]:
+    """(the most members that run, are not paused and can reach each other; all members)."""
+    running = set()
+    for node in env.cluster.nodes:
+        pid = env.cluster.running_pid(node)
+        if pid is not None and not is_stopped(pid):
+            running.add(node.id)
+    groups = [running]
+    if isinstance(fault, Partition) and not fault.one_way:
+        groups = [set(side) & running for side in fault.sides]
+    return max((len(g) for g in groups), default=0), len(env.cluster.nodes)

@@ -11,7 +11,7 @@ down` in the switch namespace): packets are dropped silently both ways, for peer
 alike, as with a pulled cable. One-way cuts and sides of several nodes are nftables rules in
 the receiving nodes' namespaces, which drop only traffic between nodes.
 
-Safety (notes/reliability.md §3): the guard refuses to start anything unless every
+Safety (docs/chaos.md, `--netns`): the guard refuses to start anything unless every
 namespace holds only loopback/veth/bridge links and has no default route; teardown
 kills by PID whatever still runs in our namespaces (SIGTERM, bounded wait, SIGKILL) and
 then deletes them, also when the drill failed.

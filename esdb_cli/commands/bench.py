@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from esdb_cli.context import client_command, printer, resolve_token, resolve_urls
+from esdb_cli.context import client_command, connect, printer, resolve_token, resolve_urls
 from esdb_cli.output import say
 
 app = typer.Typer(help="Measure a running node or cluster (bounded in time).", no_args_is_help=True)
@@ -27,6 +27,8 @@ def append(
     """
     from esdb_cli.bench import run_append
 
+    with connect() as client:  # no node, no bench: fail now, like every other command
+        client.status()
     say(f"appending for {duration:g}s: {clients} clients, batches of {batch}, {size}-byte events")
     result = asyncio.run(
         run_append(
@@ -49,5 +51,7 @@ def read(
     """Stream `$all` from the start to one client and report events/s."""
     from esdb_cli.bench import run_read_all
 
+    with connect() as client:
+        client.status()
     result = asyncio.run(run_read_all(resolve_urls(), limit=limit, token=resolve_token()))
     printer().record(result.to_json())

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from esdb_cli import completion as completions
 from esdb_cli.context import client_command, cluster_dir, printer
 from esdb_cli.output import say
 from esdb_node.errors import InvalidInput, Unhealthy
@@ -24,7 +25,12 @@ app = typer.Typer(
 )
 
 NodeArg = Annotated[
-    str | None, typer.Argument(help="Node id (see `esdb cluster status`).", show_default=False)
+    str | None,
+    typer.Argument(
+        help="Node id (see `esdb cluster status`).",
+        show_default=False,
+        autocompletion=completions.node_ids,
+    ),
 ]
 LeaderOpt = Annotated[bool, typer.Option("--leader", help="Target the current leader.")]
 RandomOpt = Annotated[bool, typer.Option("--random", help="Target a random node.")]
@@ -54,12 +60,7 @@ def _run(fault: Fault) -> None:
     from esdb_cli.chaos.faults import run_fault
 
     report = run_fault(_env(), fault)
-    recovered = (
-        f"recovered in {report.recovery_s:.2f}s"
-        if report.recovery_s is not None
-        else "no acknowledged write yet"
-    )
-    say(f"{report.action} {report.target}: {report.detail}; {recovered}")
+    say(report.summary)
     printer().record(report.row())
 
 
@@ -93,7 +94,9 @@ def pause(node: NodeArg = None, leader: LeaderOpt = False, random_: RandomOpt = 
 
 @app.command()
 @client_command
-def resume(node: Annotated[str, typer.Argument(help="Node id.")]) -> None:
+def resume(
+    node: Annotated[str, typer.Argument(help="Node id.", autocompletion=completions.node_ids)],
+) -> None:
     """Unfreeze a paused node (SIGCONT)."""
     from esdb_cli.chaos.faults import Resume
 
@@ -127,8 +130,11 @@ def partition(
 ) -> None:
     """Stop Raft traffic between sides (in the nodes' transport: no root needed).
 
-    Examples: esdb chaos partition --isolate leader;  esdb chaos partition n1,n2 n3;
-    esdb chaos partition --one-way n1 n2   (n1 cannot send to n2; n2 still reaches n1)
+    \b
+    Examples:
+      esdb chaos partition --isolate leader
+      esdb chaos partition n1,n2 n3
+      esdb chaos partition --one-way n1 n2   # n1 cannot send to n2; n2 still reaches n1
     """
     from esdb_cli.chaos.faults import Partition
 
@@ -246,9 +252,11 @@ def drill(
     ] = 3,
     history: Annotated[
         Path | None,
-        typer.Option(help="Write the operation history here (JSON Lines, docs/history-format.md)."),
+        typer.Option(help="Write the operation history here (JSON Lines)."),
     ] = None,
-    keep: Annotated[bool, typer.Option(help="Keep the throwaway cluster running.")] = False,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep the throwaway cluster running.")
+    ] = False,
     test_flag: Annotated[
         list[str] | None,
         typer.Option(
@@ -269,6 +277,7 @@ def drill(
     """Run a drill and check that no acknowledged event was lost (exit 0 clean, 5 if not).
 
     Without --cluster-dir it starts a throwaway local cluster and removes it afterwards.
+    The --history format is described in docs/history-format.md.
     """
     from esdb_cli.chaos import netns as nx
     from esdb_cli.chaos.checker import render_text, report_to_json

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from esdb_cli import completion as completions
 from esdb_cli import inputs
-from esdb_cli.context import client_command, cluster_dir, connect, options, printer
+from esdb_cli.context import (
+    SecretOpt,
+    client_command,
+    cluster_dir,
+    cluster_dir_command,
+    connect,
+    local_cluster_command,
+    options,
+    printer,
+    resolve_secret,
+)
 from esdb_cli.localcluster import LocalCluster
 from esdb_cli.output import (
     STATUS_COLUMNS,
@@ -22,21 +33,20 @@ from esdb_cli.output import (
 from esdb_node.cluster_view import ClusterSnapshot
 from esdb_node.errors import EsdbError, InvalidInput, Unavailable, Unhealthy
 
+if TYPE_CHECKING:
+    from esdb_node.client import Client
+
 app = typer.Typer(
     help="Start local clusters and inspect or change any cluster.", no_args_is_help=True
 )
 
+DEFAULT_DIR = Path("esdb-cluster")
 DirOpt = Annotated[
-    Path,
+    Path | None,
     typer.Option(
-        "--dir", help="Directory of the local cluster (cluster.json, one data dir per node)."
-    ),
-]
-SecretOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--secret",
-        help="Cluster secret (default: ESDB_SECRET, or the local cluster's).",
+        "--dir",
+        help="Directory of the local cluster (cluster.json, one data dir per node). "
+        "Default: --cluster-dir, else ESDB_CLUSTER_DIR, else ./esdb-cluster.",
         show_default=False,
     ),
 ]
@@ -47,22 +57,30 @@ def _local(directory: Path | None = None) -> LocalCluster | None:
     return LocalCluster.load(path) if path is not None else None
 
 
+def _directory(flag: Path | None) -> Path:
+    """--dir, else --cluster-dir, else ESDB_CLUSTER_DIR, else ./esdb-cluster."""
+    return flag or cluster_dir() or DEFAULT_DIR
+
+
+def _member_ids(client: Client) -> dict[str, str]:
+    """Raft address -> node id, from the replicated registry (for replies that name rafts)."""
+    return {m.raft: m.node_id for m in client.members()}
+
+
 def _secret(flag: str | None) -> str:
-    if flag:
-        return flag
-    if os.environ.get("ESDB_SECRET"):
-        return os.environ["ESDB_SECRET"]
-    local = _local()
-    if local is not None:
-        return local.secret
-    raise InvalidInput(
-        "this needs the cluster secret", hint="pass --secret, set ESDB_SECRET, or use --cluster-dir"
-    )
+    secret = resolve_secret(flag)
+    assert secret is not None
+    return secret
 
 
 def _snapshot() -> ClusterSnapshot:
+    """The cluster view; exit 3 when no node answered at all (like every other command)."""
     with connect() as client:
-        return client.cluster_snapshot(member_timeout=min(options().timeout, 2.0))
+        snapshot = client.cluster_snapshot(member_timeout=min(options().timeout, 2.0))
+        if snapshot.up == 0:
+            errors = "; ".join(m.error or m.url for m in snapshot.members)
+            raise Unavailable(f"no node reachable: {errors}", unreachable=True)
+    return snapshot
 
 
 def _pids(snapshot: ClusterSnapshot) -> dict[str, int | None]:
@@ -89,12 +107,13 @@ def _print_statuses() -> None:
 
 
 @app.command()
-@client_command
+@local_cluster_command
 def up(
-    directory: DirOpt = Path("esdb-cluster"),
+    directory: DirOpt = None,
     nodes: Annotated[
-        int, typer.Option("--nodes", "-n", min=1, max=15, help="Number of nodes.")
-    ] = 3,
+        int | None,
+        typer.Option("--nodes", "-n", min=1, max=15, help="Number of nodes [default: 3]."),
+    ] = None,
     base_port: Annotated[
         int | None,
         typer.Option(
@@ -102,8 +121,8 @@ def up(
         ),
     ] = None,
     secret: SecretOpt = None,
-    store_id: Annotated[str, typer.Option(help="Store id.")] = "default",
-    durability: Annotated[str, typer.Option(help="fsync or os.")] = "fsync",
+    store_id: Annotated[str | None, typer.Option(help="Store id [default: default].")] = None,
+    durability: Annotated[str | None, typer.Option(help="fsync or os [default: fsync].")] = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for a leader.")] = 60.0,
     setting: Annotated[
         list[str] | None,
@@ -121,18 +140,20 @@ def up(
     Writes DIR/cluster.json (ids, pids, addresses, the secret) and waits for a leader.
     Then use `--cluster-dir DIR` (or ESDB_CLUSTER_DIR) with any command.
     """
+    directory = _directory(directory)
     if (directory / "cluster.json").exists():
         cluster = LocalCluster.load(directory)
+        _say_ignored(cluster, nodes, base_port, secret, store_id, durability, setting)
         started = cluster.start(wait)
         say(f"restarted {', '.join(started)}" if started else "all nodes already running")
     else:
         cluster = LocalCluster.create(
             directory,
-            nodes=nodes,
+            nodes=3 if nodes is None else nodes,
             base_port=base_port,
             secret=secret or os.environ.get("ESDB_SECRET"),
-            store_id=store_id,
-            durability=durability,
+            store_id=store_id or "default",
+            durability=durability or "fsync",
             settings=inputs.node_settings(setting or []),
             test_flags=test_flag or (),
         )
@@ -147,13 +168,49 @@ def up(
     _print_statuses()
 
 
+def _say_ignored(
+    cluster: LocalCluster,
+    nodes: int | None,
+    base_port: int | None,
+    secret: str | None,
+    store_id: str | None,
+    durability: str | None,
+    setting: list[str] | None,
+) -> None:
+    """`cluster up` on an existing cluster restarts it as it was made: say which of the
+    options given do not apply, rather than ignore them silently."""
+    ignored = [
+        name
+        for name, given, current in (
+            ("--nodes", nodes, len(cluster.nodes)),
+            ("--base-port", base_port, None),
+            ("--secret", secret, cluster.secret),
+            ("--store-id", store_id, cluster.store_id),
+            ("--durability", durability, cluster.durability),
+            ("--set", setting, None),
+        )
+        if given is not None and given != current
+    ]
+    if ignored:
+        say(
+            f"note: {cluster.dir} already holds a {len(cluster.nodes)}-node cluster; "
+            f"ignoring {', '.join(ignored)} (they apply when a cluster is created). "
+            "Grow it with `esdb cluster add`, or start afresh after "
+            f"`esdb cluster down --dir {cluster.dir} --purge`."
+        )
+
+
 @app.command()
+@cluster_dir_command
 def down(
-    directory: DirOpt = Path("esdb-cluster"),
-    purge: Annotated[bool, typer.Option(help="Also delete the directory and all data.")] = False,
+    directory: DirOpt = None,
+    purge: Annotated[
+        bool, typer.Option("--purge", help="Also delete the directory and all data.")
+    ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each node.")] = 30.0,
 ) -> None:
     """Stop every node of a local cluster (SIGTERM, then SIGKILL after --timeout)."""
+    directory = _directory(directory)
     stopped = LocalCluster.load(directory).down(purge=purge, timeout=timeout)
     say(
         f"stopped {', '.join(stopped) or 'nothing (no node was running)'}"
@@ -220,26 +277,23 @@ def members() -> None:
 
 
 @app.command()
-@client_command
+@local_cluster_command
 def add(
-    directory: Annotated[
-        Path | None,
-        typer.Option(
-            "--dir", help="Local cluster to grow (default: --cluster-dir).", show_default=False
-        ),
-    ] = None,
+    directory: DirOpt = None,
     node_id: Annotated[str | None, typer.Option(help="Id of the new node.")] = None,
 ) -> None:
     """Start one more local node and join it to the cluster (one change at a time).
 
     For a node on another machine, start it there with `esdb node start --join URL`.
     """
-    cluster = _local(directory)
-    if cluster is None:
+    path = _directory(directory)
+    if not (path / "cluster.json").exists():
         raise InvalidInput(
-            "`cluster add` grows a local cluster; pass --dir or --cluster-dir",
-            hint="for a remote node: esdb node start --join esdb://LEADER:PORT",
+            f"no local cluster in {path} to grow",
+            hint="pass --dir / --cluster-dir (or set ESDB_CLUSTER_DIR); for a node on another "
+            "machine: esdb node start --join esdb://MEMBER:PORT",
         )
+    cluster = LocalCluster.load(path)
     node = cluster.add_node(node_id)
     say(f"{node.id} joined; it catches up from the leader in the background")
     printer().record({"id": node.id, "url": node.url, "raft": node.raft, "pid": node.pid})
@@ -248,14 +302,23 @@ def add(
 @app.command()
 @client_command
 def remove(
-    node: Annotated[str, typer.Argument(help="Node id (or raft address) to remove.")],
+    node: Annotated[
+        str,
+        typer.Argument(
+            help="Node id (or raft address) to remove.", autocompletion=completions.node_ids
+        ),
+    ],
     secret: SecretOpt = None,
     keep_running: Annotated[
-        bool, typer.Option(help="Local cluster: do not stop the removed node's process.")
+        bool,
+        typer.Option(
+            "--keep-running", help="Local cluster: do not stop the removed node's process."
+        ),
     ] = False,
 ) -> None:
     """Remove a member (dead or alive) from the cluster; a local node is also stopped."""
     with connect() as client:
+        ids = _member_ids(client)
         reply = client.remove_member(node, _secret(secret))
     local = _local()
     if local is not None and not keep_running:
@@ -267,8 +330,15 @@ def remove(
             local.stop_node(target)
             local.nodes = [n for n in local.nodes if n.id != target.id]
             local.save()
-    say(f"removed {reply.removed}")
-    printer().record({"removed": reply.removed, "members": reply.members})
+    removed = ids.get(reply.removed, reply.removed)
+    say(f"removed {removed} ({reply.removed})")
+    printer().record(
+        {
+            "removed": removed,
+            "raft": reply.removed,
+            "members": sorted(ids.get(m, m) for m in reply.members),
+        }
+    )
 
 
 @app.command()
@@ -277,12 +347,18 @@ def stepdown(
     to: Annotated[
         str | None,
         typer.Option(
-            "--to", help="Node id to hand leadership to (default: the most caught-up member)."
+            "--to",
+            help="Node id to hand leadership to (default: the most caught-up member).",
+            autocompletion=completions.node_ids,
         ),
     ] = None,
     secret: SecretOpt = None,
 ) -> None:
     """Make the leader hand over leadership."""
     with connect() as client:
+        ids = _member_ids(client)
         reply = client.stepdown(_secret(secret), to=to)
-    printer().record({"old_leader": reply.old_leader, "new_leader": reply.new_leader})
+    old = ids.get(reply.old_leader, reply.old_leader)
+    new = ids.get(reply.new_leader, reply.new_leader) if reply.new_leader else None
+    say(f"leadership moved from {old} to {new or 'nobody yet (an election is running)'}")
+    printer().record({"old_leader": old, "new_leader": new})

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from esdb_cli import completion as completions
 from esdb_cli import inputs
 from esdb_cli.context import client_command, connect, printer
 from esdb_cli.output import say, snapshot_row
@@ -13,7 +14,12 @@ from esdb_node.errors import InvalidInput
 
 app = typer.Typer(help="Save and load aggregate snapshots.", no_args_is_help=True)
 
-StreamArg = Annotated[str, typer.Argument(help="The aggregate's stream, e.g. order-42.")]
+StreamArg = Annotated[
+    str,
+    typer.Argument(
+        help="The aggregate's stream, e.g. order-42.", autocompletion=completions.stream_names
+    ),
+]
 
 
 @app.command()

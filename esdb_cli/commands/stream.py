@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import fnmatch
-from typing import Annotated
+import itertools
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from esdb_cli import completion as completions
 from esdb_cli import inputs
 from esdb_cli.context import client_command, connect, options, printer
-from esdb_cli.output import append_row, delete_row, event_row, stream_row
+from esdb_cli.output import append_row, delete_row, event_row, say, stream_row, tail_line
 from esdb_node.errors import InvalidInput
-from esdb_node.model import AllFilter, StreamMetadata, parse_expected_version
+from esdb_node.model import AllFilter, RecordedEvent, StreamMetadata, parse_expected_version
+
+if TYPE_CHECKING:
+    from esdb_node.client import Client
 
 EXPECTED_HELP = "any | no-stream | exists | N (the stream's current last version)."
 STREAM_COLUMNS = ["version", "type", "created", "id", "data"]
@@ -20,7 +25,12 @@ ALL_COLUMNS = ["position", "stream", "version", "type", "created", "data"]
 
 @client_command
 def append(
-    stream: Annotated[str, typer.Argument(help="Stream to append to, e.g. order-42.")],
+    stream: Annotated[
+        str,
+        typer.Argument(
+            help="Stream to append to, e.g. order-42.", autocompletion=completions.stream_names
+        ),
+    ],
     event_type: Annotated[str | None, typer.Option("--type", "-t", help="Event type.")] = None,
     data: Annotated[
         str | None, typer.Option("--data", "-d", help="Event data: JSON, @FILE, or - (stdin).")
@@ -64,36 +74,114 @@ def append(
     printer().record(append_row(result))
 
 
+StreamArg = Annotated[
+    str, typer.Argument(help="Stream name.", autocompletion=completions.stream_names)
+]
+TypesOpt = Annotated[
+    list[str] | None,
+    typer.Option("--type", "-t", help="Only these event types (repeatable).", show_default=False),
+]
+PatternOpt = Annotated[
+    str | None,
+    typer.Option("--pattern", help="Only event types matching this glob, e.g. 'Order*'."),
+]
+WhereOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--where",
+        help="Only events whose JSON has PATH=VALUE, e.g. data.country=NL (repeatable).",
+        show_default=False,
+    ),
+]
+
+
 @client_command
 def read(
-    stream: Annotated[str, typer.Argument(help="Stream name, or '$all' for the global log.")],
+    stream: Annotated[
+        str,
+        typer.Argument(
+            help="Stream, CATEGORY-* for a category (e.g. 'order-*'), or '$all' for the "
+            "global log.",
+            autocompletion=completions.stream_names,
+        ),
+    ],
     from_: Annotated[
         str | None,
         typer.Option(
             "--from",
-            help="start | end | N (a version; a "
-            "position for $all). Default: start, or end with --backward.",
+            help="start | end | N (a version; a position for '$all' and categories). "
+            "Default: start, or end with --backward.",
         ),
     ] = None,
     backward: Annotated[bool, typer.Option("--backward", "-b", help="Newest first.")] = False,
     limit: Annotated[
-        int | None, typer.Option("--limit", "-n", min=0, help="At most N events.")
+        int | None, typer.Option("--limit", "-n", min=0, help="At most N events (after filters).")
     ] = None,
+    event_type: TypesOpt = None,
+    pattern: PatternOpt = None,
+    where: WhereOpt = None,
     consistency: Annotated[
-        str, typer.Option("--consistency", help="leader (up to date) or local (any node, may lag).")
+        str,
+        typer.Option(
+            "--consistency",
+            help="leader (up to date) or local (any node, may lag).",
+            autocompletion=completions.choices("leader", "local"),
+        ),
     ] = "leader",
 ) -> None:
-    """Read events of a stream (or of '$all') as a table, JSON or JSON Lines."""
+    """Read events of a stream, a category or '$all' as a table, JSON or JSON Lines.
+
+    \b
+    Examples:
+      esdb read order-1
+      esdb read 'order-*' --type OrderPlaced --where data.total=42
+      esdb read '$all' --backward --limit 10
+    """
+    selection = inputs.select(stream, event_type, pattern, where)
     start = inputs.parse_from(from_, backward=backward)
     out = printer()
     with connect(consistency=consistency) as client:
-        if stream == "$all":
-            events = client.iter_all(from_position=start, backward=backward, limit=limit)
-            columns = ALL_COLUMNS
-        else:
-            events = client.iter_stream(stream, from_version=start, backward=backward, limit=limit)
-            columns = STREAM_COLUMNS
-        out.rows((event_row(e) for e in events), columns, key="events")
+        if inputs.is_end(from_) and not backward:
+            start = _after_last(client, selection)
+        events = (
+            event_row(e)
+            for e in _read(
+                client, selection, start, backward, None if selection.filters_here else limit
+            )
+            if selection.matches(e)
+        )
+        shown = out.rows(
+            itertools.islice(events, limit),
+            ALL_COLUMNS if selection.is_log else STREAM_COLUMNS,
+            key="events",
+        )
+    if not shown and inputs.is_end(from_) and not backward:
+        say(f"no events after the end of {stream}; `esdb tail {stream}` follows new ones")
+
+
+def _read(
+    client: Client,
+    selection: inputs.Selection,
+    start: int | None,
+    backward: bool,
+    limit: int | None,
+) -> Iterator[RecordedEvent]:
+    if selection.stream is None:
+        return client.iter_all(
+            from_position=start, backward=backward, limit=limit, filter=selection.server
+        )
+    return client.iter_stream(selection.stream, from_version=start, backward=backward, limit=limit)
+
+
+def _after_last(client: Client, selection: inputs.Selection) -> int:
+    """`--from end` reading forward: the version (position) after the last event, so only
+    events appended from now on would be read."""
+    log = inputs.Selection(selection.stream, AllFilter(), [])  # the end of the whole log
+    events = list(_read(client, log, None, True, 1))
+    if not events:
+        return 0
+    last = events[0]
+    return (last.position if selection.is_log else last.version) + 1
 
 
 @client_command
@@ -101,54 +189,36 @@ def tail(
     stream: Annotated[
         str | None,
         typer.Argument(
-            help="Stream, CATEGORY-* for a category, or '$all' (the default).", show_default=False
+            help="Stream, CATEGORY-* for a category, or '$all' (the default).",
+            show_default=False,
+            autocompletion=completions.stream_names,
         ),
     ] = None,
     from_: Annotated[str, typer.Option("--from", help="start | end | N.")] = "end",
-    event_type: Annotated[
-        list[str] | None, typer.Option("--type", "-t", help="Only these event types (repeatable).")
-    ] = None,
-    pattern: Annotated[
-        str | None,
-        typer.Option("--pattern", help="Only event types matching this glob, e.g. 'Order*'."),
-    ] = None,
-    where: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--where",
-            help="Only events whose JSON has PATH=VALUE, e.g. data.country=NL (repeatable).",
-        ),
-    ] = None,
+    event_type: TypesOpt = None,
+    pattern: PatternOpt = None,
+    where: WhereOpt = None,
     count: Annotated[
         int | None, typer.Option("--count", "-c", min=1, help="Stop after N events.")
     ] = None,
 ) -> None:
-    """Follow new events live, one JSON object per line (Ctrl-C to stop)."""
-    clauses = inputs.parse_where(where or [])
-    types = tuple(event_type or ())
-    name: str | None = None if stream in (None, "$all") else stream
-    prefix = None
-    if name is not None and name.endswith("*"):
-        prefix, name = name[:-1], None
-    flt = AllFilter(stream_prefix=prefix, event_types=types, type_pattern=pattern)
+    """Follow new events live, one JSON object per line (Ctrl-C to stop).
+
+    With `-o table`, one line per event: STREAM@VERSION  TYPE  DATA.
+    """
+    selection = inputs.select(stream, event_type, pattern, where)
     start = inputs.parse_from(from_, backward=False)
     out = printer()
     as_table = "output" in options().explicit and out.fmt == "table"
     seen = 0
+    flt = None if selection.stream is not None else selection.server
     with connect() as client:
-        for event in client.tail(name, from_=start, filter=flt if name is None else None):
-            if name is not None and (
-                (types and event.type not in types)
-                or (pattern and not fnmatch.fnmatchcase(event.type, pattern))
-            ):
-                continue
-            if not inputs.where_matches(event, clauses):
+        for event in client.tail(selection.stream, from_=start, filter=flt):
+            if not selection.matches(event):
                 continue
             row = event_row(event)
             if as_table:
-                out.stream.write(
-                    f"{row['stream']}@{row['version']}  {row['type']}  {row.get('data')}\n"
-                )
+                out.stream.write(tail_line(row) + "\n")
                 out.stream.flush()
             else:
                 out.json_line(row)
@@ -174,7 +244,7 @@ def streams(
 
 
 @client_command
-def info(stream: Annotated[str, typer.Argument(help="Stream name.")]) -> None:
+def info(stream: StreamArg) -> None:
     """Show a stream's last version, state and retention metadata."""
     with connect() as client:
         printer().record(stream_row(client.stream_info(stream)))
@@ -182,7 +252,7 @@ def info(stream: Annotated[str, typer.Argument(help="Stream name.")]) -> None:
 
 @client_command
 def metadata(
-    stream: Annotated[str, typer.Argument(help="Stream name.")],
+    stream: StreamArg,
     max_count: Annotated[
         int | None,
         typer.Option("--max-count", min=1, help="Keep only the newest N events visible."),
@@ -231,7 +301,7 @@ def metadata(
 
 @client_command
 def delete(
-    stream: Annotated[str, typer.Argument(help="Stream name.")],
+    stream: StreamArg,
     hard: Annotated[
         bool,
         typer.Option(

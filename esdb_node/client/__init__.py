@@ -3,7 +3,7 @@
 See `esdb_node.client.aio` for the behaviour (redirects, failover, unknown outcomes).
 """
 
-from esdb_node.client.aio import DEFAULT_URL, AsyncClient
+from esdb_node.client.aio import DEFAULT_URL, AsyncClient, Waiting
 from esdb_node.client.blocking import BlockingIterator
 from esdb_node.client.connection import format_url, parse_urls
 from esdb_node.client.sync import Client
@@ -20,6 +20,7 @@ __all__ = [
     "AsyncClient",
     "BlockingIterator",
     "Client",
+    "Waiting",
     "format_url",
     "json_event",
     "parse_urls",

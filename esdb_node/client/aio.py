@@ -7,6 +7,14 @@
   the store's idempotency makes that safe. If it is still unknown at the deadline the client
   raises `UnknownOutcome` (exit 6) - never a plain failure.
 - Errors are the shared `esdb_node.errors` tree.
+- Failing fast: when no node can be reached at all (connection refused, unknown host, no
+  answer to the connect) a request fails at once with `Unavailable`; only transient states
+  (no leader yet, an election, a lost connection) are retried until the deadline. `on_wait`
+  hears about those waits, so a caller can tell its user why nothing happens yet.
+- TLS: `esdb+tls://` URLs (or `tls=True`) verify the node's certificate against `ca` (a PEM
+  file) or the system's trust store.
+- Admin methods take the cluster secret and sign each request for the connection it goes
+  out on (`esdb_node.keys`); the secret itself is never sent.
 
 The blocking `Client` (`esdb_node.client.sync`) is generated from this class.
 """
@@ -14,9 +22,12 @@ The blocking `Client` (`esdb_node.client.sync`) is generated from this class.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 from esdb_node import codec, ops
 from esdb_node.client.connection import (
@@ -25,6 +36,7 @@ from esdb_node.client.connection import (
     ConnectionLost,
     format_url,
     parse_urls,
+    urls_use_tls,
 )
 from esdb_node.cluster_view import ClusterSnapshot, ClusterView
 from esdb_node.config import DEFAULT_CLIENT_PORT
@@ -59,6 +71,29 @@ R = TypeVar("R")
 
 DEFAULT_URL = f"esdb://127.0.0.1:{DEFAULT_CLIENT_PORT}"
 
+# A request retried this long because of a transient state is reported to `on_wait` (once).
+WAIT_NOTE_AFTER = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """What `on_wait` hears.
+
+    - `waiting`: `op` has been retried for `waited_s` because of `error` (no leader yet, an
+      election, a lost connection); it goes on until the caller's deadline. Once per request.
+    - `lost`: a tail lost its node (`error`); it resumes on any node that answers.
+    - `resumed`: the tail resumed, on `url`.
+    """
+
+    state: Literal["waiting", "lost", "resumed"]
+    op: str
+    error: EsdbError | None = None
+    waited_s: float = 0.0
+    url: str | None = None
+
+
+OnWait = Callable[[Waiting], None]
+
 
 class AsyncClient:
     """Talks to one store through any of its nodes. Use `async with AsyncClient(url) as c:`."""
@@ -71,11 +106,21 @@ class AsyncClient:
         timeout: float = 10.0,
         connect_timeout: float = 3.0,
         consistency: str = "leader",
+        on_wait: OnWait | None = None,
+        tls: bool | None = None,
+        ca: str | Path | None = None,
     ) -> None:
         self.addresses = parse_urls(urls)
+        self.tls = urls_use_tls(urls) if tls is None else tls
+        self._tls_context: ssl.SSLContext | None = None
+        if self.tls:
+            from esdb_node.tls import client_context
+
+            self._tls_context = client_context(ca)
         self.token = token
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self.on_wait = on_wait
         if consistency not in ("leader", "local"):
             raise InvalidInput("consistency must be leader or local")
         self.consistency = consistency
@@ -111,7 +156,7 @@ class AsyncClient:
         return await asyncio.shield(pending)
 
     async def _open(self, address: Address) -> Connection:
-        conn = Connection(address, self.token)
+        conn = Connection(address, self.token, tls=self._tls_context)
         await conn.open(self.connect_timeout)
         self._connections[address] = conn
         return conn
@@ -123,18 +168,26 @@ class AsyncClient:
         return ordered
 
     async def _any_connection(self, leader: bool) -> Connection:
-        errors: list[str] = []
+        errors: list[Unavailable] = []
         for address in self._candidates(leader):
             try:
                 return await self._connect(address)
             except Unavailable as exc:
-                errors.append(str(exc))
+                errors.append(exc)
                 if address == self._leader:
                     self._leader = None
+        # One address: its own hint (refused, unknown host and silence differ); several:
+        # the same cause everywhere keeps its hint, mixed causes get a general one.
+        hints = {e.hint for e in errors}
         raise Unavailable(
-            "no node reachable: " + "; ".join(errors),
-            hint="is the node running? check --url / ESDB_URL or `esdb node status`",
+            "no node reachable: " + "; ".join(str(e) for e in errors),
+            hint=hints.pop() if len(hints) == 1 else "are the nodes running? check the URLs",
+            unreachable=[format_url(a, self.tls) for a in self._candidates(leader)],
         )
+
+    def _note(self, waiting: Waiting) -> None:
+        if self.on_wait is not None:
+            self.on_wait(waiting)
 
     def _start_after(self, address: Address) -> None:
         """Make the address after `address` the first one tried (stepping the start by one
@@ -155,16 +208,22 @@ class AsyncClient:
     # --- request engine -------------------------------------------------------------------------
 
     async def request(
-        self, req: ops.Request[R], *, timeout: float | None = None, url: str | None = None
+        self,
+        req: ops.Request[R],
+        *,
+        timeout: float | None = None,
+        url: str | None = None,
+        secret: str | None = None,
     ) -> R:
         """Send any operation and return its typed result: to `url` only, or to the right
         node of the store (the leader for writes and leader reads) with redirects, failover
-        and, for idempotent writes, retries until the deadline."""
+        and, for idempotent writes, retries until the deadline. With `secret` (admin
+        operations) each attempt is signed for the connection it goes out on."""
         budget = self.timeout if timeout is None else timeout
         if url is not None:
             conn = await self._connect(parse_urls(url)[0])
             try:
-                return await conn.call(req, budget)
+                return await conn.call(req, budget, secret=secret)
             except TimeoutError:
                 raise Timeout(
                     f"{conn.url} did not answer {req.wire_name()} in {budget:g}s"
@@ -173,24 +232,30 @@ class AsyncClient:
                 if req.write:
                     raise UnknownOutcome(f"{exc} after sending {req.wire_name()}") from None
                 raise Unavailable(str(exc)) from None
-        return await self._call(req, budget)
+        return await self._call(req, budget, secret)
 
-    async def _call(self, req: ops.Request[R], budget: float) -> R:
+    async def _call(self, req: ops.Request[R], budget: float, secret: str | None = None) -> R:
         op = req.wire_name()
         leader, write, idempotent = req.needs_leader(), req.write, req.idempotent
-        deadline = time.monotonic() + budget
+        started = time.monotonic()
+        deadline = started + budget
         backoff = 0.05
         last_error: EsdbError | None = None
         maybe_applied = False
         full: set[Address] = set()
+        noted = False
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
+            waited = time.monotonic() - started
+            if not noted and last_error is not None and waited >= WAIT_NOTE_AFTER:
+                noted = True
+                self._note(Waiting("waiting", op, last_error, waited))
             conn: Connection | None = None
             try:
                 conn = await self._any_connection(leader)
-                return await conn.call(req, remaining)
+                return await conn.call(req, remaining, secret=secret)
             except NotLeader as exc:
                 last_error = exc
                 if self._note_redirect(exc):
@@ -252,17 +317,27 @@ class AsyncClient:
         raise Timeout(f"{op} timed out after {budget:g}s")
 
     async def _stream(
-        self, req: ops.Request[Any], *, idle_timeout: float | None = None
+        self,
+        req: ops.Request[Any],
+        *,
+        idle_timeout: float | None = None,
+        on_open: Callable[[Connection], None] | None = None,
     ) -> AsyncIterator[list[bytes]]:
         """Chunks of a streamed answer. Before the first chunk, a redirect is followed and a
-        transient refusal (no leader yet, an election) is retried until the client's timeout;
-        after it, errors end the stream (the caller knows where it got to)."""
-        deadline = time.monotonic() + self.timeout
+        transient refusal (no leader yet, an election) is retried until the client's timeout,
+        announced once to `on_wait`; after it, errors end the stream (the caller knows where
+        it got to)."""
+        began = time.monotonic()
+        deadline = began + self.timeout
         redirects = 0
         backoff = 0.05
+        noted = False
         while True:
             conn = await self._any_connection(req.needs_leader())
+            if on_open is not None:
+                on_open(conn)
             started = False
+            last: EsdbError
             try:
                 async for chunk in conn.stream(req, idle_timeout):
                     started = True
@@ -285,12 +360,18 @@ class AsyncClient:
                 self._start_after(conn.address)
                 if time.monotonic() + backoff >= deadline:
                     raise
-            except (NotReady, Unavailable):
+                last = exc
+            except (NotReady, Unavailable) as exc:
                 if started or time.monotonic() + backoff >= deadline:
                     raise
                 self._leader = None
+                last = exc
             except ConnectionLost as exc:
                 raise Unavailable(f"{exc} during {req.wire_name()}") from None
+            waited = time.monotonic() - began
+            if not noted and waited >= WAIT_NOTE_AFTER:
+                noted = True
+                self._note(Waiting("waiting", req.wire_name(), last, waited))
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 0.5)
 
@@ -312,6 +393,27 @@ class AsyncClient:
             events=[ops.EventIn.of(e) for e in batch],
         )
         return await self.request(req, timeout=timeout)
+
+    async def append_many(
+        self,
+        appends: Sequence[tuple[str, EventData | Sequence[EventData], ExpectedVersion]],
+        *,
+        timeout: float | None = None,
+    ) -> list[AppendResult]:
+        """Append to several streams atomically: `(stream, events, expected_version)` each;
+        all or none. A failing part fails the whole call (`exc.details["part"]` says which)."""
+        parts = [
+            ops.StreamAppend(
+                stream=stream,
+                expected=expected_to_int(expected),
+                events=[
+                    ops.EventIn.of(e)
+                    for e in ([events] if isinstance(events, EventData) else events)
+                ],
+            )
+            for stream, events, expected in appends
+        ]
+        return await self.request(ops.AppendMany(parts=parts), timeout=timeout)
 
     async def delete_stream(
         self,
@@ -455,17 +557,32 @@ class AsyncClient:
         """
         cursor = from_
         failures = 0
+        reached = False  # a tail that never reached a node fails at once, like a request
+        lost = False
+
+        def opened(conn: Connection) -> None:
+            nonlocal reached, lost
+            reached = True
+            if lost:
+                lost = False
+                self._note(Waiting("resumed", "tail", url=conn.url))
+
         while True:
             req = ops.Tail(stream=stream, from_=cursor, filter=filter or AllFilter())
             try:
-                async for chunk in self._stream(req):
+                async for chunk in self._stream(req, on_open=opened):
                     failures = 0
                     for payload in chunk:
                         event = codec.decode_record(payload)
                         cursor = (event.version if stream is not None else event.position) + 1
                         yield event
                 return
-            except Unavailable:
+            except Unavailable as exc:
+                if not reached:
+                    raise
+                if not lost:
+                    lost = True
+                    self._note(Waiting("lost", "tail", exc))
                 failures += 1
                 if failures > 50:
                     raise
@@ -496,16 +613,44 @@ class AsyncClient:
         """Status of the node at `url`, or of whichever node answers first."""
         return await self.request(ops.Status(), url=url)
 
-    async def verify(self, url: str | None = None, *, timeout: float = 600.0) -> VerifyReport:
-        """Check the whole store of the node at `url` (or any node): checksums and indexes."""
-        return await self.request(ops.Verify(), url=url, timeout=timeout)
+    async def verify(
+        self, url: str | None = None, *, secret: str | None = None, timeout: float = 600.0
+    ) -> VerifyReport:
+        """Check the whole store of the node at `url` (or any node): checksums and indexes.
+        A cluster member wants the cluster `secret` (an admin request); a standalone node not."""
+        return await self.request(ops.Verify(), url=url, timeout=timeout, secret=secret)
+
+    def iter_backup(
+        self, url: str | None = None, *, secret: str | None = None
+    ) -> AsyncIterator[bytes]:
+        """A consistent copy of the store of the node at `url` (or any node), as the bytes of
+        an LMDB data file (`esdb_node.backup.write_backup` stores and checks it). A cluster
+        member wants the cluster `secret` (an admin request); a standalone node not."""
+        return self._backup(url, secret)
+
+    async def _backup(self, url: str | None, secret: str | None) -> AsyncIterator[bytes]:
+        conn = (
+            await self._connect(parse_urls(url)[0])
+            if url is not None
+            else await self._any_connection(False)
+        )
+        try:
+            # A stalled copy (a node paused mid-way) fails after the client's timeout.
+            stream = conn.stream(ops.Backup(), idle_timeout=self.timeout, secret=secret)
+            async for chunk in stream:
+                for part in chunk:
+                    yield part
+        except TimeoutError:
+            raise Timeout(f"backup: {conn.url} sent nothing for {self.timeout:g}s") from None
+        except ConnectionLost as exc:
+            raise Unavailable(f"{exc} during backup") from None
 
     async def statuses(self) -> list[NodeStatus | EsdbError]:
         """Status of every configured URL (an error value for the ones that do not answer)."""
 
         async def one(address: Address) -> NodeStatus | EsdbError:
             try:
-                return await self.status(format_url(address))
+                return await self.status(format_url(address, self.tls))
             except EsdbError as exc:
                 return exc
 
@@ -534,26 +679,21 @@ class AsyncClient:
     ) -> ops.MemberAdded:
         """Add a node (its raft address and client URL) to the cluster's membership."""
         req = ops.AddMember(
-            node_id=node_id,
-            raft=raft,
-            url=url,
-            store_id=store_id,
-            secret=secret,
-            found_by=found_by,
+            node_id=node_id, raft=raft, url=url, store_id=store_id, found_by=found_by
         )
-        return await self.request(req, timeout=timeout)
+        return await self.request(req, timeout=timeout, secret=secret)
 
     async def remove_member(
         self, node: str, secret: str, *, timeout: float | None = None
     ) -> ops.MemberRemoved:
         """Remove a member (by node id or raft address) from the membership."""
-        return await self.request(ops.RemoveMember(node=node, secret=secret), timeout=timeout)
+        return await self.request(ops.RemoveMember(node=node), timeout=timeout, secret=secret)
 
     async def stepdown(
         self, secret: str, *, to: str | None = None, timeout: float | None = None
     ) -> ops.SteppedDown:
         """Make the leader hand leadership to `to` (or to the most caught-up member)."""
-        return await self.request(ops.StepDown(to=to, secret=secret), timeout=timeout)
+        return await self.request(ops.StepDown(to=to), timeout=timeout, secret=secret)
 
     async def fault(
         self,
@@ -565,5 +705,5 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> ops.PartitionState:
         """Chaos: make the node at `url` drop Raft traffic from and to these members."""
-        req = ops.Fault(secret=secret, drop_in=list(drop_in), drop_out=list(drop_out))
-        return await self.request(req, url=url, timeout=timeout)
+        req = ops.Fault(drop_in=list(drop_in), drop_out=list(drop_out))
+        return await self.request(req, url=url, timeout=timeout, secret=secret)

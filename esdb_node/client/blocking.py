@@ -73,6 +73,20 @@ class BlockingIterator(Generic[T]):
             self.close()
 
 
+async def _drain() -> None:
+    """Let the loop's other tasks (requests other threads gave up on, cancelled above) finish
+    before the loop stops: a task still cancelling when its loop closes is reported as
+    destroyed while pending, and one that failed meanwhile as an exception never retrieved."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=2)
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: the caller already had its answer or gave up
+
+
 class BlockingClientBase:
     def __init__(self, async_class: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         self._loop = asyncio.new_event_loop()
@@ -131,6 +145,7 @@ class BlockingClientBase:
             future.cancel()
         with contextlib.suppress(Exception):  # closing anyway
             asyncio.run_coroutine_threadsafe(self._async.close(), self._loop).result(timeout=5)
+            asyncio.run_coroutine_threadsafe(_drain(), self._loop).result(timeout=5)
         self.closed = True
         self._stop_loop()
 

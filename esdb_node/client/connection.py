@@ -7,14 +7,23 @@ import contextlib
 import itertools
 import os
 import socket
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeVar
 
 import msgspec
 
-from esdb_node.config import DEFAULT_CLIENT_PORT, parse_hostport
-from esdb_node.errors import EsdbError, InvalidInput, ProtocolError, Unavailable, error_from_wire
-from esdb_node.ops import PROTOCOL_VERSION, Cancel, Hello, HelloReply, Request
+from esdb_node import keys
+from esdb_node.config import DEFAULT_CLIENT_PORT, URL_SCHEMES, parse_hostport
+from esdb_node.errors import (
+    AuthenticationFailed,
+    EsdbError,
+    InvalidInput,
+    ProtocolError,
+    Unavailable,
+    error_from_wire,
+)
+from esdb_node.ops import PROTOCOL_VERSION, Cancel, Hello, HelloReply, Request, signed_fields
 from esdb_node.server import protocol as p
 
 R = TypeVar("R")
@@ -33,19 +42,24 @@ def decode_result(raw: msgspec.Raw, result_type: Any) -> Any:
         raise ProtocolError(f"malformed reply: {exc}") from None
 
 
+def _split_scheme(text: str) -> tuple[str | None, str]:
+    if "://" not in text:
+        return None, text
+    for scheme in URL_SCHEMES:
+        if text.startswith(scheme):
+            return scheme, text[len(scheme) :]
+    scheme = text.split("://", 1)[0]
+    raise InvalidInput(
+        f"URL {text!r} has the scheme {scheme}://; esdb nodes speak esdb:// (esdb+tls:// with TLS)",
+        hint="use esdb://HOST:PORT (the client port, 2113 by default)",
+    )
+
+
 def parse_urls(urls: str | Sequence[str]) -> list[Address]:
     items = [urls] if isinstance(urls, str) else list(urls)
     out: list[Address] = []
     for item in items:
-        text = item.strip()
-        if "://" in text and not text.startswith("esdb://"):
-            scheme = text.split("://", 1)[0]
-            raise InvalidInput(
-                f"URL {text!r} has the scheme {scheme}://; esdb nodes speak esdb://",
-                hint="use esdb://HOST:PORT (the client port, 2113 by default)",
-            )
-        if text.startswith("esdb://"):
-            text = text[len("esdb://") :]
+        _, text = _split_scheme(item.strip())
         for part in text.split(","):
             if part.strip():
                 out.append(parse_hostport(part, default_port=DEFAULT_CLIENT_PORT, what="URL"))
@@ -54,8 +68,17 @@ def parse_urls(urls: str | Sequence[str]) -> list[Address]:
     return out
 
 
-def format_url(address: Address) -> str:
-    return f"esdb://{address[0]}:{address[1]}"
+def urls_use_tls(urls: str | Sequence[str]) -> bool:
+    """True for esdb+tls:// URLs; one client speaks TLS to all its nodes or to none."""
+    items = [urls] if isinstance(urls, str) else list(urls)
+    schemes = {_split_scheme(item.strip())[0] or "esdb://" for item in items}
+    if len(schemes) > 1:
+        raise InvalidInput("mixed esdb:// and esdb+tls:// URLs; a cluster uses TLS or not")
+    return schemes == {"esdb+tls://"}
+
+
+def format_url(address: Address, tls: bool = False) -> str:
+    return f"{'esdb+tls' if tls else 'esdb'}://{address[0]}:{address[1]}"
 
 
 class ConnectionLost(Exception):
@@ -86,11 +109,34 @@ def _expire(future: asyncio.Future[Any]) -> None:
         future.set_exception(TimeoutError())
 
 
+def _tls_failure(url: str, exc: ssl.SSLError) -> EsdbError:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return AuthenticationFailed(
+            f"cannot verify the TLS certificate of {url}: {exc.verify_message}",
+            hint="pass --ca FILE (or ESDB_CA) with the CA that signed the node's certificate",
+        )
+    reason = exc.reason or str(exc)
+    hint = (
+        "is TLS on at this port? without TLS use esdb://"
+        if "WRONG_VERSION" in str(reason).upper()
+        else None
+    )
+    return Unavailable(f"TLS handshake with {url} failed: {reason}", hint=hint)
+
+
 class Connection:
-    def __init__(self, address: Address, token: str | None, max_frame: int = p.DEFAULT_MAX_FRAME):
+    def __init__(
+        self,
+        address: Address,
+        token: str | None,
+        max_frame: int = p.DEFAULT_MAX_FRAME,
+        *,
+        tls: ssl.SSLContext | None = None,
+    ):
         self.address = address
         self.token = token
         self.max_frame = max_frame
+        self.tls = tls
         self.ids = itertools.count(1)
         self.pending: dict[int, tuple[asyncio.Future[Any], Any]] = {}
         self.streams: dict[int, asyncio.Queue[Any]] = {}
@@ -101,21 +147,34 @@ class Connection:
 
     @property
     def url(self) -> str:
-        return format_url(self.address)
+        return format_url(self.address, self.tls is not None)
 
     async def open(self, timeout: float) -> None:
         host, port = self.address
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    host,
+                    port,
+                    ssl=self.tls,
+                    server_hostname=host if self.tls else None,
+                    ssl_handshake_timeout=timeout if self.tls else None,
+                ),
+                timeout,
+            )
         except TimeoutError:
             raise Unavailable(
                 f"cannot connect to {self.url}: no answer within {timeout:g}s",
                 hint="is the host up and the port open? (a firewall may drop the packets)",
             ) from None
+        except ssl.SSLError as exc:
+            raise _tls_failure(self.url, exc) from None
         except OSError as exc:
             raise Unavailable(
                 f"cannot connect to {self.url}: {_why(exc)}",
-                hint="is the node running? check --url / ESDB_URL or `esdb node status`",
+                hint="check the host name in the URL"
+                if isinstance(exc, socket.gaierror)
+                else "is a node running there, and is this its client port?",
             ) from None
         self._writer = writer
         self._reader_task = asyncio.get_running_loop().create_task(self._read_loop(reader))
@@ -124,7 +183,8 @@ class Connection:
             self.hello = await self._call(hello, 0, timeout)
         except ConnectionLost:
             self.close()
-            raise Unavailable(f"{self.url} closed the connection") from None
+            hint = None if self.tls else "if the node serves TLS, use an esdb+tls:// URL"
+            raise Unavailable(f"{self.url} closed the connection", hint=hint) from None
         except TimeoutError:
             self.close()
             raise Unavailable(f"{self.url} did not answer the handshake") from None
@@ -198,12 +258,31 @@ class Connection:
             raise ConnectionLost("connection is closed", sent=False)
         self._writer.write(p.encode_frame(request))
 
-    async def call(self, request: Request[R], timeout: float) -> R:
+    async def call(self, request: Request[R], timeout: float, *, secret: str | None = None) -> R:
         """Send one request and wait for its answer; TimeoutError after `timeout` seconds.
-        The node is told the same budget, so it gives up when the caller does."""
-        return await self._call(request, next(self.ids), timeout)
+        The node is told the same budget, so it gives up when the caller does. With `secret`
+        the request is signed for this connection (admin requests, `esdb_node.keys`)."""
+        return await self._call(request, next(self.ids), timeout, secret)
 
-    async def _call(self, request: Request[R], rid: int, timeout: float) -> R:
+    def sign(self, request: Request[R], secret: str) -> Request[R]:
+        """`request` with the MAC this connection's node expects: over the node's nonce, the
+        request's id and fields, with the admin key of the node's store."""
+        hello = self.hello
+        if hello is None or not hello.nonce:
+            raise Unavailable(
+                f"{self.url} sent no nonce in its hello reply, so it cannot authenticate admin "
+                "requests",
+                hint="the node runs an older esdb: upgrade it",
+            )
+        key = keys.derive(secret, hello.store_id).admin
+        mac = keys.admin_mac(
+            key, hello.nonce, request.id, request.wire_name(), signed_fields(request)
+        )
+        return msgspec.structs.replace(request, mac=mac)
+
+    async def _call(
+        self, request: Request[R], rid: int, timeout: float, secret: str | None = None
+    ) -> R:
         # The deadline is a timer on the future rather than `asyncio.wait_for`, which would
         # wrap every request in its own task (measurable at thousands of requests/s).
         loop = asyncio.get_running_loop()
@@ -211,8 +290,11 @@ class Connection:
         self.pending[rid] = (future, request.result)
         budget = min(max(timeout, 0.001), 3600.0)
         try:
-            self._send(msgspec.structs.replace(request, id=rid, timeout=node_budget(budget)))
-        except ConnectionLost:
+            request = msgspec.structs.replace(request, id=rid, timeout=node_budget(budget))
+            if secret is not None:
+                request = self.sign(request, secret)
+            self._send(request)
+        except (ConnectionLost, EsdbError):
             self.pending.pop(rid, None)
             raise
         timer = loop.call_later(budget, _expire, future)
@@ -223,15 +305,23 @@ class Connection:
             timer.cancel()
 
     async def stream(
-        self, request: Request[Any], idle_timeout: float | None = None
+        self,
+        request: Request[Any],
+        idle_timeout: float | None = None,
+        *,
+        secret: str | None = None,
     ) -> AsyncIterator[list[bytes]]:
         """Chunks of one streamed answer; TimeoutError if the node sends nothing for
-        `idle_timeout` seconds (None: wait forever, as a live tail must)."""
+        `idle_timeout` seconds (None: wait forever, as a live tail must). With `secret` the
+        request is signed (admin requests)."""
         rid = next(self.ids)
+        budget = min(idle_timeout or request.timeout, 3600.0)
+        request = msgspec.structs.replace(request, id=rid, timeout=budget)
+        if secret is not None:
+            request = self.sign(request, secret)
         queue: asyncio.Queue[Any] = asyncio.Queue()
         self.streams[rid] = queue
-        budget = min(idle_timeout or request.timeout, 3600.0)
-        self._send(msgspec.structs.replace(request, id=rid, timeout=budget))
+        self._send(request)
         finished = False
         try:
             while True:

@@ -27,6 +27,7 @@ A test fails when this file and `AsyncClient` drift apart.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from esdb_node.client.blocking import BlockingClientBase, BlockingIterator
 {imports}
@@ -39,23 +40,8 @@ class Client(BlockingClientBase):
     `BlockingIterator`s: `close()` from any thread ends them.
     """
 
-    def __init__(
-        self,
-        urls: str | Sequence[str] = {default_url!r},
-        *,
-        token: str | None = None,
-        timeout: float = 10.0,
-        connect_timeout: float = 3.0,
-        consistency: str = "leader",
-    ) -> None:
-        super().__init__(
-            AsyncClient,
-            urls,
-            token=token,
-            timeout=timeout,
-            connect_timeout=connect_timeout,
-            consistency=consistency,
-        )
+    def __init__({init_params}) -> None:
+        super().__init__(AsyncClient, {init_args})
         self._async: AsyncClient
 '''
 
@@ -115,8 +101,11 @@ def render() -> str:
         for annotation in [returns, *(str(p.annotation) for p in sig.parameters.values())]:
             names.update(_NAME.findall(annotation))
         methods.append(f"    def {name}({params}) -> {returns}:\n{doc_line}{body}")
+    init = inspect.signature(aio.AsyncClient.__init__)
+    init_params, init_args = _render_params(init)
+    names.update(n for p in init.parameters.values() for n in _NAME.findall(str(p.annotation)))
     imports = _imports(names)
-    text = HEADER.format(imports=imports, default_url=aio.DEFAULT_URL)
+    text = HEADER.format(imports=imports, init_params=init_params, init_args=init_args)
     return text + "\n" + "\n".join(methods)
 
 
@@ -152,8 +141,8 @@ def _imports(names: set[str]) -> str:
 
 def _module_of(name: str, value: Any) -> str:
     module = getattr(value, "__module__", None)
-    if not isinstance(module, str) or module == "typing":
-        module = aio.__name__
+    if not isinstance(module, str) or getattr(sys.modules.get(module), name, None) is not value:
+        module = aio.__name__  # an alias defined in aio (OnWait), or a typing construct
     # Aliases (ExpectedVersion) and constants live where aio imported them from.
     for source in ("esdb_node.model", "esdb_node.ops"):
         mod = sys.modules[source]

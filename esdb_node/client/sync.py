@@ -7,9 +7,10 @@ A test fails when this file and `AsyncClient` drift apart.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from esdb_node import ops
-from esdb_node.client.aio import AsyncClient, R
+from esdb_node.client.aio import AsyncClient, OnWait, R
 from esdb_node.client.blocking import BlockingClientBase, BlockingIterator
 from esdb_node.cluster_view import ClusterSnapshot
 from esdb_node.errors import EsdbError
@@ -44,6 +45,9 @@ class Client(BlockingClientBase):
         timeout: float = 10.0,
         connect_timeout: float = 3.0,
         consistency: str = "leader",
+        on_wait: OnWait | None = None,
+        tls: bool | None = None,
+        ca: str | Path | None = None,
     ) -> None:
         super().__init__(
             AsyncClient,
@@ -52,6 +56,9 @@ class Client(BlockingClientBase):
             timeout=timeout,
             connect_timeout=connect_timeout,
             consistency=consistency,
+            on_wait=on_wait,
+            tls=tls,
+            ca=ca,
         )
         self._async: AsyncClient
 
@@ -91,6 +98,17 @@ class Client(BlockingClientBase):
         return self._run(
             self._async.append(stream, events, expected_version=expected_version, timeout=timeout)
         )
+
+    def append_many(
+        self,
+        appends: Sequence[tuple[str, EventData | Sequence[EventData], ExpectedVersion]],
+        *,
+        timeout: float | None = None,
+    ) -> list[AppendResult]:
+        """Append to several streams atomically: `(stream, events, expected_version)` each;
+        all or none. A failing part fails the whole call (`exc.details["part"]` says which).
+        """
+        return self._run(self._async.append_many(appends, timeout=timeout))
 
     def cluster_snapshot(self, *, member_timeout: float = 2.0) -> ClusterSnapshot:
         """Every member's status (found through any reachable node's registry), the agreed
@@ -156,6 +174,15 @@ class Client(BlockingClientBase):
                 consistency=consistency,
             )
         )
+
+    def iter_backup(
+        self, url: str | None = None, *, secret: str | None = None
+    ) -> BlockingIterator[bytes]:
+        """A consistent copy of the store of the node at `url` (or any node), as the bytes of
+        an LMDB data file (`esdb_node.backup.write_backup` stores and checks it). A cluster
+        member wants the cluster `secret` (an admin request); a standalone node not.
+        """
+        return self._iter(lambda: self._async.iter_backup(url, secret=secret))
 
     def iter_stream(
         self,
@@ -234,13 +261,19 @@ class Client(BlockingClientBase):
         return self._run(self._async.remove_member(node, secret, timeout=timeout))
 
     def request(
-        self, req: ops.Request[R], *, timeout: float | None = None, url: str | None = None
+        self,
+        req: ops.Request[R],
+        *,
+        timeout: float | None = None,
+        url: str | None = None,
+        secret: str | None = None,
     ) -> R:
         """Send any operation and return its typed result: to `url` only, or to the right
         node of the store (the leader for writes and leader reads) with redirects, failover
-        and, for idempotent writes, retries until the deadline.
+        and, for idempotent writes, retries until the deadline. With `secret` (admin
+        operations) each attempt is signed for the connection it goes out on.
         """
-        return self._run(self._async.request(req, timeout=timeout, url=url))
+        return self._run(self._async.request(req, timeout=timeout, url=url, secret=secret))
 
     def save_snapshot(
         self,
@@ -300,6 +333,10 @@ class Client(BlockingClientBase):
         """
         return self._iter(lambda: self._async.tail(stream, from_=from_, filter=filter))
 
-    def verify(self, url: str | None = None, *, timeout: float = 600.0) -> VerifyReport:
-        """Check the whole store of the node at `url` (or any node): checksums and indexes."""
-        return self._run(self._async.verify(url, timeout=timeout))
+    def verify(
+        self, url: str | None = None, *, secret: str | None = None, timeout: float = 600.0
+    ) -> VerifyReport:
+        """Check the whole store of the node at `url` (or any node): checksums and indexes.
+        A cluster member wants the cluster `secret` (an admin request); a standalone node not.
+        """
+        return self._run(self._async.verify(url, secret=secret, timeout=timeout))

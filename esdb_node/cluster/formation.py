@@ -71,7 +71,7 @@ class Formation:
             store_id=self.identity.store_id,
             node_id=self.identity.node_id,
             raft_addr=self.identity.raft,
-            client_addr=self.identity.url.removeprefix("esdb://"),
+            client_addr=self.identity.url.split("://", 1)[-1],
             secret=cfg.secret,
             bootstrap_expect=cfg.bootstrap_expect,
             interfaces=cfg.discovery_interface,
@@ -135,6 +135,19 @@ class Formation:
         )
         log.info("joined the cluster through %s; members: %s", target, ", ".join(reply.members))
 
+    def _client(self, target: str | list[str], *, timeout: float) -> AsyncClient:
+        """A client for calling other members: this node's full token (if any), its CA, and
+        TLS for bare `host:port` targets when this node serves TLS itself (TLS is expected to
+        be on for the whole cluster, or off)."""
+        cfg = self.config
+        return AsyncClient(
+            target,
+            timeout=timeout,
+            token=cfg.token,
+            tls=True if cfg.tls_cert else None,
+            ca=cfg.tls_ca,
+        )
+
     async def _current_members(self, target: str) -> tuple[str, ...]:
         """The Raft members of the cluster at `target` (any node answers)."""
         members = await self._ask_until_answered(
@@ -151,7 +164,7 @@ class Formation:
         repeat: reading the members, or adding one (a no-op if present)."""
         deadline = time.monotonic() + max(self.config.bootstrap_timeout, 10.0)
         last: EsdbError | None = None
-        async with AsyncClient(target, timeout=15) as client:
+        async with self._client(target, timeout=15) as client:
             while time.monotonic() < deadline:
                 try:
                     return await ask(client)
@@ -180,7 +193,7 @@ class Formation:
             ]
             if not others:
                 raise Unavailable("no other member is known to ask")
-            async with AsyncClient(others, timeout=20) as client:
+            async with self._client(others, timeout=20) as client:
                 await client.remove_member(self.identity.raft, self.config.secret or "")
             log.info("left the cluster")
             return True

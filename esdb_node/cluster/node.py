@@ -72,7 +72,6 @@ class ClusterNode:
         self.formation = Formation(config, self.identity, self.registry, self.view)
         self.replicator = RaftReplicator(self.raft, self.registry.url_of, self.status)
         self.admin = ClusterAdmin(
-            secret=config.secret or "",
             identity=self.identity,
             registry=self.registry,
             view=self.view,
@@ -82,6 +81,7 @@ class ClusterNode:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._left = False
+        self._forget_raft = False
 
     def raft(self) -> RaftNode:
         if self._raft is None:
@@ -107,6 +107,10 @@ class ClusterNode:
             leader_fallback_timeout=cfg.leader_fallback_timeout,
             connection_timeout=cfg.raft_connection_timeout,
             compaction_min_entries=cfg.compaction_entries,
+            max_connections=cfg.raft_max_connections,
+            max_pending=max(1, min(32, cfg.raft_max_connections // 2)),
+            handshake_timeout=cfg.hello_timeout,
+            frame_timeout=cfg.frame_timeout,
         )
 
     # --- life cycle -----------------------------------------------------------------------------
@@ -114,7 +118,12 @@ class ClusterNode:
     async def open(self) -> None:
         """Find or form the cluster (first start only), then start Raft in the main thread."""
         found = await self.formation.find()
-        self._raft = RaftNode(self._raft_config(found.peers), self.store, on_fatal=self._on_fatal)
+        self._raft = RaftNode(
+            self._raft_config(found.peers),
+            self.store,
+            on_fatal=self._on_fatal,
+            loop=asyncio.get_running_loop(),
+        )
         log.info(
             "raft member %s (node %s), peers: %s",
             self.identity.raft,
@@ -124,7 +133,14 @@ class ClusterNode:
         if found.join_via is not None:
             # Raft runs before the change is proposed: growing a one-node cluster needs our
             # acknowledgement to commit it. Until then the members refuse our traffic.
-            await self.formation.join(found.join_via)
+            try:
+                await self.formation.join(found.join_via)
+            except BaseException:
+                # Never a member: the Raft state made for this attempt must not survive it,
+                # or the next start would "rejoin" from it without peers and lead a cluster
+                # of its own instead of joining (e.g. after a wrong --secret is corrected).
+                self._forget_raft = True
+                raise
         self._announce()
 
     async def start(self) -> None:
@@ -149,7 +165,7 @@ class ClusterNode:
         await loop.run_in_executor(None, self.formation.stop_discovery)
         if self._raft is not None:
             await loop.run_in_executor(None, self._raft.destroy)
-        if self._left:
+        if self._left or self._forget_raft:
             # Next start is a fresh member: it finds (or is given) the cluster and joins
             # again. The store stays: its applied index lets it skip what it already has.
             shutil.rmtree(layout.raft, ignore_errors=True)
@@ -169,7 +185,9 @@ class ClusterNode:
                 log.debug("cluster upkeep: %s", exc)
             except Exception:
                 log.exception("cluster upkeep failed")
-            await asyncio.sleep(UPKEEP_INTERVAL)
+            # Until this member is in the registry (redirects and `members` name it by its
+            # id only then), look again soon; afterwards once a second.
+            await asyncio.sleep(UPKEEP_INTERVAL if self._registered() else 0.1)
 
     def _announce(self) -> None:
         discovery = self.formation.discovery
@@ -209,8 +227,14 @@ class ClusterNode:
             )
         self._clock_warned = offset > self.config.max_clock_offset
 
+    def _mine(self) -> MemberRecord:
+        return MemberRecord(self.identity.raft, self.identity.node_id, self.identity.url)
+
+    def _registered(self) -> bool:
+        return self._mine() in self.store.members()
+
     async def _register_self(self) -> None:
-        mine = MemberRecord(self.identity.raft, self.identity.node_id, self.identity.url)
+        mine = self._mine()
         if self.raft().leader() is None or mine in self.store.members():
             return
         command = cmd.member_set(mine.raft, mine.node_id, mine.url)

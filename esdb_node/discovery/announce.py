@@ -6,9 +6,9 @@ verify a received record. See docs/discovery.md for the format.
 Security model: the HMAC authenticates the announcement (who may claim to be a member of
 this store, at which addresses, in which cluster state); it does not hide it, and a
 captured announcement can be replayed within the freshness window (it then still
-describes the real node). The secret itself never goes on the wire; the HMAC key is
-derived from it with PBKDF2 and a context string of its own, so it differs from the key
-pysyncobj derives from the same secret for Raft traffic.
+describes the real node). The secret itself never goes on the wire; the HMAC key is the
+discovery key of `esdb_node.keys` (PBKDF2 master salted with the store id, then HKDF for
+this purpose only), independent of the Raft and admin keys derived from the same secret.
 """
 
 from __future__ import annotations
@@ -18,18 +18,18 @@ import hmac
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Literal, TypeAlias
 
+from esdb_node import keys
 from esdb_node.discovery.model import check_id, normalize_addr
 from esdb_node.errors import InvalidInput
 
 SERVICE_TYPE = "_esdb._tcp.local."
-FORMAT_VERSION = "1"
+# v2: the key is derived per store and purpose (esdb_node.keys); a v1 node's announcements
+# are reported as `unsupported_version` rather than as a wrong secret.
+FORMAT_VERSION = "2"
 
-KDF_CONTEXT = b"esdb/discovery/announcement-hmac/v1"
-KDF_ITERATIONS = 200_000
-MAC_DOMAIN = b"esdb-discovery-announcement-v1\x00"
+MAC_DOMAIN = b"esdb-discovery-announcement-v2\x00"
 
 # Signed TXT keys, in canonical order. "mac" is the HMAC over all of them.
 SIGNED_KEYS = (
@@ -89,13 +89,9 @@ class Rejection:
     node_id: str | None = None  # as claimed by the record (unauthenticated unless stale)
 
 
-@lru_cache(maxsize=8)
-def derive_key(secret: str | bytes) -> bytes:
-    """HMAC key for announcements: PBKDF2-HMAC-SHA256(secret, salt=KDF_CONTEXT)."""
-    raw = secret.encode() if isinstance(secret, str) else bytes(secret)
-    if not raw:
-        raise InvalidInput("the cluster secret is empty", hint="pass --secret or ESDB_SECRET")
-    return hashlib.pbkdf2_hmac("sha256", raw, KDF_CONTEXT, KDF_ITERATIONS)
+def derive_key(secret: str | bytes, store_id: str) -> bytes:
+    """HMAC key for announcements of store `store_id` (`esdb_node.keys`, discovery purpose)."""
+    return keys.derive(secret, store_id).discovery
 
 
 def _fields(a: Announcement) -> dict[str, str]:

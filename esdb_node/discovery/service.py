@@ -118,7 +118,7 @@ class Discovery:
         self._log = logger or logging.getLogger("esdb.discovery")
         self._resolver = resolver
         self._clock = clock
-        self._key = derive_key(config.secret) if config.secret else b""
+        self._key = derive_key(config.secret, config.store_id) if config.secret else b""
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._endpoint: MdnsEndpoint | None = None  # mdns imported lazily: zeroconf is heavy

@@ -66,6 +66,12 @@ class RaftConfig:
     # not fit gets a segment of its own size).
     journal_segment_bytes: int = 64 << 20
 
+    # What strangers can cost the raft port (transport.PortLimits).
+    max_connections: int = 64  # incoming connections in total, members included
+    max_pending: int = 32  # incoming connections that have not finished the handshake
+    handshake_timeout: float = 10.0  # to prove the key and name a member
+    frame_timeout: float = 30.0  # to finish a frame once started
+
     @property
     def frame_cap(self) -> int:
         return self.max_frame_bytes or max(
@@ -108,3 +114,7 @@ class RaftConfig:
             raise InvalidInput("journal_segment_bytes must be at least 1 MiB")
         if self.max_entry_bytes >= self.frame_cap:
             raise InvalidInput("max_frame_bytes must exceed max_entry_bytes")
+        if self.max_pending < 1 or self.max_connections < self.max_pending:
+            raise InvalidInput("raft max_connections must be >= max_pending >= 1")
+        if self.handshake_timeout <= 0 or self.frame_timeout <= 0:
+            raise InvalidInput("raft handshake and frame timeouts must be > 0")

@@ -14,6 +14,7 @@ which refuse to run on the tick thread.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import heapq
 import itertools
@@ -24,26 +25,27 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any, NoReturn
 
-from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj import SyncObj, SyncObjConf, SyncObjException
 from pysyncobj.node import Node, TCPNode
 
 from esdb_node.deadline import Deadline
 from esdb_node.errors import (
-    CorruptStore,
     EsdbError,
     InvalidInput,
     NotLeader,
-    StorageFailure,
     StorageFull,
     Timeout,
     Unavailable,
     UnknownOutcome,
 )
 from esdb_node.raft import patches
+from esdb_node.raft.applier import Applier, Pending
 from esdb_node.raft.config import RaftConfig, split_addr
 from esdb_node.raft.journal import open_journal
+from esdb_node.raft.loop import AsyncioPoller, LoopDriver
 from esdb_node.raft.outcome import (
     DISCARDED,
     FAIL_NAMES,
@@ -62,15 +64,15 @@ from esdb_node.raft.outcome import (
 )
 from esdb_node.raft.snapshot import SnapshotManager, read_header
 from esdb_node.raft.status import MemberStatus, RaftStatus, RejectedPeers, parse_status
-from esdb_node.raft.transport import EsdbTransport, FrameCipher, PeerGuard
+from esdb_node.raft.transport import EsdbTransport, FrameCipher, PeerGuard, PortLimits
 from esdb_node.storage.store import Store
 
 log = logging.getLogger(__name__)
 
 EXIT_STORAGE_FAILURE = 70
 BIND_TIMEOUT = 3.0
+BIND_RETRY = 0.2
 STATUS_REFRESH = 0.1
-FULL_DISK_RETRY = 1.0
 FOLLOWER_STATE = 0  # pysyncobj's _RAFT_STATE.FOLLOWER
 LEADER_STATE = 2  # pysyncobj's _RAFT_STATE.LEADER
 
@@ -94,11 +96,6 @@ class EsdbNode(TCPNode):
         super().__init__(address, **kwargs)
         self._hash = hash(address)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # Membership commands carry a pickled node; str hashes differ between processes.
-        self.__dict__.update(state)
-        self.__dict__["_hash"] = hash(self._id)
-
     def __hash__(self) -> int:
         return self._hash
 
@@ -107,17 +104,6 @@ class EsdbNode(TCPNode):
 
     def __ne__(self, other: object) -> bool:
         return not self == other
-
-
-class _ApplyFailed:
-    """apply() raised something that is not a storage failure: the entry changed nothing
-    (or, `unknown`, it was not applied here yet and its fate is not known)."""
-
-    __slots__ = ("message", "unknown")
-
-    def __init__(self, message: str, *, unknown: bool = False) -> None:
-        self.message = message
-        self.unknown = unknown
 
 
 class _Pending:
@@ -188,6 +174,7 @@ class _Deadlines:
 
 
 class _EsdbSyncObj(
+    patches.CommandCodecFix,
     patches.SnapshotKeepaliveFix,
     patches.AppendEntriesFix,
     patches.MembershipGuardFix,
@@ -195,7 +182,7 @@ class _EsdbSyncObj(
     patches.DumpLoadFix,
     SyncObj,
 ):
-    """The SyncObj with exactly one replicated method, `apply(batch)`."""
+    """The SyncObj whose one replicated operation is `apply(batch)` (CommandCodecFix)."""
 
     def __init__(self, owner: RaftNode, conf: Any) -> None:
         self._esdb = owner
@@ -223,9 +210,13 @@ class _EsdbSyncObj(
     def _getEncryptor(self) -> Any:
         return self._esdb.guard_cipher
 
-    @replicated
-    def apply(self, batch: bytes) -> Any:
+    def _esdb_apply(self, batch: bytes) -> Any:
         return self._esdb._apply(self, batch)
+
+    def _esdb_bad_command(self, index: int, exc: Exception) -> Any:
+        # Entries are checked when they arrive (wire.decode_message) and written by us, so
+        # this is a damaged journal: skipping the entry would diverge from the other members.
+        self._esdb._on_fatal(f"raft: committed entry {index} is not an esdb command: {exc}")
 
     # --- durability points -----------------------------------------------------------------------
 
@@ -233,7 +224,21 @@ class _EsdbSyncObj(
         """Whether `message` may leave: only once everything it vouches for is durable."""
         return self._esdb_journal.flush()
 
+    def _SyncObj__sendAppendEntries(self) -> None:
+        super()._SyncObj__sendAppendEntries()
+        if not self._esdb_defer_sends:
+            # The entries are on their way: sync the leader's own copy while the followers
+            # sync theirs, instead of before sending (two syncs in a row on the critical path).
+            self._esdb_journal.flush()
+
+    _esdb_guarded = False
+
     def _onTick(self, timeToWait: float = 0.0) -> None:
+        if not self._esdb_guarded:
+            # Every frame is decoded and every entry applied on this thread (before its first
+            # tick, nothing is): pysyncobj's pickle module refuses to run here.
+            self._esdb_guarded = True
+            patches.guard_thread(threading.current_thread())
         # The leader's commit computation (start of stock _onTick) counts its own copy of the
         # log; make that copy durable first. Followers' entries were flushed when acked.
         if not self._esdb_journal.flush() and self._isLeader():
@@ -341,19 +346,23 @@ class RaftNode:
         store: Store,
         *,
         on_fatal: Callable[[str], NoReturn] = fatal,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
+        """With `loop` (the node's running event loop; construct RaftNode on it), Raft runs on
+        that loop (`raft/loop.py`); without, on pysyncobj's own tick thread (tools, tests)."""
         config.validate()
-        if threading.current_thread() is not threading.main_thread():
+        if loop is None and threading.current_thread() is not threading.main_thread():
             log.warning(
                 "RaftNode created outside the main thread: raft stops when this thread exits"
             )
         patches.install_global_patches()
+        self._loop = loop
+        self._driver = LoopDriver(loop, lambda: self._obj.doTick(0.0)) if loop is not None else None
         self.config = config
         self.store = store
         self._on_fatal = on_fatal
         self._stopped = False
         self._membership_lock = threading.Lock()
-        self.replays_skipped = 0
         layout = config.layout
         layout.raft.mkdir(parents=True, exist_ok=True)
         self._journal = open_journal(
@@ -363,9 +372,20 @@ class RaftNode:
             on_failure=on_fatal,
             health=store.health,
         )
-        self.guard_cipher = FrameCipher(config.secret, config.cluster_id)
-        self._guard = PeerGuard(self.guard_cipher, config.preauth_frame_bytes, config.frame_cap)
-        self.snapshots = SnapshotManager(store, layout.raft_dump, EsdbNode)
+        self.guard_cipher = FrameCipher.for_cluster(config.secret, config.cluster_id)
+        self._guard = PeerGuard(
+            self.guard_cipher,
+            config.preauth_frame_bytes,
+            config.frame_cap,
+            PortLimits(
+                max_connections=config.max_connections,
+                max_pending=config.max_pending,
+                handshake_timeout=config.handshake_timeout,
+                frame_timeout=config.frame_timeout,
+            ),
+        )
+        self.applier = Applier(store, on_fatal)
+        self.snapshots = SnapshotManager(store, layout.raft_dump, EsdbNode, self.applier)
         self._deadlines = _Deadlines()
         self._status = RaftStatus(
             self_addr=config.self_addr,
@@ -412,25 +432,56 @@ class RaftNode:
             logCompactionSplit=False,
             dynamicMembershipChange=True,
             useFork=False,
-            bindRetryTime=0.2,
+            bindRetryTime=BIND_RETRY,
+            # Without a tick thread, pysyncobj's constructor binds in a loop that only ends
+            # after this many attempts; unbounded, a taken port would hang the node's loop.
+            maxBindRetries=int(BIND_TIMEOUT / BIND_RETRY) if self._driver is not None else 0,
             onStateChanged=self._on_state_changed,
+            autoTick=self._driver is None,
+            pollerType=(
+                AsyncioPoller(self._driver.loop, self._driver.schedule)
+                if self._driver is not None
+                else "auto"
+            ),
         )
         try:
             self._obj = _EsdbSyncObj(self, conf)
-        except Exception:
+        except Exception as exc:
             self._deadlines.stop()
+            self.applier.stop(1)
             self._journal._destroy()
+            if isinstance(exc, SyncObjException) and exc.errorCode == "BindError":
+                raise Unavailable(
+                    f"cannot listen for raft on {config.bind_addr}",
+                    hint="is another process using the port?",
+                ) from None
             raise
         self._obj.addOnTickCallback(self._on_tick)
-        self._tick_thread = self._obj._SyncObj__thread
-        # pysyncobj retries a failed bind for ever in the background; a node that cannot
-        # listen must fail loudly instead of looking alive.
         transport = self._obj._SyncObj__transport
         deadline = time.monotonic() + BIND_TIMEOUT
-        while not transport.ready and time.monotonic() < deadline:
-            time.sleep(0.02)
+        if self._driver is not None:
+            self._tick_thread = threading.current_thread()
+            while not transport.ready and time.monotonic() < deadline:
+                self._obj.doTick(0.0)  # the first tick binds the raft port
+                if not transport.ready:
+                    time.sleep(0.02)
+            if transport.ready:
+                self._driver.start()
+        else:
+            self._tick_thread = self._obj._SyncObj__thread
+            while not transport.ready and time.monotonic() < deadline:
+                time.sleep(0.02)
+        # pysyncobj retries a failed bind for ever in the background; a node that cannot
+        # listen must fail loudly instead of looking alive.
         if not transport.ready:
-            self.destroy()
+            if self._driver is not None:
+                self._stopped = True
+                self._driver.stop()
+                self._obj.destroy()
+                self.applier.stop(1)
+                self._deadlines.stop()
+            else:
+                self.destroy()
             raise Unavailable(
                 f"cannot listen for raft on {config.bind_addr}",
                 hint="is another process using the port?",
@@ -438,40 +489,11 @@ class RaftNode:
 
     # --- the replicated entry point (tick thread) ------------------------------------------------
 
-    def _apply(self, obj: _EsdbSyncObj, batch: bytes) -> Any:
-        """Never raises: a raise would stall the log for ever (the entry is retried each tick).
-        A full disk holds the entry until space is back (skipping it would diverge); damaged
-        data or a failing disk stops the process (the member is repaired from a peer)."""
-        try:
-            index = obj.raftLastApplied + 1
-            term = self._journal.term_at(index)
-            results = self._apply_when_writable(batch, index, term)
-            if results is None:
-                self.replays_skipped += 1
-            return results
-        except StorageFull:
-            # Stopping while the disk is full: not applied here; the journal replays it at
-            # the next start. Its callers cannot know whether it committed elsewhere.
-            return _ApplyFailed("the node stopped before applying (disk full)", unknown=True)
-        except CorruptStore as exc:
-            self._on_fatal(f"raft: {exc.message}; repair this member (`esdb node repair`)")
-        except (StorageFailure, OSError, MemoryError) as exc:
-            self._on_fatal(f"raft: applying a committed entry failed: {exc}")
-        except Exception as exc:
-            log.exception("raft: applying a committed entry raised; the entry changed nothing")
-            return _ApplyFailed(f"{type(exc).__name__}: {exc}")
-
-    def _apply_when_writable(self, batch: bytes, index: int, term: int) -> list[Any] | None:
-        """Store.apply, waiting out a full disk. This holds the tick thread: the member stops
-        acknowledging (a leader stops leading: its followers elect another) and resumes by
-        itself once space is freed."""
-        while True:
-            try:
-                return self.store.apply(batch, index, term)
-            except StorageFull:
-                if self._stopped:
-                    raise
-                time.sleep(FULL_DISK_RETRY)
+    def _apply(self, obj: _EsdbSyncObj, batch: bytes) -> Pending:
+        """Queue the committed entry for the applier thread; its `Pending` is the result
+        pysyncobj hands the submit callback. Never raises (a raise would stall the log)."""
+        index = obj.raftLastApplied + 1
+        return self.applier.enqueue(index, self._journal.term_at(index), batch)
 
     def _on_state_changed(self, old: int, new: int) -> None:
         # Called before pysyncobj updates the term of a new election, so none is logged here.
@@ -518,26 +540,38 @@ class RaftNode:
             pending.resolve(Rejected(Unavailable("raft node is stopped")))
             return
 
-        def done(result: Any, reason: int) -> None:
-            pending.resolve(self._outcome(result, reason))
+        def applied(entry: Pending) -> None:  # applier thread
+            pending.resolve(self._applied(entry))
+
+        def done(result: Any, reason: int) -> None:  # tick thread
+            if reason == SUCCESS and isinstance(result, Pending):
+                result.then(applied)
+            else:
+                pending.resolve(self._outcome(result, reason))
 
         try:
             self._obj.apply(batch, callback=done)
+            if self._driver is not None and threading.current_thread() is self._tick_thread:
+                self._driver.schedule()  # tick now, not after the pipe wake-up round trip
         except Exception as exc:
             pending.resolve(Unknown(f"raft enqueue failed: {type(exc).__name__}: {exc}"))
 
     def _outcome(self, result: Any, reason: int) -> Outcome:
         if reason != SUCCESS:
             return failure_outcome(reason, self.leader())
-        if isinstance(result, list):
-            return Applied(result)
-        if isinstance(result, _ApplyFailed) and result.unknown:
-            return Unknown(result.message)
-        if isinstance(result, _ApplyFailed):
-            return Rejected(EsdbError(f"applying the batch failed: {result.message}"))
-        # None: the store had already applied this index before a restart, so the original
-        # results are gone; a retry with the same event ids returns them.
-        return Unknown("entry was applied before a restart; its results are not available")
+        return Unknown(f"raft returned an unexpected result: {type(result).__name__}")
+
+    @staticmethod
+    def _applied(entry: Pending) -> Outcome:
+        if entry.failure is not None and entry.unknown:
+            return Unknown(entry.failure)
+        if entry.failure is not None:
+            return Rejected(EsdbError(f"applying the batch failed: {entry.failure}"))
+        if entry.results is None:
+            # The store had already applied this index before a restart, so the original
+            # results are gone; a retry with the same event ids returns them.
+            return Unknown("entry was applied before a restart; its results are not available")
+        return Applied(entry.results)
 
     # --- state ------------------------------------------------------------------------------------
 
@@ -554,9 +588,15 @@ class RaftNode:
     def self_addr(self) -> str:
         return self.config.self_addr
 
+    @property
+    def replays_skipped(self) -> int:
+        """Entries replayed at start that the store had applied already (tests)."""
+        return self.applier.replays_skipped
+
     def status(self) -> RaftStatus:
-        """The latest status the tick thread published (at most one tick old)."""
-        return self._status
+        """The latest status the tick thread published (at most one tick old), with the
+        applier's progress now: "applied" means in the store, which may trail Raft a little."""
+        return replace(self._status, last_applied=self.applier.applied_index)
 
     def rejected(self) -> RejectedPeers:
         return self._guard.counts()
@@ -574,7 +614,7 @@ class RaftNode:
             obj._SyncObj__raftLeader,
             obj.raftCurrentTerm,
             obj.raftCommitIndex,
-            obj.raftLastApplied,
+            self.applier.applied_index,
             len(obj._SyncObj__otherNodes),
             sum(obj._SyncObj__raftMatchIndex.values()),  # a follower's progress (leader)
             obj._SyncObj__transport.drop_in,
@@ -586,7 +626,7 @@ class RaftNode:
         self._status_key = key
         self._status_refresh_at = now + STATUS_REFRESH
         transport = obj._SyncObj__transport
-        self._status = parse_status(
+        status = parse_status(
             obj.getStatus(),
             ready=bool(obj.isReady()),
             rejected=self.rejected(),
@@ -596,6 +636,7 @@ class RaftNode:
             snapshot_index=self.snapshots.last_index,
             journal_bytes=self._journal_bytes,
         )
+        self._status = status
 
     _journal_bytes = 0
 
@@ -721,6 +762,12 @@ class RaftNode:
                 raise Timeout(f"leadership transfer did not finish within {timeout}s")
 
     def _wait_published(self, condition: Callable[[], bool], deadline: float) -> None:
+        if threading.current_thread() is self._tick_thread:
+            # On the loop (or tick) thread itself, waiting would hold up the very tick that
+            # publishes: publish now instead.
+            self._status_key = ()
+            self._publish_status()
+            return
         self._call_on_tick(lambda: None)  # wakes the tick thread, which publishes on its way out
         while not condition() and time.monotonic() < deadline:
             time.sleep(0.005)
@@ -763,10 +810,32 @@ class RaftNode:
                 self._obj.forceLogCompaction()
 
     def _not_on_tick_thread(self) -> None:
-        if threading.current_thread() is self._tick_thread:
-            raise RuntimeError("blocking RaftNode methods must not run on the raft tick thread")
+        """Submit callbacks run on the tick or the applier thread; blocking there would stall
+        the very thread the call waits for."""
+        if threading.current_thread() in (self._tick_thread, self.applier.thread):
+            raise RuntimeError(
+                "blocking RaftNode methods must not run on the raft tick or apply thread"
+            )
 
     # --- shutdown ---------------------------------------------------------------------------------
+
+    def _destroy_on_loop(self, driver: LoopDriver) -> None:
+        """pysyncobj's destroy closes sockets registered with the loop: do it there."""
+        done = threading.Event()
+
+        def destroy() -> None:
+            try:
+                driver.stop()
+                self._obj.destroy()
+            finally:
+                done.set()
+
+        if driver.loop.is_closed():
+            destroy()
+            return
+        driver.loop.call_soon_threadsafe(destroy)
+        if not done.wait(30):
+            log.error("raft: the event loop did not run the shutdown within 30 s")
 
     def destroy(self) -> None:
         """Stop raft (idempotent). Pending submits get `Unknown`. The store stays open."""
@@ -774,10 +843,14 @@ class RaftNode:
             return
         self._not_on_tick_thread()
         self._stopped = True
-        self._obj.destroy()
-        if self._tick_thread is not None:
-            self._tick_thread.join(30)
+        if self._driver is not None:
+            self._destroy_on_loop(self._driver)
+        else:
+            self._obj.destroy()
+            if self._tick_thread is not None:
+                self._tick_thread.join(30)
         self.snapshots.wait_idle(60)
+        self.applier.stop(10)
         for pending in self._deadlines.stop():
             pending.resolve(Unknown("raft node stopped"))
 

@@ -9,6 +9,9 @@ inside SyncObj), so they must come before SyncObj in the bases.
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import pysyncobj.pickle as _pso_pickle
@@ -16,18 +19,39 @@ import pysyncobj.syncobj as _pso_syncobj
 from pysyncobj.journal import Journal
 from pysyncobj.monotonic import monotonic as monotonic_time
 
+from esdb_node.raft import wire
 from esdb_node.raft.journal import Entry
 
 log = logging.getLogger(__name__)
 
-PICKLE_PROTOCOL = 4
 # An append_entries message is not sent to a peer whose socket still has this much unsent.
 MAX_SEND_BACKLOG = 8 << 20
 SNAPSHOT_ACK_INTERVAL = 0.5
-NO_OP_COMMAND = b"\x01"  # _bchr(_COMMAND_TYPE.NO_OP)
+NO_OP_COMMAND = wire.NO_OP_COMMAND
 
 _installed = False
+_stock_create_poller = _pso_syncobj.createPoller
 _stock_create_journal = _pso_syncobj.createJournal
+_GUARDED_THREADS: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+
+
+class PickleRefused(RuntimeError):
+    """pysyncobj tried to (un)pickle on a raft tick thread: esdb's raft path is plain data."""
+
+
+def guard_thread(thread: threading.Thread) -> None:
+    """Make `pysyncobj.pickle` refuse to work on `thread` (a RaftNode's tick thread)."""
+    _GUARDED_THREADS.add(thread)
+
+
+def _refusing(name: str, stock: Callable[..., Any]) -> Callable[..., Any]:
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() in _GUARDED_THREADS:
+            raise PickleRefused(f"pysyncobj.pickle.{name} on the raft tick thread")
+        return stock(*args, **kwargs)
+
+    guarded.__name__ = name
+    return guarded
 
 
 def _create_journal(journalFile: Any = None) -> Any:
@@ -38,19 +62,97 @@ def _create_journal(journalFile: Any = None) -> Any:
     return _stock_create_journal(journalFile)
 
 
+def _create_poller(poller_type: Any) -> Any:
+    """syncobj.py:243 `createPoller(conf.pollerType)`: also accept a ready poller object (esdb's
+    asyncio poller, raft/loop.py), as createJournal accepts a journal object."""
+    if isinstance(poller_type, str):
+        return _stock_create_poller(poller_type)
+    return poller_type
+
+
+def _not_the_bind_failure(record: logging.LogRecord) -> bool:
+    """syncobj.py:293 logs a traceback when the constructor cannot bind; RaftNode reports
+    that as one line ("cannot listen for raft on ...")."""
+    return record.getMessage() != "failed to perform initialization"
+
+
 def install_global_patches() -> None:
     """Idempotent. Affects every SyncObj in the process (esdb has only its own)."""
     global _installed
     if _installed:
         return
-    # pickle.py:45 `__protocol = 2`: protocol 2 pickles bytes through latin-1 strings
-    # (2x size, 10x time); every member must run Python 3, which esdb requires anyway.
-    setattr(_pso_pickle, "__protocol", PICKLE_PROTOCOL)
+    # A tripwire behind CommandCodecFix and the transport's codec: should any pysyncobj path
+    # still reach its pickle module on a RaftNode's tick thread (where every frame is decoded
+    # and every entry applied), it raises instead of unpickling data from the network.
+    # Other threads keep stock behaviour (tests compare stock SyncObjs in-process).
+    for name in ("loads", "load", "dumps", "dump"):
+        setattr(_pso_pickle, name, _refusing(name, getattr(_pso_pickle, name)))
     _pso_syncobj.createJournal = _create_journal
+    _pso_syncobj.createPoller = _create_poller
+    logging.getLogger(_pso_syncobj.__name__).addFilter(_not_the_bind_failure)
     from esdb_node.raft.snapshot import install_replace_hook
 
     install_replace_hook()
     _installed = True
+
+
+class CommandCodecFix:
+    """Commands in the log are plain data (`wire.py`), never pickles.
+
+    Stock pickles every command: `@replicated` calls as `pickle((func_id, args))`
+    (syncobj.py:1599), membership changes as `pickle([op, id, node_object])` (lines 384, 400),
+    code versions as `pickle(int)` (line 368), and unpickles them when it parses a change
+    (line 1419) or applies an entry (lines 874, 894); with the transport's frames that made any
+    holder of the Raft key able to run code on every member. Now a batch is `\\x00E` + the
+    batch, a membership change `\\x02M` + msgpack `[op, address]`; entries from older journals
+    are read by `legacy.py` without unpickling; code-version commands are refused.
+    The owner provides `_esdb_apply(batch)` and `_esdb_bad_command(index, exc)`.
+    """
+
+    def apply(self, batch: bytes, callback: Any = None) -> None:
+        """Replicate `batch`; `callback(result, reason)` once it is applied (or failed)."""
+        self._applyCommand(wire.batch_body(batch), callback, wire.REGULAR)  # type: ignore[attr-defined]
+
+    def addNodeToCluster(self, node: Any, callback: Any = None) -> None:
+        self._esdb_change_cluster("add", node, callback)
+
+    def removeNodeFromCluster(self, node: Any, callback: Any = None) -> None:
+        self._esdb_change_cluster("rem", node, callback)
+
+    def _esdb_change_cluster(self, op: Any, node: Any, callback: Any) -> None:
+        if not self._SyncObj__conf.dynamicMembershipChange:  # type: ignore[attr-defined]
+            raise RuntimeError("dynamicMembershipChange is disabled")
+        addr = node if isinstance(node, str) else node.address
+        self._applyCommand(wire.membership_body(op, addr), callback, wire.MEMBERSHIP)  # type: ignore[attr-defined]
+
+    def setCodeVersion(self, newVersion: int, callback: Any = None) -> None:
+        raise RuntimeError("esdb does not use pysyncobj code versions")
+
+    def _SyncObj__parseChangeClusterRequest(self, command: bytes) -> list[str] | None:
+        if command[:1] != bytes([wire.MEMBERSHIP]):
+            return None
+        decoded = wire.decode_command(command)
+        assert isinstance(decoded, wire.Membership)
+        # Two items: pysyncobj builds the node from the address (syncobj.py:1379).
+        return [decoded.op, decoded.addr]
+
+    def _SyncObj__doApplyCommand(self, command: bytes) -> Any:
+        try:
+            decoded = wire.decode_command(command)
+        except wire.WireError as exc:
+            return self._esdb_bad_command(self.raftLastApplied + 1, exc)  # type: ignore[attr-defined]
+        if isinstance(decoded, wire.Batch):
+            return self._esdb_apply(decoded.data)
+        if isinstance(decoded, wire.Membership):
+            # Only matters after a restart (syncobj.py:885); otherwise already applied.
+            self._SyncObj__doChangeCluster([decoded.op, decoded.addr])  # type: ignore[attr-defined]
+        return None
+
+    def _esdb_apply(self, batch: bytes) -> Any:
+        raise NotImplementedError
+
+    def _esdb_bad_command(self, index: int, exc: Exception) -> Any:
+        raise NotImplementedError
 
 
 class AppendEntriesFix:
@@ -252,7 +354,9 @@ class SendAppendEntriesFix:
                     if node not in connected:
                         break
                 else:
-                    data = serializer.getTransmissionData(node)
+                    # `False` (the dump could not be read) is "nothing to send": stock sends it
+                    # and then indexes it (data[2]), and so does the follower.
+                    data = serializer.getTransmissionData(node) or None
                     transport.send(
                         node,
                         {

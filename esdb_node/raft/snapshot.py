@@ -28,6 +28,7 @@ Life cycle, all driven by pysyncobj's Serializer (serializer.py):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
@@ -45,6 +46,7 @@ from pysyncobj.config import SERIALIZER_STATE
 
 from esdb_node.codec import pack
 from esdb_node.errors import CorruptRecord
+from esdb_node.raft.applier import Applier
 from esdb_node.raft.journal import Entry
 from esdb_node.storage.store import Store
 
@@ -250,8 +252,10 @@ class SnapshotManager:
         store: Store,
         dump_path: Path,
         node_class: Callable[[str], Any],
+        applier: Applier | None = None,
     ) -> None:
         self.store = store
+        self.applier = applier
         self.dump_path = Path(dump_path).absolute()
         self._node_class = node_class
         self._lock = threading.Lock()
@@ -313,7 +317,8 @@ class SnapshotManager:
         if header.applied[0] > local[0]:
             if _file_id(file_name) != self._verified:
                 verify_image(file_name, header)
-            install_image(file_name, header, self.store)
+            with self.applier.paused() if self.applier is not None else contextlib.nullcontext():
+                install_image(file_name, header, self.store)
             self.installs += 1
             log.info(
                 "raft snapshot: installed image at index %d (local store was at %d)",
@@ -348,6 +353,9 @@ class SnapshotManager:
         tmp = self.dump_path.with_name(self.dump_path.name + ".writing")
         result = int(SERIALIZER_STATE.FAILED)
         try:
+            # The image must hold every entry up to `last`: pysyncobj truncates the log to it.
+            if self.applier is not None and not self.applier.wait_applied(last[1], 120):
+                raise RuntimeError(f"the store did not reach index {last[1]} to dump it")
             header = write_dump(tmp, self.store, last, prev, members)
             with self._lock:
                 if gen == self._generation:

@@ -16,10 +16,18 @@ class RejectedPeers:
     bad_frame: int = 0  # failed authentication or decoding: wrong secret or not a raft peer
     oversized_frame: int = 0  # length header above the cap (small before the handshake)
     unknown_peer: int = 0  # right secret but not a member (or a non-member message)
+    slow_peer: int = 0  # handshake or a started frame not finished in time
+    over_limit: int = 0  # connection cap reached (or accepts paused: out of descriptors)
 
     @property
     def total(self) -> int:
-        return self.bad_frame + self.oversized_frame + self.unknown_peer
+        return (
+            self.bad_frame
+            + self.oversized_frame
+            + self.unknown_peer
+            + self.slow_peer
+            + self.over_limit
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,43 +1,46 @@
-"""Raft transport: authenticated encryption, frame caps, partitions, durability points.
+"""Raft transport: authenticated encryption, plain-data frames, caps, deadlines, partitions.
 
 Subclasses of pysyncobj's TCP classes (tcp_connection.py, tcp_server.py, transport.py):
 
 * `HardenedConnection` replaces the frame codec. Stock frames are
-  `i32 length | Fernet(zlib(pickle(msg)))`; ours are `u32 length | seq | nonce | AES-GCM(pickle)`
-  with a key derived from the cluster secret and a per-connection sequence number in the
-  associated data (frames cannot be replayed, dropped or reordered within a connection;
-  pysyncobj's per-connection nonce handshake stops replays across connections). Nothing is
-  unpickled before it authenticates. The length header is checked against a cap *before*
-  anything is buffered: small until the peer has proved it knows the secret, larger after.
-  Stock pysyncobj reads whatever arrives and buffers frames of any length, unauthenticated.
+  `i32 length | Fernet(zlib(pickle(msg)))`; ours are
+  `u32 length | seq | nonce | AES-GCM(msgpack(msg))` with the Raft key derived from the
+  cluster secret (`esdb_node.keys`) and a per-connection sequence number in the associated
+  data (frames cannot be replayed, dropped or reordered within a connection; pysyncobj's
+  per-connection key exchange stops replays across connections). The plaintext is plain data
+  checked against an explicit schema (`wire.py`): nothing on the raft path is unpickled, so
+  even a holder of the key cannot make a member run code. The length header is checked
+  against a cap *before* anything is buffered: small until the peer has proved it knows the
+  key, larger after. A frame once started must finish within `frame_timeout`. Stock pysyncobj
+  reads whatever arrives and buffers frames of any length, unauthenticated, for ever.
   Write and read buffers are a deque and a bytearray instead of `bytes +=` (quadratic).
-* `HardenedServer` makes the listening socket hand out `HardenedConnection`s.
-* `EsdbTransport` counts and logs refused peers, lets the node drop raft traffic to/from given
-  peers (fault injection without root), refuses pysyncobj's utility commands and read-only
-  peers, and calls the node's durability point before any message that acknowledges or
-  announces log contents.
+* `HardenedServer` makes the listening socket hand out `HardenedConnection`s and, when
+  accept fails for lack of descriptors or memory, pauses accepting for a moment (one log line
+  a minute) instead of unbinding for good as stock does.
+* `EsdbTransport` caps incoming connections (in total, and mid-handshake) and drops those that
+  do not finish the handshake in time, keeps one incoming connection per member, counts and
+  logs refused peers, lets the node drop raft traffic to/from given peers (fault injection
+  without root), refuses pysyncobj's utility commands and read-only peers, and calls the
+  node's durability point before any message that acknowledges or announces log contents.
 """
 
 from __future__ import annotations
 
 import errno
 import functools
-import hashlib
 import logging
 import os
-import pickle
 import socket
 import struct
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from pysyncobj.dns_resolver import globalDnsResolver
 from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.poller import POLL_EVENT_TYPE
@@ -45,8 +48,9 @@ from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 from pysyncobj.tcp_server import TcpServer
 from pysyncobj.transport import TCPTransport
 
-from esdb_node.raft.patches import PICKLE_PROTOCOL
+from esdb_node import keys
 from esdb_node.raft.status import RejectedPeers
+from esdb_node.raft.wire import WireError, decode_message, encode_message
 
 log = logging.getLogger(__name__)
 
@@ -55,30 +59,43 @@ _SEQ = struct.Struct(">Q")
 _NONCE = 12
 _TAG = 16
 _MIN_FRAME = _SEQ.size + _NONCE + _TAG
-_AAD = b"esdb-raft-frame-v1"
+_AAD = b"esdb-raft-frame-v2"
 
-# Messages that acknowledge or announce log contents, term or vote: the journal is made durable
-# before any of them leaves the node.
-DURABLE_TYPES = frozenset({"append_entries", "next_node_idx", "request_vote", "response_vote"})
+# Messages that acknowledge log contents, or carry a term or vote: the journal is made durable
+# before any of them leaves the node. append_entries is not among them: a leader sends its new
+# entries first and syncs its own copy while the followers sync theirs (Raft thesis 10.2.1); it
+# counts itself toward a commit only once synced (the tick starts with a flush).
+DURABLE_TYPES = frozenset({"next_node_idx", "request_vote", "response_vote"})
+# Received messages this node can take only if it can write its journal (disk not full).
+NEEDS_WRITABLE = frozenset({"append_entries", "request_vote"})
 
-MAX_PENDING_HANDSHAKES = 64
-HANDSHAKE_TIMEOUT = 5.0
 _REJECT_LOG_INTERVAL = 60.0
+ACCEPT_PAUSE = 1.0
+LISTEN_BACKLOG = 128
+# accept() failures that mean "out of descriptors or kernel memory": wait, then try again
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+@dataclass(frozen=True, slots=True)
+class PortLimits:
+    """What one peer can cost the raft port."""
+
+    max_connections: int = 64  # incoming connections in total (members included)
+    max_pending: int = 32  # incoming connections that have not finished the handshake
+    handshake_timeout: float = 10.0  # to finish the key exchange and name a member
+    frame_timeout: float = 30.0  # to finish a frame once its first byte arrived
 
 
 class FrameCipher:
-    """AES-256-GCM with a key stretched from the cluster secret (PBKDF2, salt from the
-    cluster id). A fresh random nonce per frame; the frame's sequence number is authenticated
-    as associated data."""
+    """AES-256-GCM with the cluster's Raft key (`esdb_node.keys`). A fresh random nonce per
+    frame; the frame's sequence number is authenticated as associated data."""
 
-    KDF_ITERATIONS = 200_000
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
 
-    def __init__(self, secret: str, cluster_id: str) -> None:
-        salt = hashlib.sha256(b"esdb-raft-salt\x00" + cluster_id.encode()).digest()
-        kdf = PBKDF2HMAC(
-            algorithm=hashes.SHA256(), length=32, salt=salt, iterations=self.KDF_ITERATIONS
-        )
-        self._aead = AESGCM(kdf.derive(secret.encode()))
+    @classmethod
+    def for_cluster(cls, secret: str, cluster_id: str) -> FrameCipher:
+        return cls(keys.derive(secret, cluster_id).raft)
 
     def seal(self, seq: int, plaintext: bytes) -> bytes:
         head = _SEQ.pack(seq)
@@ -97,18 +114,35 @@ class FrameCipher:
 class PeerGuard:
     """Shared by one transport's connections: frame caps, the cipher, refused-peer counters."""
 
-    def __init__(self, cipher: FrameCipher, preauth_cap: int, frame_cap: int) -> None:
+    def __init__(
+        self,
+        cipher: FrameCipher,
+        preauth_cap: int,
+        frame_cap: int,
+        limits: PortLimits | None = None,
+    ) -> None:
         self.cipher = cipher
         self.preauth_cap = preauth_cap
         self.frame_cap = frame_cap
+        self.limits = limits or PortLimits()
         self._lock = threading.Lock()
-        self._counts = {"bad_frame": 0, "oversized_frame": 0, "unknown_peer": 0}
+        self._counts = {
+            "bad_frame": 0,
+            "oversized_frame": 0,
+            "unknown_peer": 0,
+            "slow_peer": 0,
+            "over_limit": 0,
+        }
         self._last_logged: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
     def counts(self) -> RejectedPeers:
         with self._lock:
             return RejectedPeers(**self._counts)
+
+    def count(self, reason: str) -> None:
+        with self._lock:
+            self._counts[reason] += 1
 
     def reject(self, peer: str, reason: str, detail: str) -> None:
         host = peer.rsplit(":", 1)[0]
@@ -177,6 +211,8 @@ class HardenedConnection(TcpConnection):
         self._send_seq = 0
         self._recv_seq = 0
         self.created = monotonic_time()
+        self.frame_started: float | None = None  # first byte of a frame not yet complete
+        self.incoming = kwargs.get("socket") is not None
         super().__init__(*args, **kwargs)
         self.encryptor = guard.cipher
 
@@ -197,6 +233,7 @@ class HardenedConnection(TcpConnection):
         self._send_seq = 0
         self._recv_seq = 0
         self.created = monotonic_time()
+        self.frame_started = None
 
     def _wbuf(self) -> _WriteQueue:
         buf: Any = self._TcpConnection__writeBuffer
@@ -222,9 +259,8 @@ class HardenedConnection(TcpConnection):
         super().disconnect()
 
     def send(self, message: Any) -> None:
-        if self.sendRandKey:
-            message = (self.sendRandKey, message)
-        payload = self._guard.cipher.seal(self._send_seq, pickle.dumps(message, PICKLE_PROTOCOL))
+        plain = encode_message(message, self.sendRandKey)
+        payload = self._guard.cipher.seal(self._send_seq, plain)
         self._send_seq += 1
         buf = self._wbuf()
         buf.append(_LEN.pack(len(payload)))
@@ -260,6 +296,10 @@ class HardenedConnection(TcpConnection):
         self._guard.reject(self._peer, reason, detail)
         self.disconnect()
 
+    def frame_overdue(self, now: float) -> bool:
+        started = self.frame_started
+        return started is not None and now - started > self._guard.limits.frame_timeout
+
     def _head_ok(self, buf: bytearray) -> bool:
         if len(buf) >= _LEN.size:
             (n,) = _LEN.unpack_from(buf)
@@ -289,6 +329,8 @@ class HardenedConnection(TcpConnection):
         if not incoming:
             self.disconnect()
             return False
+        if not buf:
+            self.frame_started = monotonic_time()
         buf += incoming
         return self._head_ok(buf)
 
@@ -302,21 +344,20 @@ class HardenedConnection(TcpConnection):
             return None
         frame = bytes(buf[_LEN.size : end])
         del buf[:end]
+        # A frame is complete: the clock restarts for what follows it, if anything does.
+        self.frame_started = monotonic_time() if buf else None
         try:
             plain = self._guard.cipher.open(self._recv_seq, frame)
         except InvalidTag:
             self._reject("bad_frame", "authentication failed: wrong secret or not a raft peer")
             return None
         try:
-            message = pickle.loads(plain)
-            if self.recvRandKey:
-                key, message = message
-                if key != self.recvRandKey:
-                    raise ValueError("stale connection key")
-                self._authed = True
-        except Exception as exc:
-            self._reject("bad_frame", f"malformed message: {type(exc).__name__}")
+            message = decode_message(plain, self.recvRandKey)
+        except (WireError, TypeError, ValueError) as exc:
+            self._reject("bad_frame", f"malformed message: {str(exc)[:120]}")
             return None
+        if self.recvRandKey:
+            self._authed = True
         self._recv_seq += 1
         return message
 
@@ -325,14 +366,57 @@ class HardenedServer(TcpServer):
     def __init__(self, *args: Any, guard: PeerGuard, on_accept: Any, **kwargs: Any) -> None:
         self._guard = guard
         self._on_accept = on_accept
+        self.paused_until: float | None = None
+        self._last_pause_log = -_REJECT_LOG_INTERVAL
+        self._pauses = 0
         super().__init__(*args, **kwargs)
+
+    def bind(self) -> None:
+        super().bind()
+        # Stock listens with a backlog of 5: a burst of connections (a flood, or a member's
+        # reconnect storm) waits in SYN retries. Listening again only raises the backlog.
+        self._TcpServer__socket.listen(LISTEN_BACKLOG)
+
+    def _pause(self, exc: OSError) -> None:
+        """Out of descriptors (or kernel memory): stop watching the listening socket for a
+        moment; connections wait in the backlog. Stock unbinds the port for good, and nothing
+        ever binds it again (TCPTransport._maybeBind returns once it was ready)."""
+        fileno = self._TcpServer__fileno
+        if fileno is None:
+            return
+        self._TcpServer__poller.unsubscribe(fileno)
+        self.paused_until = monotonic_time() + ACCEPT_PAUSE
+        self._pauses += 1
+        self._guard.count("over_limit")
+        now = monotonic_time()
+        if now - self._last_pause_log >= _REJECT_LOG_INTERVAL:
+            self._last_pause_log = now
+            log.warning(
+                "raft: cannot accept connections (%s); pausing accepts for %.0f s "
+                "(%d pauses so far; next line in %.0f s at most)",
+                os.strerror(exc.errno or 0),
+                ACCEPT_PAUSE,
+                self._pauses,
+                _REJECT_LOG_INTERVAL,
+            )
+
+    def resume_if_due(self, now: float) -> None:
+        fileno = self._TcpServer__fileno
+        if self.paused_until is None or now < self.paused_until or fileno is None:
+            return
+        self.paused_until = None
+        self._TcpServer__poller.subscribe(
+            fileno, self._TcpServer__onNewConnection, POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.ERROR
+        )
 
     def _TcpServer__onNewConnection(self, descr: int, event: int) -> None:
         if event & POLL_EVENT_TYPE.READ:
             try:
                 sock, addr = self._TcpServer__socket.accept()
             except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                if exc.errno in _RESOURCE_ERRNOS:
+                    self._pause(exc)
+                elif exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNABORTED):
                     self.unbind()
                 return
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._TcpServer__sendBufferSize)
@@ -396,9 +480,16 @@ class EsdbTransport(TCPTransport):
         )
 
     def _accept_ok(self, peer: str) -> bool:
-        pending = sum(1 for c in self._unknownConnections if not c.authenticated)
-        if pending >= MAX_PENDING_HANDSHAKES:
-            self.guard.reject(peer, "unknown_peer", "too many connections mid-handshake")
+        limits = self.guard.limits
+        pending = len(self._unknownConnections)
+        if pending >= limits.max_pending:
+            self.guard.reject(peer, "over_limit", "too many connections mid-handshake")
+            return False
+        incoming = pending + sum(
+            1 for c in self._connections.values() if getattr(c, "incoming", False)
+        )
+        if incoming >= limits.max_connections:
+            self.guard.reject(peer, "over_limit", "too many incoming connections")
             return False
         return True
 
@@ -430,6 +521,15 @@ class EsdbTransport(TCPTransport):
             self._unknownConnections.discard(conn)
             conn._reject("unknown_peer", f"not a cluster member: {str(message)[:80]!r}")
             return
+        else:
+            # One connection per member: a member that dials again replaces its old
+            # connection (stock keeps the old one open and reading, orphaned).
+            node = self._nodeAddrToNode[message]
+            old = self._connections.get(node)
+            super()._onIncomingMessageReceived(conn, message)
+            if old is not None and old is not conn:
+                old.disconnect()
+            return
         super()._onIncomingMessageReceived(conn, message)
 
     def _onOutgoingMessageReceived(self, conn: Any, message: Any) -> None:
@@ -441,10 +541,20 @@ class EsdbTransport(TCPTransport):
     def _onTick(self) -> None:
         super()._onTick()
         now = monotonic_time()
+        limit = self.guard.limits.handshake_timeout
         for conn in list(self._unknownConnections):
-            if now - conn.created > HANDSHAKE_TIMEOUT:
+            if now - conn.created > limit:
                 self._unknownConnections.discard(conn)
-                conn.disconnect()
+                conn._reject("slow_peer", f"no handshake within {limit:g} s")
+            elif conn.frame_overdue(now):
+                self._unknownConnections.discard(conn)
+                conn._reject("slow_peer", "a frame was not finished in time")
+        for conn in list(self._connections.values()):
+            if isinstance(conn, HardenedConnection) and conn.frame_overdue(now):
+                conn._reject("slow_peer", "a frame was not finished in time")
+        server = self._server
+        if isinstance(server, HardenedServer):
+            server.resume_if_due(now)
 
     # --- messages --------------------------------------------------------------------------------
 
@@ -462,7 +572,7 @@ class EsdbTransport(TCPTransport):
             return
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             return
-        if message["type"] in DURABLE_TYPES and not self._syncObj._esdb_durability_point(message):
+        if message["type"] in NEEDS_WRITABLE and not self._syncObj._esdb_durability_point(message):
             # Disk full: entries and votes could not be made durable, so they are not taken
             # (like a lost message); the sender retries, and this node resumes once it can write.
             return

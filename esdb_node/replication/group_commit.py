@@ -13,6 +13,8 @@ from esdb_node.storage import commands as cmd
 from esdb_node.storage.store import Result
 
 Flush = Callable[[bytes, Deadline], Awaitable[list[Result]]]
+# Told about every flushed batch: (commands, encoded bytes, seconds to replicate and apply).
+BatchObserver = Callable[[int, int, float], None]
 
 
 class GroupCommitter:
@@ -41,6 +43,7 @@ class GroupCommitter:
         self._scheduled = False
         self._last_us = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self.observer: BatchObserver | None = None  # set by the composition root (metrics)
 
     def submit(self, command: cmd.Command, deadline: Deadline) -> asyncio.Future[Result]:
         """Queue one command; the future resolves with its result when its batch is done.
@@ -84,8 +87,11 @@ class GroupCommitter:
         # Timestamps never go backwards within this process, even if the wall clock does.
         self._last_us = max(self._last_us + 1, time.time_ns() // 1000)
         data = cmd.encode_batch(self._last_us, [command for command, _ in batch])
+        started = time.perf_counter()
         try:
             results = await self._flush(data, deadline)
+            if self.observer is not None:
+                self.observer(len(batch), len(data), time.perf_counter() - started)
             if len(results) != len(batch):
                 raise UnknownOutcome(f"replicator returned {len(results)} results for {len(batch)}")
             for (_, future), result in zip(batch, results, strict=True):

@@ -26,6 +26,10 @@ class LocalReplicator:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="esdb-writer")
         self._committer = GroupCommitter(self._flush, max_in_flight=1)
 
+    @property
+    def committer(self) -> GroupCommitter:
+        return self._committer
+
     async def start(self) -> None:
         return None
 

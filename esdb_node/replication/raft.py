@@ -35,6 +35,10 @@ class RaftReplicator:
             self._flush, max_in_flight=MAX_IN_FLIGHT, max_batch_bytes=MAX_BATCH_BYTES
         )
 
+    @property
+    def committer(self) -> GroupCommitter:
+        return self._committer
+
     async def start(self) -> None:
         return None
 

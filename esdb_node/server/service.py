@@ -4,6 +4,8 @@ writes through the replicator, reads with the requested consistency, live tails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
 import time
 from collections.abc import AsyncIterator
@@ -30,6 +32,7 @@ from esdb_node.storage.store import Store
 
 CHUNK_EVENTS = 1000
 CHUNK_BYTES = 1 << 20
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux; Python 3.10+ names it
 
 T = TypeVar("T")
 
@@ -113,6 +116,13 @@ class NodeService:
     async def append(self, req: ops.Append, ctx: Context) -> AppendResult:
         command = cmd.AppendEvents(req.stream, req.expected, req.events)
         return await self._write(command, ctx.deadline, AppendResult)
+
+    @handles(ops.AppendMany)
+    async def append_many(self, req: ops.AppendMany, ctx: Context) -> list[AppendResult]:
+        command = cmd.AppendMany(
+            [cmd.AppendEvents(p.stream, p.expected, p.events) for p in req.parts]
+        )
+        return await self._write(command, ctx.deadline, list)
 
     @handles(ops.Delete)
     async def delete(self, req: ops.Delete, ctx: Context) -> DeleteResult:
@@ -250,6 +260,43 @@ class NodeService:
     async def status_request(self, req: ops.Status, ctx: Context) -> NodeStatus:
         return self.status()
 
+    @handles(ops.Backup)
+    async def backup(self, req: ops.Backup, ctx: Context) -> AsyncIterator[list[bytes]]:
+        """`Store.copy_to_fd` on a worker thread into a pipe; the loop reads the other end
+        without blocking and sends CHUNK_BYTES at a time. A reader that goes away closes
+        the pipe, which ends the copy (EPIPE) and its read transaction."""
+        loop = asyncio.get_running_loop()
+        rfd, wfd = os.pipe()
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(wfd, F_SETPIPE_SZ, CHUNK_BYTES)
+
+        def copy() -> tuple[int, int]:
+            try:
+                return self.store.copy_to_fd(wfd)
+            finally:
+                os.close(wfd)
+
+        copying = loop.run_in_executor(None, copy)
+        reader = asyncio.StreamReader(limit=CHUNK_BYTES * 2)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(rfd, "rb", buffering=0)
+        )
+        try:
+            while True:
+                try:
+                    data = await reader.readexactly(CHUNK_BYTES)
+                except asyncio.IncompleteReadError as end:
+                    if end.partial:
+                        yield [end.partial]
+                    break
+                yield [data]
+            await copying
+        finally:
+            transport.close()
+            if not copying.done():
+                with contextlib.suppress(Exception):
+                    await copying
+
     @handles(ops.Verify)
     async def verify(self, req: ops.Verify, ctx: Context) -> VerifyReport:
         return await asyncio.get_running_loop().run_in_executor(None, self.store.verify)
@@ -287,4 +334,5 @@ class NodeService:
             max_clock_offset=self.max_clock_offset,
             storage=disk.state,
             storage_error=disk.reason,
+            has_quorum=rs.has_quorum,
         )

@@ -42,6 +42,15 @@ class AppendEvents(Command, tag=1, frozen=True):
         return 64 + len(self.stream) + sum(40 + len(e.type) + e.size for e in self.events)
 
 
+class AppendMany(Command, tag=8, frozen=True):
+    """Appends to several streams, all or none: one failing part undoes the others."""
+
+    parts: list[AppendEvents]
+
+    def size(self) -> int:
+        return 16 + sum(part.size() for part in self.parts)
+
+
 class DeleteStream(Command, tag=2, frozen=True):
     stream: str
     expected: int
@@ -85,6 +94,7 @@ class DeleteMember(Command, tag=7, frozen=True):
 AnyCommand = Union[  # noqa: UP007
     Noop,
     AppendEvents,
+    AppendMany,
     DeleteStream,
     SetMetadata,
     SaveSnapshot,

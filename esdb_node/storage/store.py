@@ -240,8 +240,10 @@ class Store:
             self.env.close()
 
     def flush(self) -> None:
-        """Force everything committed so far to disk (used with sync=False)."""
-        self.env.sync(True)
+        """Force everything committed so far to disk (used with sync=False). Safe from any
+        thread: it waits out a snapshot install swapping the files."""
+        with self._swap_lock.read():
+            self.env.sync(True)
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -580,6 +582,15 @@ class Store:
 
         return verify(self)
 
+    def rebase(self) -> None:
+        """Forget the Raft position and the cluster registry: this store (a restored backup)
+        seeds a new node, standalone or the first member of a new Raft group whose log starts
+        at index 1 again; an old applied index would make it skip those entries. Offline."""
+        with self.env.begin(write=True) as txn:
+            txn.delete(_APPLIED, db=self._meta)
+            txn.drop(self._members, delete=False)
+        self._applied = (0, 0)
+
     def copy_to_fd(self, fd: int) -> tuple[int, int]:
         """Write a compacted, consistent copy of the environment to `fd`; returns its applied
         (index, term), which the copy is guaranteed to match."""
@@ -748,6 +759,32 @@ class _Writer:
             stream, first_version, version - 1, position - len(events), position - 1
         )
 
+    def append_many(self, command: cmd.AppendMany) -> list[AppendResult]:
+        """Every part in a nested transaction: the first failing part aborts them all and is
+        the result, with the index of the part (`details["part"]`)."""
+        if not command.parts:
+            raise InvalidInput("append_many needs at least one append")
+        outer, positions, streams = self.txn, self.next_position, self.stream_count
+        child = lmdb.Transaction(self.store.env, write=True, parent=outer)
+        self.txn = child
+        results: list[AppendResult] = []
+        try:
+            for i, part in enumerate(command.parts):
+                try:
+                    results.append(self.append(part))
+                except EsdbError as exc:
+                    exc.details["part"] = i
+                    raise
+        except BaseException:
+            child.abort()
+            self.next_position, self.stream_count = positions, streams
+            raise
+        else:
+            child.commit()
+        finally:
+            self.txn = outer
+        return results
+
     def _retry(
         self, stream: str, expected: int, events: list[EventIn], first_pos: int
     ) -> AppendResult:
@@ -880,6 +917,7 @@ def _noop(writer: _Writer, command: cmd.Noop) -> None:
 _APPLY: dict[type[Any], Any] = {
     cmd.Noop: _noop,
     cmd.AppendEvents: _Writer.append,
+    cmd.AppendMany: _Writer.append_many,
     cmd.DeleteStream: _Writer.delete,
     cmd.SetMetadata: _Writer.set_metadata,
     cmd.SaveSnapshot: _Writer.snapshot_save,

@@ -219,7 +219,10 @@ def test_drop_committed_entries_makes_the_drill_fail(
         "drop-committed-entries",
     )
     assert r.code == 5, r.err[-3000:]
-    assert "error: drill found anomalies: leader-kill" in r.err
+    # with --json the error is a JSON object on the last stderr line
+    error = json.loads(r.err.splitlines()[-1])["error"]
+    assert error["code"] == "unhealthy"
+    assert error["message"] == "drill found anomalies: leader-kill"
     report = r.json()
     assert report["clean"] is False
     assert report["lost"] > 0 and report["anomalies"]["lost-write"] > 0

@@ -403,6 +403,8 @@ FIXED = FaultReport(
     health_before="leader n2, reachable n1,n2,n3",
     health_after="leader n3, reachable n1,n2,n3",
     detail="two-way raft partition",
+    together=2,
+    members=3,
 )
 
 

@@ -157,7 +157,7 @@ def test_node_status_and_ready(esdb: Esdb, node: NodeProc) -> None:
     assert r.code == 0
     assert (
         r.out.splitlines() == [line for line in r.out.splitlines() if line.startswith("[+]")]
-        and len(r.out.splitlines()) == 3
+        and len(r.out.splitlines()) == 4  # node, leader, store, disk
     )
     r = esdb("node", "ready", "--url", f"esdb://127.0.0.1:{free_port()}", "--timeout", "1")
     assert r.code == 5 and r.out.startswith("[-]node failed")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from esdb_cli import output
+from esdb_node.cluster_view import ClusterSnapshot, MemberSnapshot
 from esdb_node.model import (
     AppendResult,
     DeleteResult,
@@ -85,6 +86,46 @@ INFOS = [
     StreamInfo("user-1", 0, False, True, StreamMetadata(max_age=3600.0, custom={"a": 1}), 1),
 ]
 SNAPSHOT = Snapshot("order-1", 1, b'{"total":42}', b"", T0)
+CLUSTER = ClusterSnapshot(
+    taken_at=0.0,
+    mode="cluster",
+    store_id="default",
+    leader="n1",
+    leader_url="esdb://127.0.0.1:40113",
+    term=3,
+    quorum="degraded",
+    members=(
+        MemberSnapshot(
+            "n1",
+            "esdb://127.0.0.1:40113",
+            role="leader",
+            reachable=True,
+            term=3,
+            commit_index=120,
+            applied_index=120,
+            lag=0,
+            rtt_ms=0.61,
+            leader_id="n1",
+        ),
+        MemberSnapshot(
+            "n2",
+            "esdb://127.0.0.1:40123",
+            role="follower",
+            reachable=True,
+            term=3,
+            commit_index=120,
+            applied_index=118,
+            lag=2,
+            rtt_ms=0.73,
+            leader_id="n1",
+        ),
+        MemberSnapshot(
+            "n3",
+            "esdb://127.0.0.1:40133",
+            error="cannot connect to esdb://127.0.0.1:40133: connection refused",
+        ),
+    ),
+)
 
 CASES: dict[str, Callable[[output.Printer], object]] = {
     "read": lambda p: p.rows(
@@ -112,6 +153,9 @@ CASES: dict[str, Callable[[output.Printer], object]] = {
         key="snapshots",
     ),
     "node_status": lambda p: p.record(output.status_row(STATUS)),
+    "cluster_status": lambda p: p.rows(
+        output.cluster_rows(CLUSTER, {"n1": 4242, "n2": 4243, "n3": None}), output.STATUS_COLUMNS
+    ),
 }
 
 
@@ -121,18 +165,39 @@ def render(case: str, fmt: str) -> str:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("fmt", ["table", "json", "jsonl"])
+@pytest.mark.parametrize("fmt", ["table", "table80", "json", "jsonl"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_golden(case: str, fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`table80` is the table on an 80-column terminal: ids, positions and times whole,
+    the data column elided with … or, where even that does not fit, one record per row."""
     monkeypatch.setenv("NO_COLOR", "1")
-    monkeypatch.setenv("COLUMNS", "120")
-    text = render(case, fmt)
+    monkeypatch.setenv("COLUMNS", "80" if fmt == "table80" else "120")
+    text = render(case, fmt.removesuffix("80"))
     path = GOLDEN / f"{case}.{fmt}"
     if os.environ.get("ESDB_UPDATE_GOLDEN") == "1":
         path.parent.mkdir(exist_ok=True)
         path.write_text(text)
     assert path.exists(), f"missing golden file {path}; run with ESDB_UPDATE_GOLDEN=1"
     assert text == path.read_text()
+    if fmt == "table80":
+        assert all(len(line) <= 80 for line in text.splitlines()), text
+
+
+def test_no_id_position_or_time_is_cut_at_80_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    stream_read, log_read = render("read", "table"), render("read_all", "table")
+    for e in EVENTS:
+        assert str(e.id) in stream_read
+        assert any(line.split()[:1] == [str(e.position)] for line in log_read.splitlines())
+    assert stream_read.count("2026-12-01T12:00:00.123456Z") == len(EVENTS)
+    assert log_read.count("2026-12-01T12:00:00.123456Z") == len(EVENTS)
+
+
+def test_tail_table_line_shows_json_not_a_python_repr() -> None:
+    assert output.tail_line(output.event_row(EVENTS[0])) == (
+        'order-1@0  OrderPlaced  {"items":["book"],"total":42}'
+    )
+    assert output.tail_line(output.event_row(EVENTS[2])) == "order-1@2  Attachment  AAFiaW5hcnk="
 
 
 def test_event_json_shape_is_the_documented_contract() -> None:

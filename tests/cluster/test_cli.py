@@ -1,4 +1,4 @@
-"""`esdb cluster ...` end to end against real clusters: JSON shapes of DESIGN.md §4, exit
+"""`esdb cluster ...` end to end against real clusters: JSON shapes of docs/cluster.md, exit
 codes, and membership changes (remove, add, stepdown)."""
 
 from __future__ import annotations
@@ -12,11 +12,14 @@ from pathlib import Path
 import pytest
 
 from esdb_cli import local
+from esdb_cli.localcluster import LocalCluster
 from tests.cli_runner import Esdb, Run
 from tests.harness import (
     FAST,
+    SECRET,
     Cluster,
     PortClash,
+    free_port,
     port_clash,
     retry_on_port_clash,
     wait_for,
@@ -60,7 +63,7 @@ def test_cluster_up_status_health_leader_members_down(
     assert r.code == 0, r.err
     status = r.json()
     assert {"leader", "term", "nodes"} <= status.keys()
-    assert [n["id"] for n in status["nodes"]] == ["n1", "n2", "n3"]
+    assert [n["id"] for n in status["nodes"]] == ["n1", "n2", "n3"], status
     for row in status["nodes"]:
         assert row.keys() >= STATUS_KEYS, row
         assert row["reachable"] is True and row["url"] == cluster.url(row["id"])
@@ -118,9 +121,13 @@ def test_remove_add_and_stepdown_through_the_cli(cluster: Cluster, esdb: Esdb) -
 
     gone = cluster.followers(old_leader)[0]
     gone_pid = cluster.pid(gone)
-    r = esdb("--cluster-dir", d, "cluster", "remove", gone)
+    gone_raft = cluster.node(gone).raft
+    r = esdb("--cluster-dir", d, "--json", "cluster", "remove", gone)
     assert r.code == 0, r.err
     cluster.track()
+    # node ids, not raft addresses (the raft address is there too)
+    assert r.json()["removed"] == gone and r.json()["raft"] == gone_raft
+    assert r.json()["members"] == sorted(cluster.ids)
     assert gone not in cluster.ids and not local.is_node_process(gone_pid)
     r = esdb("--cluster-dir", d, "cluster", "members", "--json")
     assert sorted(m["id"] for m in r.json()["members"]) == sorted(cluster.ids)
@@ -158,7 +165,9 @@ def test_remove_add_and_stepdown_through_the_cli(cluster: Cluster, esdb: Esdb) -
     t0 = time.monotonic()
     r = esdb("--cluster-dir", d, "--json", "cluster", "stepdown")
     assert r.code == 0, r.err
-    assert r.json()["new_leader"] != cluster.node(leader).raft
+    assert r.json()["old_leader"] == leader
+    assert r.json()["new_leader"] in cluster.ids and r.json()["new_leader"] != leader
+    assert f"leadership moved from {leader} to {r.json()['new_leader']}" in r.err
     new_leader = cluster.wait_leader(timeout=15)
     assert new_leader != leader
     r = esdb("--cluster-dir", d, "cluster", "leader", "--json")
@@ -190,3 +199,81 @@ def test_status_asked_of_one_follower_lists_every_member_and_the_leader(
         assert all(n["reachable"] and n["url"] == cluster.url(n["id"]) for n in doc["nodes"])
     r = esdb("--url", cluster.url(follower), "cluster", "health")
     assert r.code == 0 and r.out.count("is healthy") == len(cluster.ids), r.out
+
+
+def test_cluster_up_add_down_use_the_cluster_dir_from_flag_and_env(
+    tmp_path: Path,
+    esdb: Esdb,
+    adopt: Callable[[Path], Cluster],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As the README does it: `export ESDB_CLUSTER_DIR=demo`, then `cluster down` with no
+    --dir. Nothing may land in ./esdb-cluster."""
+    monkeypatch.chdir(tmp_path)
+    d = tmp_path / "demo"
+    try:
+        up = esdb("cluster", "up", "--cluster-dir", d, "--nodes", "1", *FAST_SET)
+    finally:
+        if (tmp_path / "esdb-cluster" / "cluster.json").exists():  # --cluster-dir ignored
+            adopt(tmp_path / "esdb-cluster")
+        if (d / "cluster.json").exists():
+            cluster = adopt(d)
+    assert up.code == 0, up.err
+    monkeypatch.setenv("ESDB_CLUSTER_DIR", str(d))
+    again = esdb("cluster", "up", "--nodes", "5", "--secret", "another-secret-42")
+    assert again.code == 0, again.err
+    assert "ignoring --nodes, --secret" in again.err and "esdb cluster add" in again.err
+    assert "all nodes already running" in again.err
+    assert len(LocalCluster.load(d).nodes) == 1
+    r = esdb("cluster", "add", "--json")
+    assert r.code == 0, r.err
+    cluster.track()
+    assert sorted(cluster.ids) == ["n1", r.json()["id"]]
+    pids = [cluster.pid(n) for n in cluster.ids]
+    r = esdb("cluster", "down")
+    assert r.code == 0, r.err
+    assert "stopped n1, n2" in r.err
+    for pid in pids:
+        wait_gone(pid, timeout=5)
+    assert not (tmp_path / "esdb-cluster").exists()
+
+
+def test_detached_join_reports_a_refused_join_then_joins(
+    cluster: Cluster, esdb: Esdb, tmp_path: Path, detached: list[Path]
+) -> None:
+    """`node start --detach --join` returns 0 only once the node has joined; a wrong secret
+    prints the node's own error and its exit code, and leaves nothing that would stop the
+    corrected start from joining."""
+    leader = cluster.wait_leader()
+    data = tmp_path / "joiner"
+    detached.append(data)
+    start = [
+        "node", "start", "--detach", "-D", data, "--join", cluster.url(leader),
+        "--store-id", "ctest", "--listen", f"127.0.0.1:{free_port()}",
+        "--raft", f"127.0.0.1:{free_port()}",
+    ]  # fmt: skip
+    r = esdb(*start, "--secret", "not-the-cluster-secret")
+    assert r.code == 2, (r.code, r.err)
+    assert "wrong cluster secret" in r.err and "running in the background" not in r.err
+    assert local.running_pid(data) is None and not (data / "raft").exists()
+    r = esdb(*start, "--secret", SECRET, "--json")
+    assert r.code == 0, r.err
+    joined = r.json()["node_id"]
+    assert "is in the cluster" in r.err and r.json()["leader_id"] is not None
+    r = esdb("--url", cluster.url(leader), "cluster", "members", "--json")
+    assert joined in {m["id"] for m in r.json()["members"]}, r.out
+
+
+def test_a_fault_that_leaves_no_majority_says_so_at_once(cluster: Cluster, esdb: Esdb) -> None:
+    d = str(cluster.local.dir)
+    cluster.wait_leader()
+    started = time.monotonic()
+    r = esdb("--cluster-dir", d, "--json", "chaos", "partition", "n1", "n2", "n3")
+    elapsed = time.monotonic() - started
+    assert r.code == 0, r.err
+    assert "no leader can be elected until healed" in r.err, r.err
+    assert r.json()["majority"] is False and r.json()["recovery_s"] is None
+    assert elapsed < 15, elapsed  # it used to wait out the 20 s recovery probe silently
+    r = esdb("--cluster-dir", d, "chaos", "heal")
+    assert r.code == 0, r.err
+    assert "recovered in" in r.err, r.err

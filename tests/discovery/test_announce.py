@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 
 import pytest
 from zeroconf import ServiceInfo
 
+from esdb_node import keys
 from esdb_node.discovery.announce import (
-    KDF_CONTEXT,
+    FORMAT_VERSION,
     SERVICE_TYPE,
     SIGNED_KEYS,
     Announcement,
@@ -24,7 +24,7 @@ from esdb_node.discovery.announce import (
 from esdb_node.errors import InvalidInput
 
 NOW_MS = 1_800_000_000_000
-KEY = derive_key("correct horse battery staple")
+KEY = derive_key("correct horse battery staple", "s1")
 ANN = Announcement(
     store_id="s1",
     node_id="n1",
@@ -75,19 +75,19 @@ def test_the_secret_is_not_on_the_wire_and_keys_are_independent() -> None:
     secret = "correct horse battery staple"
     raw = wire(sign(ANN, KEY))
     assert secret.encode() not in raw and KEY.hex().encode() not in raw
-    assert derive_key(secret) == KEY  # deterministic
-    assert derive_key("another secret") != KEY
-    # not the key pysyncobj derives from the same secret (other salt)
-    pysyncobj_salt = b"\x15%q\xe6\xbb\x02\xa6\xf8\x13q\x90\xcf6+\x1e\xeb"
-    pysyncobj_key = hashlib.pbkdf2_hmac("sha256", secret.encode(), pysyncobj_salt, 100_000)
-    assert pysyncobj_key != KEY
-    assert KDF_CONTEXT.startswith(b"esdb/discovery/")
+    assert derive_key(secret, "s1") == KEY  # deterministic
+    assert derive_key("another secret", "s1") != KEY
+    assert derive_key(secret, "s2") != KEY  # another store: another key
+    # not the key of the raft frames or of admin requests (same secret, other purposes)
+    derived = keys.derive(secret, "s1")
+    assert derived.discovery == KEY
+    assert len({derived.raft, derived.discovery, derived.admin}) == 3
     with pytest.raises(InvalidInput):
-        derive_key("")
+        derive_key("", "s1")
 
 
 def test_wrong_secret_is_bad_mac() -> None:
-    result = check(sign(ANN, derive_key("wrong secret")))
+    result = check(sign(ANN, derive_key("wrong secret", "s1")))
     assert isinstance(result, Rejection) and result.reason == "bad_mac"
     assert result.node_id == "n1"  # what it claims, for the log line
 
@@ -159,7 +159,8 @@ def test_rogue_layouts_are_malformed(props: dict[str, str]) -> None:
 
 def test_other_format_version_is_unsupported() -> None:
     props = sign(ANN, KEY)
-    props["v"] = "2"
+    assert FORMAT_VERSION == "2"
+    props["v"] = "1"  # a node from before per-purpose keys
     result = check(props)
     assert isinstance(result, Rejection) and result.reason == "unsupported_version"
 

@@ -149,7 +149,7 @@ def test_three_nodes_form_one_cluster_then_a_fourth_joins_and_impostors_are_igno
     start_node(h[3], node_env(tmp_path, "imp", h[3].addr, secret="not-the-secret"), "imp")
     now_ms = str(int(time.time() * 1000))
     txt = {
-        "v": "1",
+        "v": "2",
         "store": "formation",
         "node": "rogue",
         "proto": "1",

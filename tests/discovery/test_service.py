@@ -65,7 +65,7 @@ def txt(
         **kw,
     )
     return ServiceInfo(
-        SERVICE_TYPE, f"x.{SERVICE_TYPE}", port=1, properties=sign(ann, derive_key(secret))
+        SERVICE_TYPE, f"x.{SERVICE_TYPE}", port=1, properties=sign(ann, derive_key(secret, store))
     ).text
 
 

@@ -36,7 +36,7 @@ from tests.harness.registry import (
     log_section,
     track,
 )
-from tests.harness.waiting import wait_for
+from tests.harness.waiting import wait_for, wait_until
 
 __all__ = [
     "FAILED",
@@ -68,4 +68,5 @@ __all__ = [
     "track",
     "wait_for",
     "wait_gone",
+    "wait_until",
 ]

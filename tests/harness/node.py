@@ -74,7 +74,7 @@ class NodeProc:
 
     @property
     def url(self) -> str:
-        return f"esdb://{self.config.listen}"
+        return f"{self.config.url_scheme}{self.config.listen}"
 
     @property
     def pid(self) -> int:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+
+import psutil
 
 from esdb_cli import local
 from tests.harness.waiting import wait_for
@@ -14,11 +15,9 @@ def our_child(pid: int) -> bool:
     children. pid_max is 32768 here and other engineers start nodes too: a pid from a pid
     file may already belong to someone else's node, which must never be signalled."""
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
+        return psutil.Process(pid).ppid() == os.getpid()
+    except psutil.Error:
         return False
-    ppid = next((line.split()[1] for line in status.splitlines() if line.startswith("PPid:")), "")
-    return ppid == str(os.getpid())
 
 
 def wait_gone(pid: int, timeout: float = 15.0) -> None:
@@ -32,8 +31,5 @@ def wait_gone(pid: int, timeout: float = 15.0) -> None:
 
 
 def rss_kib(pid: int) -> int:
-    """Resident memory of a process, from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
+    """Resident memory of a process."""
+    return psutil.Process(pid).memory_info().rss // 1024

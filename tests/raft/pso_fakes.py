@@ -37,15 +37,18 @@ class StockObj(SyncObj):
 
 
 class FixedObj(
+    patches.CommandCodecFix,
     patches.SnapshotKeepaliveFix,
     patches.AppendEntriesFix,
     patches.MembershipGuardFix,
     patches.SendAppendEntriesFix,
     SyncObj,
 ):
-    @replicated
-    def apply(self, batch: bytes) -> bytes:
+    def _esdb_apply(self, batch: bytes) -> bytes:
         return batch
+
+    def _esdb_bad_command(self, index: int, exc: Exception) -> None:
+        raise AssertionError(f"entry {index}: {exc}")
 
 
 def make(cls: type, journal: Any = None, peers: tuple[str, ...] = (PEER,), **conf: Any) -> Any:

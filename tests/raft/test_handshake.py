@@ -3,7 +3,6 @@ handshake may cross the connection until it is done (raw socket on 127.0.0.1 as 
 
 from __future__ import annotations
 
-import pickle
 import socket
 import struct
 import time
@@ -15,12 +14,13 @@ import pytest
 
 from esdb_node.raft import RaftConfig, RaftNode
 from esdb_node.raft.transport import FrameCipher
+from esdb_node.raft.wire import decode_message, encode_message
 from esdb_node.storage.store import Store
 from tests.harness import PortClash, free_ports, retry_on_port_clash, wait_for
 from tests.raft.inproc import start_raft_node
 from tests.raft.raft_harness import FAST, SECRET
 
-CIPHER = FrameCipher(SECRET, "esdb")
+CIPHER = FrameCipher.for_cluster(SECRET, "esdb")
 _LEN = struct.Struct("<I")
 
 
@@ -41,15 +41,16 @@ class SlowPeer:
             data += chunk
         return data
 
-    def read(self, timeout: float) -> Any:
+    def read(self, timeout: float, key: bytes | None = None) -> Any:
+        """The next message; `key`: the connection key it must be wrapped in."""
         self.sock.settimeout(timeout)
         (n,) = _LEN.unpack(self._read_exact(_LEN.size))
-        message = pickle.loads(CIPHER.open(self.recv_seq, self._read_exact(n)))
+        message = decode_message(CIPHER.open(self.recv_seq, self._read_exact(n)), key)
         self.recv_seq += 1
         return message
 
-    def write(self, message: Any) -> None:
-        payload = CIPHER.seal(self.send_seq, pickle.dumps(message, 4))
+    def write(self, message: Any, key: bytes | None = None) -> None:
+        payload = CIPHER.seal(self.send_seq, encode_message(message, key))
         self.send_seq += 1
         self.sock.sendall(_LEN.pack(len(payload)) + payload)
 
@@ -135,16 +136,14 @@ def test_no_raft_message_goes_out_before_the_handshake_completes(members: Member
         senders = {}
         for i, (peer, nonce) in enumerate(zip(peers, nonces, strict=True)):
             mine = bytes([i + 1]) * 32
-            peer.write((nonce, mine))
-            key, address = peer.read(timeout=20)
-            assert key == mine
+            peer.write(mine, key=nonce)
+            address = peer.read(timeout=20, key=mine)  # refused unless wrapped in our key
             senders[address] = (peer, mine)
         assert set(senders) == {n.status().self_addr for n in members.nodes}
         peer, mine = senders[leader.status().self_addr]
         deadline = time.monotonic() + 20
         while True:
-            key, message = peer.read(timeout=max(0.1, deadline - time.monotonic()))
-            assert key == mine
+            message = peer.read(timeout=max(0.1, deadline - time.monotonic()), key=mine)
             if message.get("type") == "append_entries":
                 break
     finally:

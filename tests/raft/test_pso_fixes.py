@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -109,20 +107,6 @@ def test_leader_counts_snapshot_acks_as_liveness() -> None:
     leader._SyncObj__lastResponseTime[peer] = 0.0
     deliver(leader, {"type": "esdb_snapshot_ack", "term": 1})
     assert leader._SyncObj__lastResponseTime[peer] > 0.0
-
-
-def test_pickle_protocol_is_4() -> None:
-    stock = subprocess.run(
-        [sys.executable, "-c", "import pysyncobj.pickle as p; print(p.dumps(b'x')[1])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert stock.stdout.strip() == "2"
-    patches.install_global_patches()
-    import pysyncobj.pickle as pso_pickle
-
-    assert pso_pickle.dumps(b"x")[1] == 4
 
 
 def test_heartbeat_from_old_term_is_ignored_by_the_fix() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import pickle
 import socket
 import struct
 import threading
@@ -17,8 +16,9 @@ from pysyncobj.poller import createPoller
 from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 
 from esdb_node.raft.transport import FrameCipher, HardenedConnection, PeerGuard
+from esdb_node.raft.wire import encode_message
 
-CIPHER = FrameCipher("secret-a", "cluster-1")
+CIPHER = FrameCipher.for_cluster("secret-a", "cluster-1")
 
 
 def test_cipher_round_trip_and_rejections() -> None:
@@ -31,9 +31,9 @@ def test_cipher_round_trip_and_rejections() -> None:
     with pytest.raises(InvalidTag):
         CIPHER.open(5, bytes(tampered))
     with pytest.raises(InvalidTag):
-        FrameCipher("secret-b", "cluster-1").open(5, frame)  # wrong secret
+        FrameCipher.for_cluster("secret-b", "cluster-1").open(5, frame)  # wrong secret
     with pytest.raises(InvalidTag):
-        FrameCipher("secret-a", "cluster-2").open(5, frame)  # same secret, other cluster
+        FrameCipher.for_cluster("secret-a", "cluster-2").open(5, frame)  # other cluster
 
 
 class Pair:
@@ -130,10 +130,11 @@ def test_garbage_frame_is_refused_and_counted(pairs: list[Pair]) -> None:
 def test_authenticated_messages_flow_and_replays_are_refused(pairs: list[Pair]) -> None:
     pair = Pair(HardenedConnection)
     pairs.append(pair)
-    frames = [CIPHER.seal(seq, pickle.dumps({"n": seq})) for seq in range(3)]
+    messages = [{"type": "response_vote", "term": seq} for seq in range(3)]
+    frames = [CIPHER.seal(seq, encode_message(m, None)) for seq, m in enumerate(messages)]
     wire = [struct.pack("<I", len(f)) + f for f in frames]
     pair.feed(wire[0] + wire[1], seconds=0.3)
-    assert pair.received == [{"n": 0}, {"n": 1}]
+    assert pair.received == messages[:2]
     pair.feed(wire[1], seconds=0.5)  # the same frame again
     assert pair.conn.state == CONNECTION_STATE.DISCONNECTED
     assert pair.guard.counts().bad_frame == 1
@@ -143,8 +144,9 @@ def test_after_authentication_the_larger_cap_applies(pairs: list[Pair]) -> None:
     pair = Pair(HardenedConnection)
     pairs.append(pair)
     pair.conn._authed = True
-    payload = pickle.dumps(b"z" * 100_000)
-    frame = CIPHER.seal(0, payload)
+    command = b"\x00E" + b"z" * 100_000
+    message = {"type": "apply_command", "command": command}
+    frame = CIPHER.seal(0, encode_message(message, None))
     pair.feed(struct.pack("<I", len(frame)) + frame, seconds=0.5)
-    assert pair.received == [b"z" * 100_000]
+    assert pair.received == [message]
     assert pair.guard.counts().total == 0

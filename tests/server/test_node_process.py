@@ -340,3 +340,19 @@ def test_sigterm_is_a_clean_shutdown(node: NodeProc) -> None:
     with node.client() as c:
         assert len(c.read_stream("s")) == 1
     assert os.path.exists(node.data_dir / "esdb.pid")
+
+
+def test_append_many_through_the_client(node: NodeProc) -> None:
+    with node.client() as c:
+        results = c.append_many(
+            [("order-1", ev(1), "no-stream"), ("tracking-app", [ev(2), ev(3)], "any")]
+        )
+        assert [(r.stream, r.last_version) for r in results] == [
+            ("order-1", 0),
+            ("tracking-app", 1),
+        ]
+        with pytest.raises(WrongExpectedVersion) as caught:
+            c.append_many([("order-2", ev(4), "no-stream"), ("order-1", ev(5), "no-stream")])
+        assert caught.value.details["part"] == 1
+        with pytest.raises(StreamNotFound):
+            c.stream_info("order-2")

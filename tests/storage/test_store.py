@@ -520,3 +520,28 @@ def test_created_never_goes_backwards_in_all_order(tmp_path: Path) -> None:
     created = [codec.decode_record(p).created.timestamp() for p in payloads]
     assert created == [2.0, 2.0, 2.0, 3.0]
     store.close()
+
+
+def test_append_many_is_all_or_none(store: Store) -> None:
+    ok(append(store, "a-1", n=2))
+    both = cmd.AppendMany(
+        [cmd.append("a-1", 1, [ev(n=10)]), cmd.append("b-1", -1, [ev(n=20), ev(n=21)])]
+    )
+    results = ok(run(store, both)[0])
+    assert [(r.stream, r.first_version, r.last_version) for r in results] == [
+        ("a-1", 2, 2),
+        ("b-1", 0, 1),
+    ]
+    positions = [r.position for r in results]
+    assert positions == [2, 3]  # contiguous in $all, in the order of the parts
+    # The second part conflicts: the first part, valid on its own, is not written either.
+    conflict = cmd.AppendMany([cmd.append("c-1", -1, [ev(n=30)]), cmd.append("a-1", 0, [ev(n=40)])])
+    error = run(store, conflict, cmd.append("d-1", -2, [ev(n=50)]))
+    assert isinstance(error[0], WrongExpectedVersion) and error[0].details["part"] == 1
+    assert isinstance(error[1], AppendResult)  # other commands of the batch are unaffected
+    with pytest.raises(StreamNotFound):
+        store.stream_info("c-1")
+    assert versions(store, "a-1") == [0, 1, 2]
+    # d-1's event takes the position the aborted part had used: $all stays dense
+    assert isinstance(error[1], AppendResult) and error[1].position == 5
+    assert store.last_position == 5

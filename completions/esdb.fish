@@ -1,0 +1,1 @@
+complete --command esdb --no-files --arguments "(env _ESDB_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) esdb)" --condition "env _ESDB_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) esdb"
