@@ -7,10 +7,11 @@ It speaks docs/protocol.md itself (4-byte big-endian length + a msgpack map, `he
 with id 0) rather than going through esdb_node's client, so that the load it offers does not
 depend on, or pay for, the client library, and it measures what a lean client would see.
 
-* Each append request is encoded once per client slot. Sending one patches only the event ids
-  in place: 8 random bytes per process and run, then a 64-bit counter, so every event id is
-  unique. The request id is the slot's own number on its connection (one request in flight
-  per slot keeps it unique among in-flight requests, as the protocol asks).
+* Each append request is encoded once per client slot, its events in the documented event
+  layout (docs/protocol.md: a 24-byte header, type, metadata, data). Sending one patches only
+  the event ids in place: 8 random bytes per process and run, then a 64-bit counter, so every
+  event id is unique. The request id is the slot's own number on its connection (one request
+  in flight per slot keeps it unique among in-flight requests, as the protocol asks).
 * `clients` slots are closed loops (one request in flight each, on its own stream) spread over
   `processes` worker processes and `conns` connections per process: requests from the slots
   of a connection are pipelined on it. etcd's loader does the same with goroutines over gRPC
@@ -50,9 +51,17 @@ from bench.results import Run
 
 FRAME = struct.Struct(">I")
 U64 = struct.Struct(">Q")
-PROTOCOL_VERSION = 1
-CLIENT_NAME = "esdb-bench-loadgen/1"
+PROTOCOL_VERSION = 2
+CLIENT_NAME = "esdb-bench-loadgen/2"
 EVENT_TYPE = "BenchEvent"
+EVENT_HEAD = struct.Struct(">BBHI")  # event layout 1, flags, type length, metadata length
+RECORD_HEAD = struct.Struct(">IBBHQQQBBHI16s")  # CRC, record head, event head (56 bytes)
+
+
+def encode_event(event_id: bytes, event_type: str, data: bytes) -> bytes:
+    """One event as docs/protocol.md lays it out (binary data, no metadata)."""
+    type_raw = event_type.encode()
+    return EVENT_HEAD.pack(1, 0, len(type_raw), 0) + event_id + type_raw + data
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -87,12 +96,12 @@ class AppendTemplate:
                     "op": "append",
                     "stream": stream,
                     "expected": -2,
-                    "events": [[eid, EVENT_TYPE, payload, b"", False] for eid in ids],
+                    "events": [encode_event(eid, EVENT_TYPE, payload) for eid in ids],
                 }
             )
         )
-        # bin 8 of 16 bytes (0xc4 0x10) then the id: the counter is the id's last 8 bytes
-        self.offsets = [self.buf.index(b"\xc4\x10" + eid) + 2 + 8 for eid in ids]
+        # the counter is the id's last 8 bytes
+        self.offsets = [self.buf.index(eid) + 8 for eid in ids]
         self.batch = batch
 
     def next(self, counter: int) -> bytearray:
@@ -393,7 +402,7 @@ def run_append(spec: AppendSpec) -> tuple[Run, dict[str, int]]:
 async def _read_worker(url: str, limit: int, max_s: float, token: str | None) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
-    unpackb = msgpack.unpackb
+    unpack_head = RECORD_HEAD.unpack_from
     counts = {"events": 0, "bytes": 0}
     errors: list[str] = []
 
@@ -402,9 +411,11 @@ async def _read_worker(url: str, limit: int, max_s: float, token: str | None) ->
             errors.append(str(reply["err"][:2]))
         else:
             for record in reply["ok"]:
-                # decoded: each record is unpacked into its fields, as a reader would
-                fields = unpackb(record)
-                counts["bytes"] += len(fields[6])
+                # decoded: each record's header unpacked and its data cut out, as a reader
+                # of the fixed layout would
+                head = unpack_head(record)
+                data = record[56 + head[9] + head[10] : len(record) - head[3]]
+                counts["bytes"] += len(data)
             counts["events"] += len(reply["ok"])
         if not reply.get("more") and not done.done():
             done.set_result(None)

@@ -17,7 +17,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
-from esdb_node import ops
+from esdb_node import ops, record
 from esdb_node.deadline import Deadline
 from esdb_node.layout import DataDir
 from esdb_node.server.dispatch import Context, Dispatcher, handles
@@ -44,7 +44,7 @@ async def _per_call(dispatcher: Dispatcher, req: ops.Append, n: int) -> float:
 async def run(n: int) -> dict[str, float]:
     req = ops.Append(
         stream="bench-1",
-        events=[ops.EventIn(uuid.uuid4().bytes, "T", b'{"x":1}')],
+        events=[record.encode_event(uuid.uuid4().bytes, "T", b'{"x":1}')],
     )
     with TemporaryDirectory() as tmp:
         metrics = NodeMetrics(service=Any, files=DataDir(Path(tmp)))  # type: ignore[arg-type]

@@ -1,28 +1,26 @@
-"""msgpack encodings shared by storage, server and client, and the record checksum.
+"""msgpack encodings shared by storage, server and client, and the checksum of sealed values.
 
-A stored record is `crc32(payload) as u32 big-endian` + `payload`, where payload is a msgpack
-array. The same payload bytes are sent to clients unchanged, so an event is encoded once when
-it is stored and decoded once by the reader.
+Events and records have a fixed binary layout of their own (`esdb_node/record.py`): a client
+encodes an event once, the store keeps those bytes inside a record, and reads send the stored
+record unchanged. Everything else the store keeps (stream infos, snapshots, members) is a
+sealed msgpack value: `crc32(payload) as u32 big-endian` + `payload`.
 """
 
 from __future__ import annotations
 
 import struct
-import uuid
 import zlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 
+from esdb_node import record
 from esdb_node.errors import CorruptRecord
 from esdb_node.model import (
     RecordedEvent,
     Snapshot,
     utc_from_micros,
 )
-
-if TYPE_CHECKING:
-    from esdb_node.ops import EventIn
 
 _CRC = struct.Struct(">I")
 U64 = struct.Struct(">Q")
@@ -60,50 +58,12 @@ def unseal(value: bytes, what: str) -> bytes:
 # --- events ------------------------------------------------------------------------------------
 
 
-def encode_record(
-    stream: str,
-    version: int,
-    position: int,
-    created_us: int,
-    event: EventIn,
-) -> bytes:
-    """Payload of a stored event (unsealed)."""
-    return pack(
-        [
-            stream,
-            version,
-            position,
-            created_us,
-            event.id,
-            event.type,
-            event.data,
-            event.metadata,
-            event.is_json,
-        ]
-    )
+def decode_record(raw: bytes) -> RecordedEvent:
+    """A record as a node sent it (`record.py`), decoded lazily, field by field on access."""
+    return RecordedEvent.from_record(raw)
 
 
-def decode_record(payload: bytes) -> RecordedEvent:
-    stream, version, position, created_us, event_id, event_type, data, metadata, is_json = (
-        unpack_trusted(payload)
-    )
-    return RecordedEvent(
-        stream=stream,
-        version=version,
-        position=position,
-        id=uuid.UUID(bytes=event_id),
-        type=event_type,
-        data=data,
-        metadata=metadata,
-        is_json=is_json,
-        created=utc_from_micros(created_us),
-    )
-
-
-def record_header(payload: bytes) -> tuple[str, int, int, int, bytes, str]:
-    """(stream, version, position, created_us, id, type) without building a RecordedEvent."""
-    fields = unpack_trusted(payload)
-    return fields[0], fields[1], fields[2], fields[3], fields[4], fields[5]
+record_header = record.record_header
 
 
 def encode_snapshot(stream: str, version: int, data: bytes, metadata: bytes, created: int) -> bytes:

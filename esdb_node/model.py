@@ -6,11 +6,12 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeAlias
 
 import msgspec
 
+from esdb_node import record
 from esdb_node.errors import InvalidInput
 
 ANY: Literal["any"] = "any"
@@ -112,6 +113,14 @@ def utc_from_micros(micros: int) -> datetime:
     return datetime.fromtimestamp(micros / 1_000_000, tz=UTC)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def micros_from_utc(moment: datetime) -> int:
+    """Exact microseconds since the Unix epoch (no float rounding)."""
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
 def iso_utc(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -142,24 +151,125 @@ class EventData:
             is_json=True,
         )
 
+    def encode(self) -> bytes:
+        """The event as an `append` carries it and the store keeps it (`record.py`)."""
+        return record.encode_event(self.id.bytes, self.type, self.data, self.metadata, self.is_json)
 
-@dataclass(frozen=True, slots=True)
+
 class RecordedEvent:
-    stream: str
-    version: int
-    position: int
-    id: uuid.UUID
-    type: str
-    data: bytes
-    metadata: bytes
-    is_json: bool
-    created: datetime
+    """An event as the store recorded it: a read-only view of its record bytes (`record.py`).
+
+    Not a dataclass on purpose: a reader of `$all` gets one of these per event, and building
+    nine attributes, a UUID and a datetime per event costs more than the read itself. Fields
+    are decoded from the record when first asked for. `RecordedEvent(stream=..., ...)` builds
+    one from fields (tests, tools); `from_record` wraps bytes a node sent. Equal events have
+    equal records.
+    """
+
+    __slots__ = ("_head", "_record")
+
+    _record: bytes
+    _head: tuple[Any, ...] | None
+
+    def __init__(
+        self,
+        *,
+        stream: str,
+        version: int,
+        position: int,
+        id: uuid.UUID,
+        type: str,
+        data: bytes,
+        metadata: bytes,
+        is_json: bool,
+        created: datetime,
+    ) -> None:
+        event = record.encode_event(id.bytes, type, data, metadata, is_json)
+        self._record = record.seal_record(
+            event, stream.encode(), position, version, micros_from_utc(created)
+        )
+        self._head = None
+
+    @classmethod
+    def from_record(cls, raw: bytes) -> RecordedEvent:
+        """Wrap a record (checked for length and layout only; decoding happens on access)."""
+        if len(raw) < record.TYPE_AT + 2 or raw[4] != record.RECORD_LAYOUT:
+            raise InvalidInput(f"not an event record ({len(raw)} bytes)")
+        self = cls.__new__(cls)
+        self._record = raw
+        self._head = None
+        return self
+
+    @property
+    def record(self) -> bytes:
+        """The record bytes, as stored (with their CRC-32)."""
+        return self._record
+
+    def _fields(self) -> tuple[Any, ...]:
+        head = self._head
+        if head is None:
+            head = self._head = record.HEADER.unpack_from(self._record)
+        return head
+
+    @property
+    def stream(self) -> str:
+        return self._record[len(self._record) - self._fields()[3] :].decode()
+
+    @property
+    def version(self) -> int:
+        return int(self._fields()[5])
+
+    @property
+    def position(self) -> int:
+        return int(self._fields()[4])
+
+    @property
+    def created(self) -> datetime:
+        return utc_from_micros(self._fields()[6])
+
+    @property
+    def id(self) -> uuid.UUID:
+        return uuid.UUID(bytes=self._fields()[11])
+
+    @property
+    def type(self) -> str:
+        return self._record[record.TYPE_AT : record.TYPE_AT + self._fields()[9]].decode()
+
+    @property
+    def is_json(self) -> bool:
+        return bool(self._fields()[8] & record.IS_JSON)
+
+    @property
+    def metadata(self) -> bytes:
+        head = self._fields()
+        start = record.TYPE_AT + head[9]
+        return self._record[start : start + head[10]]
+
+    @property
+    def data(self) -> bytes:
+        head = self._fields()
+        return self._record[record.TYPE_AT + head[9] + head[10] : len(self._record) - head[3]]
 
     def json(self) -> Any:
         return json.loads(self.data)
 
     def metadata_json(self) -> Any:
         return json.loads(self.metadata) if self.metadata else {}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RecordedEvent):
+            return NotImplemented
+        return self._record == other._record
+
+    def __hash__(self) -> int:
+        return hash(self._record)
+
+    def __repr__(self) -> str:
+        return (
+            f"RecordedEvent(stream={self.stream!r}, version={self.version}, "
+            f"position={self.position}, id={self.id!r}, type={self.type!r}, data={self.data!r}, "
+            f"metadata={self.metadata!r}, is_json={self.is_json}, created={self.created!r})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,10 +457,12 @@ class VerifyReport:
     ok: bool
     events: int
     streams: int
-    index_entries: int
-    event_ids: int
+    index_entries: int  # stream-index runs
+    event_ids: int  # `exists` anchors, plus format-1 ids a migrated store still keeps
     snapshots: int
     members: int
     problems: tuple[str, ...] = ()
     more_problems: int = 0  # found beyond the listed ones
     seconds: float = 0.0
+    category_entries: int = 0  # category-index runs
+    type_entries: int = 0  # type-index runs

@@ -24,25 +24,24 @@ from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, Union
 
 import msgspec
 
+from esdb_node import record
 from esdb_node.errors import InvalidInput, ProtocolError
 from esdb_node.model import (
     AllFilter,
     AppendResult,
     DeleteResult,
-    EventData,
     MemberView,
     NodeStatus,
     Snapshot,
     StreamInfo,
     StreamMetadata,
     VerifyReport,
-    validate_event_type,
     validate_stream_name,
 )
 
 R = TypeVar("R")
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: events and records in the layouts of esdb_node/record.py
 MAX_READ_LIMIT = 1 << 62
 DEFAULT_TIMEOUT = 10.0
 MAX_EVENTS = 100_000  # per append
@@ -91,33 +90,6 @@ class Request(msgspec.Struct, Generic[R], frozen=True, kw_only=True, tag_field="
     @classmethod
     def wire_name(cls) -> str:
         return str(cls.__struct_config__.tag)
-
-
-class EventIn(msgspec.Struct, frozen=True, array_like=True):
-    """An event as a client sends it: `[id: bin(16), type, data: bin, metadata: bin, is_json]`."""
-
-    id: bytes
-    type: str
-    data: bytes
-    metadata: bytes = b""
-    is_json: bool = True
-
-    def __post_init__(self) -> None:
-        if len(self.id) != 16:
-            raise InvalidInput("event id must be 16 bytes (a UUID)")
-        if self.id == bytes(16):
-            raise InvalidInput("event id must not be the nil UUID")
-        validate_event_type(self.type)
-        if not self.data:
-            raise InvalidInput(f"event {_uuid(self.id)} has empty data")
-
-    @property
-    def size(self) -> int:
-        return len(self.data) + len(self.metadata)
-
-    @classmethod
-    def of(cls, event: EventData) -> EventIn:
-        return cls(event.id.bytes, event.type, event.data, event.metadata, event.is_json)
 
 
 def _uuid(raw: bytes) -> str:
@@ -171,36 +143,49 @@ class Cancel(Request[bool], tag="cancel", kw_only=True, frozen=True):
 
 
 class Append(Request[AppendResult], tag="append", kw_only=True, frozen=True):
+    """`events` are encoded events (`bin`, event layout 1 of `esdb_node/record.py`): the node
+    checks their fixed fields and stores the bytes unchanged."""
+
     result = AppendResult
     scope = Scope.WRITE
     write = True
     stream: str
     expected: int = -2
-    events: Annotated[list[EventIn], msgspec.Meta(max_length=MAX_EVENTS)]
+    events: Annotated[list[bytes], msgspec.Meta(max_length=MAX_EVENTS)]
 
     def __post_init__(self) -> None:
         validate_stream_name(self.stream)
         _expected(self.expected)
         if not self.events:
             raise InvalidInput("an append needs at least one event")
+        record.check_events(self.events)
 
     def check_limits(self, max_event_bytes: int) -> None:
-        for event in self.events:
-            check_event_size(event.size, f"event {_uuid(event.id)}", max_event_bytes)
+        _check_encoded_events(self.events, max_event_bytes)
+
+
+def _check_encoded_events(events: list[bytes], max_event_bytes: int) -> None:
+    # Lengths first (C speed): only a batch holding a big event is looked at per event.
+    if max(map(len, events)) - record.EVENT_HEAD.size <= max_event_bytes:
+        return
+    for event in events:
+        size = record.event_size(event)
+        check_event_size(size, f"event {_uuid(record.event_id(event))}", max_event_bytes)
 
 
 class StreamAppend(msgspec.Struct, frozen=True, kw_only=True):
-    """One part of an `append_many`."""
+    """One part of an `append_many`; `events` are encoded as in `Append`."""
 
     stream: str
     expected: int = -2
-    events: Annotated[list[EventIn], msgspec.Meta(max_length=MAX_EVENTS)]
+    events: Annotated[list[bytes], msgspec.Meta(max_length=MAX_EVENTS)]
 
     def __post_init__(self) -> None:
         validate_stream_name(self.stream)
         _expected(self.expected)
         if not self.events:
             raise InvalidInput(f"the append to {self.stream!r} has no events")
+        record.check_events(self.events)
 
 
 class AppendMany(Request[list[AppendResult]], tag="append_many", kw_only=True, frozen=True):
@@ -214,8 +199,7 @@ class AppendMany(Request[list[AppendResult]], tag="append_many", kw_only=True, f
 
     def check_limits(self, max_event_bytes: int) -> None:
         for part in self.parts:
-            for event in part.events:
-                check_event_size(event.size, f"event {_uuid(event.id)}", max_event_bytes)
+            _check_encoded_events(part.events, max_event_bytes)
 
 
 class Delete(Request[DeleteResult], tag="delete", kw_only=True, frozen=True):
@@ -560,7 +544,7 @@ def _friendly(message: str) -> str:
     if path == ".op":
         return f"unknown op: {what}"
     if _EVENT_PATH.match(path):
-        return f"each event must be [id, type, data, metadata, is_json]: {what}"
+        return f"each event must be an encoded event (bin, see docs/protocol.md): {what}"
     return f"field {path.lstrip('.')!r}: {what}"
 
 

@@ -39,8 +39,13 @@ def loaded_after(*modules: str) -> set[str]:
     return set(json.loads(out))
 
 
+# esdb_node/__init__.py parks an empty module under this name so that pysyncobj never loads
+# its own (raft/DESIGN.md patch 27); it is not pysyncobj being imported.
+PLACEHOLDERS = {"pysyncobj.win_inet_pton"}
+
+
 def roots(modules: set[str]) -> set[str]:
-    return {m.split(".")[0] for m in modules}
+    return {m.split(".")[0] for m in modules - PLACEHOLDERS}
 
 
 def node_modules() -> list[str]:

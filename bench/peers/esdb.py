@@ -40,8 +40,8 @@ class EsdbPeer(Peer):
     durable = "yes: LMDB commit with fsync on a majority before the ack (durability fsync)"
     notes: tuple[str, ...] = ("election timeouts 1-2 s (defaults)",)
     read_method = (
-        "bench/loadgen.py: one read_all from position 0 on one connection, every record "
-        "unpacked with msgpack (not into esdb_node's RecordedEvent)"
+        "bench/loadgen.py: one read_all from position 0 on one connection, every record's "
+        "fixed header unpacked and its data cut out (not into esdb_node's RecordedEvent)"
     )
 
     def __init__(self, cfg: RunConfig, workdir: Path, *, install: bool) -> None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from esdb_node import codec, ops
+from esdb_node import ops
 from esdb_node.client.connection import (
     Address,
     Connection,
@@ -386,11 +386,11 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> AppendResult:
         """Append events to a stream atomically (all or none)."""
-        batch = [events] if isinstance(events, EventData) else list(events)
+        batch = [events] if isinstance(events, EventData) else events
         req = ops.Append(
             stream=stream,
             expected=expected_to_int(expected_version),
-            events=[ops.EventIn.of(e) for e in batch],
+            events=[e.encode() for e in batch],  # encoded once; the node stores these bytes
         )
         return await self.request(req, timeout=timeout)
 
@@ -407,8 +407,7 @@ class AsyncClient:
                 stream=stream,
                 expected=expected_to_int(expected),
                 events=[
-                    ops.EventIn.of(e)
-                    for e in ([events] if isinstance(events, EventData) else events)
+                    e.encode() for e in ([events] if isinstance(events, EventData) else events)
                 ],
             )
             for stream, events, expected in appends
@@ -463,9 +462,11 @@ class AsyncClient:
         return level
 
     async def _records(self, req: ops.Request[Any]) -> AsyncIterator[RecordedEvent]:
+        # Records are wrapped, not decoded: a field is decoded when it is first read.
+        wrap = RecordedEvent.from_record
         async for chunk in self._stream(req, idle_timeout=self.timeout):
-            for payload in chunk:
-                yield codec.decode_record(payload)
+            for raw in chunk:
+                yield wrap(raw)
 
     def iter_stream(
         self,
@@ -572,8 +573,8 @@ class AsyncClient:
             try:
                 async for chunk in self._stream(req, on_open=opened):
                     failures = 0
-                    for payload in chunk:
-                        event = codec.decode_record(payload)
+                    for raw in chunk:
+                        event = RecordedEvent.from_record(raw)
                         cursor = (event.version if stream is not None else event.position) + 1
                         yield event
                 return

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 from aiohttp import web
 
-from esdb_node import codec, ops
+from esdb_node import codec, ops, record
 from esdb_node.cluster_view import readiness
 from esdb_node.deadline import Deadline
 from esdb_node.errors import (
@@ -44,7 +44,7 @@ from esdb_node.errors import (
     Unhealthy,
     UnknownOutcome,
 )
-from esdb_node.model import expected_to_int, parse_expected_version
+from esdb_node.model import expected_to_int, parse_expected_version, validate_event_type
 from esdb_node.server.auth import authorize, bearer
 from esdb_node.server.dispatch import Context, Dispatcher
 from esdb_node.server.metrics import CONTENT_TYPE, NodeMetrics
@@ -91,8 +91,8 @@ ROUTES = (
     ("GET", "/cluster", "cluster"),
     ("GET", "/openapi.yaml", "openapi"),
     ("GET", "/streams", "list_streams"),
-    ("GET", "/streams/{name:.+}", "read"),
-    ("POST", "/streams/{name:.+}", "append"),
+    ("GET", "/streams/{name:[\\s\\S]+}", "read"),
+    ("POST", "/streams/{name:[\\s\\S]+}", "append"),
 )
 
 
@@ -481,9 +481,10 @@ def _expected(value: Any) -> Any:
 _EVENT_KEYS = {"id", "type", "data", "metadata", "data_encoding"}
 
 
-def _event_in(raw: Any) -> ops.EventIn:
-    """`{"id"?, "type", "data", "metadata"?, "data_encoding"?}` as an EventIn. `data` is any
-    JSON value, or a base64 string with `"data_encoding": "base64"` (stored as not JSON)."""
+def _event_in(raw: Any) -> bytes:
+    """`{"id"?, "type", "data", "metadata"?, "data_encoding"?}` as an encoded event
+    (`record.py`). `data` is any JSON value, or a base64 string with
+    `"data_encoding": "base64"` (stored as not JSON)."""
     if not isinstance(raw, dict):
         raise InvalidInput("each event must be an object with type and data")
     unknown = set(raw) - _EVENT_KEYS
@@ -494,6 +495,7 @@ def _event_in(raw: Any) -> ops.EventIn:
     event_type = raw["type"]
     if not isinstance(event_type, str):
         raise InvalidInput("event type must be a string")
+    validate_event_type(event_type)  # before encoding: its length must fit the event header
     try:
         event_id = uuid.UUID(str(raw["id"])) if raw.get("id") is not None else uuid.uuid4()
     except ValueError:
@@ -512,7 +514,7 @@ def _event_in(raw: Any) -> ops.EventIn:
         raise InvalidInput(f"data_encoding must be base64, not {encoding!r}")
     metadata = raw.get("metadata")
     meta_bytes = b"" if metadata is None else _json_bytes(metadata)
-    return ops.EventIn(event_id.bytes, event_type, data, meta_bytes, is_json)
+    return record.encode_event(event_id.bytes, event_type, data, meta_bytes, is_json)
 
 
 def _json_bytes(value: Any) -> bytes:

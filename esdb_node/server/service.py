@@ -14,9 +14,7 @@ from typing import TypeVar
 
 from esdb_node import __version__, ops
 from esdb_node.clock import LeaderClock
-from esdb_node.codec import record_header
 from esdb_node.deadline import Deadline
-from esdb_node.errors import StreamNotFound
 from esdb_node.model import (
     AppendResult,
     DeleteResult,
@@ -25,10 +23,13 @@ from esdb_node.model import (
     StreamInfo,
     VerifyReport,
 )
+from esdb_node.record import record_version
 from esdb_node.replication import Replicator, result_or_raise
 from esdb_node.server.dispatch import Context, handles
 from esdb_node.storage import commands as cmd
 from esdb_node.storage.store import Store
+from esdb_node.subscriptions import reader
+from esdb_node.subscriptions.head import HeadWatch
 
 CHUNK_EVENTS = 1000
 CHUNK_BYTES = 1 << 20
@@ -43,30 +44,6 @@ class Identity:
     store_id: str
     url: str
     durability: str
-
-
-class HeadWatch:
-    """Wakes tails when a batch commits. `notify` may be called from any thread."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self.changes = 0
-        self._event = asyncio.Event()
-
-    def notify(self, last_position: int) -> None:
-        """A store listener; tails re-read the store, so only the fact of a change matters."""
-        self._loop.call_soon_threadsafe(self._set)
-
-    def _set(self) -> None:
-        self.changes += 1
-        event, self._event = self._event, asyncio.Event()
-        event.set()
-
-    async def wait_change(self, seen: int) -> int:
-        """Wait until `changes` moves past `seen`; returns the new count."""
-        while self.changes == seen:
-            await self._event.wait()
-        return self.changes
 
 
 def _chunks(payloads: list[bytes]) -> list[list[bytes]]:
@@ -170,7 +147,7 @@ class NodeService:
             if len(payloads) < want or not payloads:
                 return
             remaining -= len(payloads)
-            last_version = record_header(payloads[-1])[1]
+            last_version = record_version(payloads[-1])
             version = last_version - 1 if req.backward else last_version + 1
             if version < 0:
                 return
@@ -199,46 +176,21 @@ class NodeService:
     @handles(ops.Tail)
     async def tail(self, req: ops.Tail, ctx: Context) -> AsyncIterator[list[bytes]]:
         """Catch up from `from_` (or the end), then follow live commits until cancelled."""
-        if req.stream is None:
-            async for chunk in self._tail_all(req):
-                yield chunk
-            return
-        seen = self.head.changes
-        version = req.from_
-        while True:
-            try:
-                if version is None:
-                    info = self.store.stream_info(req.stream)
-                    version = info.last_version + 1
-                    continue
-                payloads, _ = self.store.read_stream(
-                    req.stream, version, limit=CHUNK_EVENTS, now_us=self.clock.now_us()
-                )
-            except StreamNotFound:
-                payloads = []
-                if version is None:
-                    version = 0
-            if payloads:
-                version = record_header(payloads[-1])[1] + 1
-                for chunk in _chunks(payloads):
-                    yield chunk
-                if len(payloads) == CHUNK_EVENTS:
-                    continue
-            seen = await self.head.wait_change(seen)
-
-    async def _tail_all(self, req: ops.Tail) -> AsyncIterator[list[bytes]]:
-        seen = self.head.changes
-        position = req.from_ if req.from_ is not None else self.store.last_position + 1
-        while True:
-            payloads, position, exhausted = self.store.read_all(
-                position, limit=CHUNK_EVENTS, filter=req.filter, max_scan=CHUNK_EVENTS * 20
+        deliveries = (
+            reader.read_all(self.store, self.head, req.from_, req.filter, batch=CHUNK_EVENTS)
+            if req.stream is None
+            else reader.read_stream(
+                self.store,
+                self.head,
+                req.stream,
+                req.from_,
+                now_us=self.clock.now_us,
+                batch=CHUNK_EVENTS,
             )
-            for chunk in _chunks(payloads):
+        )
+        async for delivery in deliveries:
+            for chunk in _chunks(delivery.records):
                 yield chunk
-            if not exhausted:
-                await asyncio.sleep(0)
-                continue
-            seen = await self.head.wait_change(seen)
 
     @handles(ops.ListStreams)
     async def list_streams(self, req: ops.ListStreams, ctx: Context) -> list[StreamInfo]:

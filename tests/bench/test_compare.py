@@ -13,6 +13,7 @@ import msgpack
 import pytest
 
 from bench.loadgen import FRAME, AppendTemplate
+from esdb_node import record
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,9 +29,11 @@ def test_an_append_template_is_one_frame_and_every_event_id_is_new() -> None:
         message = msgpack.unpackb(frame[FRAME.size :])
         assert message["id"] == 7 and message["op"] == "append"
         assert message["stream"] == "s-1" and message["expected"] == -2
-        ids = [event[0] for event in message["events"]]
-        assert [event[1:] for event in message["events"]] == [
-            ["BenchEvent", b"d" * 100, b"", False]
+        events = message["events"]
+        record.check_events(events)  # what the node checks: a valid encoded event each
+        ids = [record.event_id(event) for event in events]
+        assert [(record.event_type(e), e[24 + len(b"BenchEvent") :], e[1]) for e in events] == [
+            (b"BenchEvent", b"d" * 100, 0)  # no metadata, binary data (is_json flag off)
         ] * 3
         assert all(len(i) == 16 and i.startswith(prefix) for i in ids)
         assert [int.from_bytes(i[8:], "big") for i in ids] == [counter, counter + 1, counter + 2]

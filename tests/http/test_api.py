@@ -81,6 +81,10 @@ def test_reads_page_in_both_directions_and_all_and_streams_list(api: NodeProc) -
         ("GET", "/streams/x?direction=up", None, 400, "invalid_input"),
         ("POST", "/streams/$system", [{"type": "T", "data": 1}], 400, "invalid_input"),
         ("POST", "/streams/x", [], 400, "invalid_input"),
+        # a name with a newline is a bad name (400), not an unknown route (404)
+        ("POST", "/streams/%0A", [{"type": "T", "data": 1}], 400, "invalid_input"),
+        ("GET", "/streams/a%0Ab", None, 400, "invalid_input"),
+        ("POST", "/streams/x", [{"type": "T" * 70000, "data": 1}], 400, "invalid_input"),
         ("POST", "/streams/x", [{"type": "", "data": 1}], 400, "invalid_input"),
         ("POST", "/streams/x", [{"type": "T", "data": 1, "id": "nope"}], 400, "invalid_input"),
         ("POST", "/streams/x", [{"type": "T", "data": "%%", "data_encoding": "base64"}], 400,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -175,3 +177,31 @@ def test_loading_a_dump_restarts_the_election_timer(variant: str, tmp_path: Path
     assert obj.raftLastApplied == 9
     expired = obj._SyncObj__raftElectionDeadline < time.monotonic()
     assert expired == (variant == "stock")
+
+
+def test_loading_pysyncobj_leaves_socket_inet_ntop_alone() -> None:
+    """Patch 27, in fresh interpreters: stock pysyncobj breaks `socket.inet_ntop`; after
+    `import esdb_node` it stays the C function and psutil can list connections."""
+    check = (
+        "import socket, _socket\n"
+        "{prelude}"
+        "import pysyncobj.tcp_connection\n"
+        "print(socket.inet_ntop is _socket.inet_ntop)\n"
+    )
+
+    def run(prelude: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", check.format(prelude=prelude)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return out.stdout.strip()
+
+    assert run("") == "False"  # stock: replaced by the Windows-only version
+    assert run("import esdb_node\n") == "True"
+    import psutil
+    import pysyncobj.tcp_connection  # noqa: F401  (this process has esdb_node loaded)
+
+    assert isinstance(psutil.Process().net_connections("tcp"), list)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -27,6 +28,7 @@ from esdb_node.errors import (
     WrongExpectedVersion,
 )
 from esdb_node.model import AllFilter, EventData, StreamMetadata
+from esdb_node.ops import PROTOCOL_VERSION
 from esdb_node.server import protocol as p
 from tests.harness import NodeProc, free_port, raw_socket, wait_for
 
@@ -53,7 +55,7 @@ def recv_frames(sock: socket.socket, count: int = 1) -> list[dict[str, Any]]:
 
 
 def hello(sock: socket.socket, **extra: Any) -> dict[str, Any]:
-    send_frame(sock, {"id": 0, "op": "hello", "version": 1, **extra})
+    send_frame(sock, {"id": 0, "op": "hello", "version": PROTOCOL_VERSION, **extra})
     return recv_frames(sock)[0]
 
 
@@ -227,6 +229,27 @@ def test_invalid_request_keeps_the_connection(node: NodeProc) -> None:
         assert recv_frames(sock)[0]["ok"]["node_id"]
 
 
+def test_malformed_encoded_events_are_refused_naming_them(node: NodeProc) -> None:
+    good = ev(1).encode()
+    with raw_socket(node.url) as sock:
+        hello(sock)
+        send_frame(sock, {"id": 7, "op": "append", "stream": "wire-1", "events": [good, good[:20]]})
+        error = recv_frames(sock)[0]["err"]
+        assert error[0] == "invalid_input" and error[1].startswith("event 1 is 20 bytes"), error
+        # a protocol-1 event (a msgpack array) is a type error with the way to the right one
+        old = [good[8:24], "T", b"{}", b"", True]
+        send_frame(sock, {"id": 8, "op": "append", "stream": "wire-1", "events": [old]})
+        error = recv_frames(sock)[0]["err"]
+        assert error[0] == "protocol_error", error
+        assert "each event must be an encoded event (bin, see docs/protocol.md)" in error[1]
+        send_frame(sock, {"id": 9, "op": "append", "stream": "wire-1", "events": [good]})
+        assert recv_frames(sock)[0]["ok"]["first_version"] == 0
+    with node.client() as c:
+        (stored,) = c.read_stream("wire-1")
+        assert stored.record[32 : 32 + len(good)] == good  # the client's bytes, unchanged
+        assert stored.json() == json.loads(ev(1).data)
+
+
 def test_client_disconnecting_mid_request_loses_nothing(node: NodeProc) -> None:
     event = ev(1)
     request = {
@@ -234,7 +257,7 @@ def test_client_disconnecting_mid_request_loses_nothing(node: NodeProc) -> None:
         "op": "append",
         "stream": "cut",
         "expected": -2,
-        "events": [[event.id.bytes, event.type, event.data, b"", True]],
+        "events": [event.encode()],
     }
     frame = p.encode_frame(request)
     for _ in range(20):

@@ -26,12 +26,24 @@ def frame(message: Any) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
-def good_event(**override: Any) -> list[Any]:
-    ev = [uuid.uuid4().bytes, "Placed", b'{"a":1}', b"", True]
-    for index, key in enumerate(["id", "type", "data", "metadata", "is_json"]):
-        if key in override:
-            ev[index] = override[key]
-    return ev
+def good_event(**override: Any) -> bytes:
+    """An encoded event (docs/protocol.md), built byte by byte so that any field can be
+    wrong: `id` of any length, `type` as str or raw bytes, `layout`, `flags`, `size` (the data
+    length the header claims, for overruns)."""
+    fields: dict[str, Any] = {
+        "id": uuid.uuid4().bytes,
+        "type": "Placed",
+        "data": b'{"a":1}',
+        "metadata": b"",
+        "layout": 1,
+        "flags": 1,
+    }
+    fields.update(override)
+    type_raw = fields["type"].encode() if isinstance(fields["type"], str) else fields["type"]
+    head = struct.pack(
+        ">BBHI", fields["layout"], fields["flags"], len(type_raw), len(fields["metadata"])
+    )
+    return head + fields["id"] + type_raw + fields["metadata"] + fields["data"]
 
 
 def decode(body: bytes) -> ops.Request[Any]:
@@ -110,11 +122,31 @@ def test_append_request_is_typed() -> None:
             {"id": 1, "op": "append", "stream": "s", "expected": "any", "events": [good_event()]},
             "'expected'",
         ),
-        ({"id": 1, "op": "append", "stream": "s", "events": [good_event(id=b"short")]}, "16 bytes"),
+        ({"id": 1, "op": "append", "stream": "s", "events": [good_event(id=b"short")]}, "overrun"),
         ({"id": 1, "op": "append", "stream": "s", "events": [good_event(id=bytes(16))]}, "nil"),
         ({"id": 1, "op": "append", "stream": "s", "events": [good_event(type="")]}, "type"),
         ({"id": 1, "op": "append", "stream": "s", "events": [good_event(type="t" * 257)]}, "256"),
         ({"id": 1, "op": "append", "stream": "s", "events": [good_event(data=b"")]}, "empty data"),
+        (
+            {"id": 1, "op": "append", "stream": "s", "events": [good_event(type="a\x01b")]},
+            "control character",
+        ),
+        (
+            {"id": 1, "op": "append", "stream": "s", "events": [good_event(type=b"\xff\xfe")]},
+            "UTF-8",
+        ),
+        ({"id": 1, "op": "append", "stream": "s", "events": [good_event(layout=2)]}, "layout 2"),
+        ({"id": 1, "op": "append", "stream": "s", "events": [good_event(flags=3)]}, "flags"),
+        ({"id": 1, "op": "append", "stream": "s", "events": [b"\x01\x01\x00"]}, "at least"),
+        (
+            {
+                "id": 1,
+                "op": "append",
+                "stream": "s",
+                "events": [good_event(), good_event(data=b"")],
+            },
+            "event 1 ",
+        ),
         (
             {
                 "id": 1,
@@ -124,8 +156,13 @@ def test_append_request_is_typed() -> None:
             },
             "limit is 4096",
         ),
-        ({"id": 1, "op": "append", "stream": "s", "events": [good_event(data="text")]}, "bytes"),
+        ({"id": 1, "op": "append", "stream": "s", "events": ["text"]}, "bytes"),
         ({"id": 1, "op": "append", "stream": "s", "events": [[1, 2]]}, "each event"),
+        # the protocol-1 event array: refused with the way to the documented encoding
+        (
+            {"id": 1, "op": "append", "stream": "s", "events": [[uuid.uuid4().bytes, "T", b"{}"]]},
+            r"encoded event \(bin, see docs/protocol.md\): Expected `bytes`, got `array`",
+        ),
         (
             {"id": 1, "op": "append", "stream": "s", "events": [good_event()], "timeout": 0},
             "timeout",

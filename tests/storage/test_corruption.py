@@ -5,6 +5,7 @@ reported as corrupt_store naming the table and the key or position, by reads and
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 import subprocess
@@ -15,8 +16,7 @@ import pytest
 
 from esdb_node.codec import U64
 from esdb_node.errors import CorruptStore
-from esdb_node.model import EventData
-from esdb_node.ops import EventIn
+from esdb_node.model import AllFilter, EventData
 from esdb_node.storage import commands as cmd
 from esdb_node.storage.store import Store
 
@@ -27,7 +27,7 @@ STREAMS = 7
 def build(path: Path, batches: int = 40, per_batch: int = 500) -> None:
     store = Store(path)
     for b in range(batches):
-        events = [EventIn.of(EventData.from_json("T", {"b": b, "i": i})) for i in range(per_batch)]
+        events = [EventData.from_json("T", {"b": b, "i": i}) for i in range(per_batch)]
         store.apply(cmd.encode_batch(1_000 + b, [cmd.append(f"s-{b % STREAMS}", -2, events)]))
     assert store.verify().ok
     store.close()
@@ -40,28 +40,46 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def damaged(pristine: Path, at: Path, offset: int, xor: int = 0xFF) -> Path:
+def damaged(pristine: Path, at: Path, offset: int | list[int], xor: int = 0xFF) -> Path:
     shutil.copytree(pristine, at)
     data = at / "data.mdb"
     raw = bytearray(data.read_bytes())
-    raw[offset] ^= xor
+    for one in [offset] if isinstance(offset, int) else offset:
+        raw[one] ^= xor
     data.write_bytes(raw)
     return at
 
 
 def test_a_flipped_index_entry_is_named(pristine: Path, tmp_path: Path) -> None:
     raw = (pristine / "data.mdb").read_bytes()
-    key = b"s-3\x00" + U64.pack(17)
-    at = raw.find(key)
-    assert at > 0
-    store = Store(damaged(pristine, tmp_path / "store", at + len(key), xor=0x40))
+    key = b"s-3\x00" + U64.pack(500)  # the stream index's run of s-3's second append
+    # every copy of the entry: pages freed by later transactions still hold old ones
+    found = [m.end() for m in re.finditer(re.escape(key), raw)]
+    assert found
+    store = Store(damaged(pristine, tmp_path / "store", found, xor=0x40))
     with pytest.raises(
-        CorruptStore, match=r"table sidx, key 's-3'@17: points at position \d+, beyond"
+        CorruptStore, match=r"table sidx, key 's-3'@500: points at position \d+, beyond"
     ):
-        store.read_stream("s-3", 0, limit=100)
+        store.read_stream("s-3", 490, limit=100)
     report = store.verify()
     assert not report.ok
-    assert any("table sidx, key 's-3'@17" in p for p in report.problems), report.problems
+    assert any("table sidx, key 's-3'@500" in p for p in report.problems), report.problems
+    store.close()
+
+
+def test_an_overlapping_category_run_is_named(pristine: Path, tmp_path: Path) -> None:
+    """A category-index run whose count grew (500 -> 1012) would list the next run's records
+    twice: filtered reads refuse it, verify names it."""
+    raw = (pristine / "data.mdb").read_bytes()
+    key = b"s\x00" + U64.pack(500)  # category "s", the second append's run
+    found = [m.end() + 2 for m in re.finditer(re.escape(key), raw)]
+    assert found
+    store = Store(damaged(pristine, tmp_path / "store", found, xor=0x02))
+    with pytest.raises(CorruptStore, match=r"table cidx, key 's'@1000: overlaps"):
+        store.read_all(0, filter=AllFilter(stream_prefix="s-"), limit=10**6, max_scan=10**6)
+    report = store.verify()
+    assert any(p.startswith("table cidx, key 's'@1000: overlaps") for p in report.problems)
+    assert any("lists 20512 positions; the log holds 20000" in p for p in report.problems)
     store.close()
 
 
@@ -79,9 +97,9 @@ out["verify"] = list(report.problems)
 try:
     for s in range({streams}):
         payloads, _ = store.read_stream(f"s-{{s}}", 0, limit=10**6)
-        import msgpack
+        from esdb_node.record import record_header
         for p in payloads:
-            stream, version = msgpack.unpackb(p)[:2]
+            stream, version = record_header(p)[:2]
             assert stream == f"s-{{s}}", ("wrong event", stream, s)
     position, done = 0, False
     while not done:

@@ -15,7 +15,6 @@ import pytest
 from esdb_node import codec
 from esdb_node.errors import (
     CorruptRecord,
-    DuplicateEventId,
     InvalidInput,
     SnapshotNotFound,
     StorageFull,
@@ -24,14 +23,13 @@ from esdb_node.errors import (
     WrongExpectedVersion,
 )
 from esdb_node.model import AllFilter, AppendResult, EventData, StreamMetadata, expected_to_int
-from esdb_node.ops import EventIn
 from esdb_node.storage import commands as cmd
 from esdb_node.storage.store import Store
 from tests import diskfull
 
 
-def ev(event_type: str = "Happened", n: int = 0, event_id: uuid.UUID | None = None) -> EventIn:
-    return EventIn.of(EventData.from_json(event_type, {"n": n}, id=event_id))
+def ev(event_type: str = "Happened", n: int = 0, event_id: uuid.UUID | None = None) -> bytes:
+    return EventData.from_json(event_type, {"n": n}, id=event_id).encode()
 
 
 # A raw list stands for a command as the wire carries it, malformed on purpose: the store must
@@ -148,15 +146,15 @@ def test_retry_with_conflicting_expected_version_is_refused(store: Store) -> Non
     assert isinstance(run(store, cmd.append("s-1", 1, events))[0], WrongExpectedVersion)
 
 
-def test_reused_event_id_in_another_append_is_a_conflict(store: Store) -> None:
+def test_reused_event_id_in_another_append_is_per_stream(store: Store) -> None:
+    """Event ids are per stream (storage format 2, as KurrentDB): the same id in another
+    stream is another event; a partial retry (first matches, second new) is a conflict."""
     a, b = ev(), ev()
     ok(run(store, cmd.append("s-1", -2, [a]))[0])
-    # same id, other stream
-    assert isinstance(run(store, cmd.append("s-2", -2, [a]))[0], DuplicateEventId)
-    # stored id in second place of a new batch
-    assert isinstance(run(store, cmd.append("s-1", -2, [b, a]))[0], DuplicateEventId)
+    # same id, other stream: a new event there
+    assert ok(run(store, cmd.append("s-2", -2, [a]))[0]).first_version == 0
     # partial retry (first matches, second new) is not an exact retry
-    assert isinstance(run(store, cmd.append("s-1", -2, [a, b]))[0], DuplicateEventId)
+    assert isinstance(run(store, cmd.append("s-1", -2, [a, b]))[0], WrongExpectedVersion)
     assert versions(store, "s-1") == [0]
 
 
@@ -275,8 +273,10 @@ def test_read_all_filters(store: Store) -> None:
     assert (nxt, done) == (-1, True)
     payloads, nxt, done = store.read_all(0, limit=2)
     assert (nxt, done) == (2, False)
+    # a pattern is checked record by record (exact types go through the type index, which
+    # examines only matching records: tests/storage/test_indexes.py)
     payloads, nxt, done = store.read_all(
-        0, filter=AllFilter(event_types=("UserCreated",)), max_scan=2
+        0, filter=AllFilter(type_pattern="UserCreated"), max_scan=2
     )
     assert payloads == [] and (nxt, done) == (2, False)
     payloads, nxt, done = store.read_all(4)
@@ -430,7 +430,7 @@ def test_flipped_byte_on_disk_is_detected_and_named(tmp_path: Path) -> None:
         run(
             s,
             cmd.append("s-1", -2, [ev()]),
-            cmd.append("s-1", -2, [EventIn.of(EventData("T", b'"' + marker + b'"'))]),
+            cmd.append("s-1", -2, [EventData("T", b'"' + marker + b'"')]),
         )[1]
     )
     s.close()
@@ -451,7 +451,7 @@ def test_a_full_map_grows_instead_of_failing(tmp_path: Path) -> None:
     the batch again, so nothing fails at a fixed size."""
     s = Store(tmp_path / "store", map_size=1 << 20)
     ok(append(s, "s-1"))
-    big = [EventIn.of(EventData("T", b"x" * 200_000, is_json=False)) for _ in range(10)]
+    big = [EventData("T", b"x" * 200_000, is_json=False) for _ in range(10)]
     result = ok(run(s, cmd.append("s-1", -2, big))[0])
     assert result.first_version == 1 and result.last_version == 10
     assert s.map_size > 1 << 20
@@ -480,7 +480,7 @@ def test_full_disk_refuses_writes_definitely_keeps_state_and_recovers(small_disk
 def _refuse_and_recover(s: Store, small_disk: Path) -> None:
     ok(append(s, "s-1", n=3))
     filler = diskfull.fill(small_disk)
-    big = [EventIn.of(EventData("T", os.urandom(100_000), is_json=False)) for _ in range(40)]
+    big = [EventData("T", os.urandom(100_000), is_json=False) for _ in range(40)]
     with pytest.raises(StorageFull, match="is full"):
         s.apply(cmd.encode_batch(1, [cmd.append("s-1", -2, big)]))
     assert s.health.current.state == "full"
