@@ -62,7 +62,9 @@ class RaftConfig:
     append_batch_bytes: int = 1 << 20
     socket_buffer_bytes: int = 1 << 20
     queue_size: int = 100_000
-    journal_map_size: int = 64 << 30
+    # Largest journal segment file (smaller logs get smaller segments; an entry that does
+    # not fit gets a segment of its own size).
+    journal_segment_bytes: int = 64 << 20
 
     # What strangers can cost the raft port (transport.PortLimits).
     max_connections: int = 64  # incoming connections in total, members included
@@ -108,6 +110,8 @@ class RaftConfig:
             raise InvalidInput("leader_fallback_timeout must exceed heartbeat_interval")
         if self.compaction_min_entries < 2:
             raise InvalidInput("compaction_min_entries must be at least 2")
+        if self.journal_segment_bytes < 1 << 20:
+            raise InvalidInput("journal_segment_bytes must be at least 1 MiB")
         if self.max_entry_bytes >= self.frame_cap:
             raise InvalidInput("max_frame_bytes must exceed max_entry_bytes")
         if self.max_pending < 1 or self.max_connections < self.max_pending:

@@ -44,7 +44,7 @@ from esdb_node.errors import (
 from esdb_node.raft import patches
 from esdb_node.raft.applier import Applier, Pending
 from esdb_node.raft.config import RaftConfig, split_addr
-from esdb_node.raft.journal import LmdbJournal
+from esdb_node.raft.journal import open_journal
 from esdb_node.raft.loop import AsyncioPoller, LoopDriver
 from esdb_node.raft.outcome import (
     DISCARDED,
@@ -365,10 +365,10 @@ class RaftNode:
         self._membership_lock = threading.Lock()
         layout = config.layout
         layout.raft.mkdir(parents=True, exist_ok=True)
-        self._journal = LmdbJournal(
+        self._journal = open_journal(
             layout.raft_journal,
             fsync=config.durability == "fsync",
-            map_size=config.journal_map_size,
+            segment_bytes=config.journal_segment_bytes,
             on_failure=on_fatal,
             health=store.health,
         )

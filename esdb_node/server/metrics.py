@@ -183,6 +183,15 @@ def _size(path: Path) -> int:
         return 0
 
 
+def _dir_size(path: Path) -> int:
+    """The files of a directory (the Raft journal: its segment files, preallocated, and the
+    vote file)."""
+    try:
+        return sum(e.stat().st_size for e in os.scandir(path) if e.is_file())
+    except OSError:
+        return 0
+
+
 class _Histogram:
     """Cumulative-on-export bucket counts (no lock: one thread writes)."""
 
@@ -306,7 +315,7 @@ class _StateCollector(Collector):
             "esdb_disk_bytes", "Size of the node's files, by file.", labels=["file"]
         )
         sizes.add_metric(["store"], _size(m.files.store / "data.mdb"))
-        sizes.add_metric(["raft_journal"], _size(m.files.raft_journal / "data.mdb"))
+        sizes.add_metric(["raft_journal"], _dir_size(m.files.raft_journal))
         yield sizes
         conns = GaugeMetricFamily(
             "esdb_connections", "Open client connections, by port.", labels=["port"]

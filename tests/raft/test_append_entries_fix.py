@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from esdb_node.raft.journal import LmdbJournal
+from esdb_node.raft.journal import SegmentJournal
 from tests.raft.pso_fakes import (
     FixedObj,
     StockObj,
@@ -34,7 +34,7 @@ def variant(request: pytest.FixtureRequest) -> str:
 
 def follower(variant: str, tmp_path: Path) -> Any:
     cls = FixedObj if variant == "fixed" else StockObj
-    return make(cls, LmdbJournal(tmp_path / f"journal-{variant}"))
+    return make(cls, SegmentJournal(tmp_path / f"journal-{variant}"))
 
 
 def last_ack(obj: Any) -> dict[str, Any]:
